@@ -1,0 +1,42 @@
+//! Command-line surface: one file per subcommand. `main()` parses flags, sets up telemetry,
+//! dispatches, and turns the error chain into a message and an exit status.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod model;
+
+#[derive(Parser, Debug)]
+#[command(name = "cellpose-train-worker", version, about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Pretty)]
+    pub log_format: crate::telemetry::LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or inspect model files (PyTorch state_dicts that Python cellpose loads).
+    Model(model::ModelArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::Model(args) => model::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `model init` and `model inspect`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::model::{infer_config, torch_file, CpnetConfig, Model};
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    pub command: ModelCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Write a freshly initialised CPnet (PyTorch init, as cellpose's untrained network).
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Input channels.
+        #[arg(long, default_value_t = 2)]
+        nchan: i64,
+        /// Channels per level after the input, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [32i64, 64, 128, 256])]
+        nbase: Vec<i64>,
+        /// Output maps (3 = dY, dX, cellprob).
+        #[arg(long, default_value_t = 3)]
+        nout: i64,
+        #[arg(long, default_value_t = 30.0)]
+        diam_mean: f64,
+        /// Seed for the initial weights.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+    },
+    /// Print tensor names and shapes, nchan, nbase, nout, diam_mean, diam_labels.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ModelCommand::Init { out, nchan, nbase, nout, diam_mean, seed } => {
+            anyhow::ensure!(nchan >= 1, "--nchan must be at least 1 (got {nchan})");
+            anyhow::ensure!(!nbase.is_empty() && nbase.iter().all(|&c| c > 0), "--nbase needs positive channel counts");
+            anyhow::ensure!(nout >= 3, "--nout must be at least 3 (dY, dX, cellprob); got {nout}");
+            anyhow::ensure!(diam_mean > 0.0, "--diam-mean must be positive (got {diam_mean})");
+            tch::manual_seed(seed);
+            let config = CpnetConfig { nbase: [vec![nchan], nbase].concat(), nout, kernel: 3, diam_mean };
+            let model = Model::new(config, tch::Device::Cpu);
+            model.save(&out).with_context(|| format!("failed to write {}", out.display()))?;
+            eprintln!("wrote {} ({} tensors)", out.display(), model.vs.variables().len());
+        }
+        ModelCommand::Inspect { file, json } => {
+            let sd = torch_file::read_state_dict(&file)?;
+            let origin = file.display().to_string();
+            let config = infer_config(&sd, &origin)?;
+            let diam_labels = sd.get("diam_labels").map(|t| crate::model::raw_to_tensor(t).double_value(&[0]));
+            let tensors: Vec<_> = sd
+                .entries
+                .iter()
+                .map(|(n, t)| serde_json::json!({"name": n, "shape": t.shape, "dtype": format!("{:?}", t.dtype)}))
+                .collect();
+            if json {
+                let doc = serde_json::json!({
+                    "file": origin,
+                    "nchan": config.nchan(),
+                    "nbase": config.nbase,
+                    "nout": config.nout,
+                    "kernel": config.kernel,
+                    "diam_mean": config.diam_mean,
+                    "diam_labels": diam_labels,
+                    "tensors": tensors,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("file:        {origin}");
+                println!("nchan:       {}", config.nchan());
+                println!("nbase:       {:?}", config.nbase);
+                println!("nout:        {}", config.nout);
+                println!("diam_mean:   {}", config.diam_mean);
+                println!("diam_labels: {}", diam_labels.map(|d| d.to_string()).unwrap_or_else(|| "-".into()));
+                println!("tensors:     {}", sd.entries.len());
+                for (n, t) in &sd.entries {
+                    println!("  {n:<70} {:?} {:?}", t.shape, t.dtype);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,291 @@
+//! CPnet, the residual U-Net of cellpose 3 (`cellpose.resnet_torch.CPnet`), in tch.
+//!
+//! Every variable is created under the same path as the PyTorch module attribute it mirrors, so
+//! `VarStore` names equal cellpose's state_dict keys (`downsample.down.res_down_0.conv.conv_0.0.weight`,
+//! `upsample.up.res_up_3.conv.conv_1.full.weight`, `output.2.weight`, `diam_mean`, ...).
+//! Blocks are pre-activation: BatchNorm -> ReLU -> conv (`batchconv`), or BatchNorm -> conv for the
+//! 1x1 projections (`batchconv0`).
+
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+/// Shape of a CPnet. Defaults are cellpose 3's: nbase [2, 32, 64, 128, 256], nout 3, 3x3 kernels.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CpnetConfig {
+    /// Channels per level, starting with the input channel count (`nchan`).
+    pub nbase: Vec<i64>,
+    /// Output maps: dY, dX, cellprob (and class maps when > 3).
+    pub nout: i64,
+    /// Convolution kernel size.
+    pub kernel: i64,
+    /// Mean object diameter images are rescaled to (cellpose `diam_mean`).
+    pub diam_mean: f64,
+}
+
+impl Default for CpnetConfig {
+    fn default() -> Self {
+        CpnetConfig { nbase: vec![2, 32, 64, 128, 256], nout: 3, kernel: 3, diam_mean: 30.0 }
+    }
+}
+
+impl CpnetConfig {
+    pub fn nchan(&self) -> i64 {
+        self.nbase[0]
+    }
+    /// Width of the style vector (the deepest level's channels).
+    pub fn style_channels(&self) -> i64 {
+        *self.nbase.last().unwrap_or(&0)
+    }
+}
+
+/// PyTorch's default init for conv and linear layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight
+/// and bias (kaiming_uniform with a = sqrt(5)).
+fn torch_default_init(fan_in: i64) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// `nn.BatchNorm2d(n, eps=1e-5, momentum=0.05)`, including the `num_batches_tracked` buffer that
+/// PyTorch keeps (tch's own batch norm has none, and the file must carry it).
+#[derive(Debug)]
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub num_batches_tracked: Tensor,
+}
+
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.05;
+
+impl BatchNorm {
+    fn new(p: nn::Path, n: i64) -> Self {
+        BatchNorm {
+            weight: p.var("weight", &[n], Init::Const(1.0)),
+            bias: p.var("bias", &[n], Init::Const(0.0)),
+            running_mean: p.zeros_no_train("running_mean", &[n]),
+            running_var: p.ones_no_train("running_var", &[n]),
+            num_batches_tracked: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false),
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        if train {
+            tch::no_grad(|| {
+                let mut n = self.num_batches_tracked.shallow_clone();
+                let _ = n.g_add_scalar_(1);
+            });
+        }
+        Tensor::batch_norm(
+            x,
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            BN_MOMENTUM,
+            BN_EPS,
+            true,
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    pad: i64,
+}
+
+impl Conv {
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
+        let init = torch_default_init(cin * k * k);
+        Conv { weight: p.var("weight", &[cout, cin, k, k], init), bias: p.var("bias", &[cout], init), pad: k / 2 }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, Some(&self.bias), [1, 1], [self.pad, self.pad], [1, 1], 1)
+    }
+}
+
+/// `batchconv` (BN, ReLU, conv: children `0`, `1`, `2`) or `batchconv0` (BN, conv: `0`, `1`).
+#[derive(Debug)]
+struct BatchConv {
+    bn: BatchNorm,
+    conv: Conv,
+    relu: bool,
+}
+
+impl BatchConv {
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
+        BatchConv { bn: BatchNorm::new(&p / "0", cin), conv: Conv::new(&p / "2", cin, cout, k), relu: true }
+    }
+    fn new0(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
+        BatchConv { bn: BatchNorm::new(&p / "0", cin), conv: Conv::new(&p / "1", cin, cout, k), relu: false }
+    }
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.bn.forward_t(x, train);
+        let y = if self.relu { y.relu() } else { y };
+        self.conv.forward(&y)
+    }
+}
+
+/// `resdown`: x = proj(x) + conv1(conv0(x)); x = x + conv3(conv2(x)).
+#[derive(Debug)]
+struct ResDown {
+    conv: Vec<BatchConv>,
+    proj: BatchConv,
+}
+
+impl ResDown {
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
+        let conv = (0..4)
+            .map(|t| BatchConv::new(&p / "conv" / format!("conv_{t}"), if t == 0 { cin } else { cout }, cout, k))
+            .collect();
+        ResDown { conv, proj: BatchConv::new0(&p / "proj", cin, cout, 1) }
+    }
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let c = &self.conv;
+        let x = self.proj.forward_t(x, train) + c[1].forward_t(&c[0].forward_t(x, train), train);
+        let y = c[3].forward_t(&c[2].forward_t(&x, train), train);
+        x + y
+    }
+}
+
+/// `batchconvstyle`: conv(x [+ y] + full(style)[..., None, None]).
+#[derive(Debug)]
+struct BatchConvStyle {
+    conv: BatchConv,
+    full_w: Tensor,
+    full_b: Tensor,
+}
+
+impl BatchConvStyle {
+    fn new(p: nn::Path, cin: i64, cout: i64, style: i64, k: i64) -> Self {
+        let init = torch_default_init(style);
+        let full = &p / "full";
+        BatchConvStyle {
+            conv: BatchConv::new(&p / "conv", cin, cout, k),
+            full_w: full.var("weight", &[cout, style], init),
+            full_b: full.var("bias", &[cout], init),
+        }
+    }
+    fn forward_t(&self, style: &Tensor, x: &Tensor, y: Option<&Tensor>, train: bool) -> Tensor {
+        let feat = style.linear(&self.full_w, Some(&self.full_b)).unsqueeze(-1).unsqueeze(-1);
+        let x = match y {
+            Some(y) => x + y,
+            None => x.shallow_clone(),
+        };
+        self.conv.forward_t(&(x + feat), train)
+    }
+}
+
+/// `resup`: x = proj(x) + conv1(style, conv0(x), y); x = x + conv3(style, conv2(style, x)).
+#[derive(Debug)]
+struct ResUp {
+    conv0: BatchConv,
+    conv_style: Vec<BatchConvStyle>,
+    proj: BatchConv,
+}
+
+impl ResUp {
+    fn new(p: nn::Path, cin: i64, cout: i64, style: i64, k: i64) -> Self {
+        let conv = &p / "conv";
+        ResUp {
+            conv0: BatchConv::new(&conv / "conv_0", cin, cout, k),
+            conv_style: (1..4)
+                .map(|t| BatchConvStyle::new(&conv / format!("conv_{t}"), cout, cout, style, k))
+                .collect(),
+            proj: BatchConv::new0(&p / "proj", cin, cout, 1),
+        }
+    }
+    fn forward_t(&self, x: &Tensor, y: &Tensor, style: &Tensor, train: bool) -> Tensor {
+        let s = &self.conv_style;
+        let h = self.conv0.forward_t(x, train);
+        let x = self.proj.forward_t(x, train) + s[0].forward_t(style, &h, Some(y), train);
+        let h = s[1].forward_t(style, &x, None, train);
+        let h = s[2].forward_t(style, &h, None, train);
+        x + h
+    }
+}
+
+/// The network. Build it inside a `VarStore` with [`Cpnet::new`]; load weights with
+/// [`crate::model::load_model`].
+#[derive(Debug)]
+pub struct Cpnet {
+    pub config: CpnetConfig,
+    down: Vec<ResDown>,
+    up: Vec<ResUp>,
+    output: BatchConv,
+    /// `diam_mean` parameter (not trained): the object size training rescales to.
+    pub diam_mean: Tensor,
+    /// `diam_labels` parameter (not trained): mean diameter of the training labels.
+    pub diam_labels: Tensor,
+}
+
+/// What one forward pass returns: the output maps and the style vector.
+pub struct NetOutput {
+    /// `[B, nout, H, W]`: dY, dX, cellprob logits (and class maps).
+    pub maps: Tensor,
+    /// `[B, style_channels]`, L2-normalised.
+    pub style: Tensor,
+}
+
+impl Cpnet {
+    /// Creates the variables under `root` with cellpose's initialisation (PyTorch defaults).
+    pub fn new(root: &nn::Path, config: CpnetConfig) -> Self {
+        let nb = &config.nbase;
+        let k = config.kernel;
+        let down = (0..nb.len() - 1)
+            .map(|n| ResDown::new(root / "downsample" / "down" / format!("res_down_{n}"), nb[n], nb[n + 1], k))
+            .collect();
+        // nbaseup = nbase[1:] + [nbase[-1]]
+        let mut nbu: Vec<i64> = nb[1..].to_vec();
+        nbu.push(*nbu.last().unwrap_or(&0));
+        let style = config.style_channels();
+        let up = (1..nbu.len())
+            .map(|n| ResUp::new(root / "upsample" / "up" / format!("res_up_{}", n - 1), nbu[n], nbu[n - 1], style, k))
+            .collect();
+        let output = BatchConv::new(root / "output", nbu[0], config.nout, 1);
+        let d = config.diam_mean;
+        let diam_mean = root.add("diam_mean", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
+        let diam_labels = root.add("diam_labels", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
+        Cpnet { config, down, up, output, diam_mean, diam_labels }
+    }
+
+    /// Forward pass; `train` selects batch statistics (and updates running stats) vs running stats.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> NetOutput {
+        let mut xd: Vec<Tensor> = Vec::with_capacity(self.down.len());
+        for (n, block) in self.down.iter().enumerate() {
+            let y = if n == 0 { block.forward_t(x, train) } else { block.forward_t(&xd[n - 1].max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false), train) };
+            xd.push(y);
+        }
+        let deepest = &xd[xd.len() - 1];
+        let style = deepest.mean_dim([2i64, 3].as_slice(), false, None);
+        let style = &style / style.square().sum_dim_intlist([1i64].as_slice(), true, None).sqrt();
+        let last = self.up.len() - 1;
+        let mut h = self.up[last].forward_t(deepest, deepest, &style, train);
+        for n in (0..last).rev() {
+            h = h.upsample_nearest2d([h.size()[2] * 2, h.size()[3] * 2], Some(2.0), Some(2.0));
+            h = self.up[n].forward_t(&h, &xd[n], &style, train);
+        }
+        NetOutput { maps: self.output.forward_t(&h, train), style }
+    }
+
+    pub fn diam_mean(&self) -> f64 {
+        self.diam_mean.double_value(&[0])
+    }
+    pub fn diam_labels(&self) -> f64 {
+        self.diam_labels.double_value(&[0])
+    }
+    pub fn set_diam_labels(&self, v: f64) {
+        tch::no_grad(|| {
+            let _ = self.diam_labels.shallow_clone().fill_(v);
+        });
+    }
+    pub fn set_diam_mean(&self, v: f64) {
+        tch::no_grad(|| {
+            let _ = self.diam_mean.shallow_clone().fill_(v);
+        });
+    }
+}

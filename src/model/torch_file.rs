@@ -1,0 +1,357 @@
+//! PyTorch `torch.save` files (state_dicts), read and written without Python.
+//!
+//! Why not tch: `VarStore::save` writes TorchScript archives that `torch.load(weights_only=True)`
+//! refuses, and `Tensor::loadz_multi` cannot read cellpose's pickled `OrderedDict`. The format is
+//! a zip archive (`<name>/data.pkl`, `<name>/data/<key>` raw storages, `<name>/version`, ...) whose
+//! pickle references storages by key. `<name>` is whatever the writer chose (`archive`, the file
+//! stem, ...), so we locate `data.pkl` rather than assume a folder.
+
+use std::io::{Cursor, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::pickle::{self, Allowed, Value};
+
+/// Element type of a stored tensor, as named by its torch storage class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    fn storage_name(self) -> &'static str {
+        match self {
+            DType::F32 => "FloatStorage",
+            DType::F64 => "DoubleStorage",
+            DType::F16 => "HalfStorage",
+            DType::BF16 => "BFloat16Storage",
+            DType::I64 => "LongStorage",
+            DType::I32 => "IntStorage",
+            DType::I16 => "ShortStorage",
+            DType::I8 => "CharStorage",
+            DType::U8 => "ByteStorage",
+            DType::Bool => "BoolStorage",
+        }
+    }
+
+    const ALL: [DType; 10] = [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::Bool,
+    ];
+
+    fn from_storage_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.storage_name() == name)
+    }
+}
+
+/// A dense, C-contiguous, little-endian tensor as stored in a model file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product::<i64>().max(0) as usize
+    }
+}
+
+/// An ordered `name -> tensor` map, the shape of every cellpose model file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateDict {
+    pub entries: Vec<(String, RawTensor)>,
+}
+
+impl StateDict {
+    pub fn get(&self, name: &str) -> Option<&RawTensor> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {kind}")]
+pub struct ModelFileError {
+    pub path: PathBuf,
+    pub kind: ModelFileErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileErrorKind {
+    #[error("cannot read the file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a PyTorch model file (expected a zip archive written by torch.save; got {0})")]
+    NotZip(String),
+    #[error("written in the legacy format of torch < 1.6; load it in Python and save it again with a newer torch")]
+    Legacy,
+    #[error("the zip archive is damaged or truncated ({0}); copy or download the file again")]
+    Zip(String),
+    #[error("the archive has no data.pkl, so it is not a torch.save file")]
+    NoDataPkl,
+    #[error("bad pickle in data.pkl: {0}")]
+    Pickle(#[from] pickle::PickleError),
+    #[error("not a state_dict: {0}")]
+    NotStateDict(String),
+    #[error("tensor `{name}`: {detail}")]
+    BadTensor { name: String, detail: String },
+}
+
+/// The only globals a state_dict pickle may name: containers and tensor rebuilders, as
+/// `torch.load(weights_only=True)` allows.
+fn allowed_globals() -> Allowed {
+    let mut names: Vec<(&str, &str)> = vec![
+        ("collections", "OrderedDict"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("builtins", "dict"),
+    ];
+    names.extend(DType::ALL.iter().map(|d| ("torch", d.storage_name())));
+    Allowed::new(names)
+}
+
+/// Reads a state_dict from a file written by `torch.save` (torch 1.6 or newer).
+pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelFileError> {
+    let wrap = |kind| ModelFileError { path: path.to_path_buf(), kind };
+    let bytes = std::fs::read(path).map_err(|e| wrap(ModelFileErrorKind::Io(e)))?;
+    parse_state_dict(&bytes).map_err(wrap)
+}
+
+/// Reads a state_dict from bytes (a download, say); `origin` names them in errors.
+pub fn read_state_dict_bytes(bytes: &[u8], origin: &str) -> Result<StateDict, ModelFileError> {
+    parse_state_dict(bytes).map_err(|kind| ModelFileError { path: PathBuf::from(origin), kind })
+}
+
+fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
+    use ModelFileErrorKind as K;
+    if !bytes.starts_with(b"PK\x03\x04") {
+        // torch < 1.6 wrote a bare pickle starting with the magic number 0x1950a86a20f9469cfc6c
+        if bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46]) {
+            return Err(K::Legacy);
+        }
+        let what = if bytes.is_empty() {
+            "an empty file".to_string()
+        } else if bytes.starts_with(b"<") || bytes.starts_with(b"{") {
+            "text (an HTML/JSON error page saved as a model?)".to_string()
+        } else {
+            format!("{} bytes starting {:02x?}", bytes.len(), &bytes[..bytes.len().min(4)])
+        };
+        return Err(K::NotZip(what));
+    }
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| K::Zip(e.to_string()))?;
+    let pkl_name = zip
+        .file_names()
+        .filter(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .min_by_key(|n| n.len())
+        .map(str::to_string)
+        .ok_or(K::NoDataPkl)?;
+    let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
+    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder")) {
+        Ok(b) => b.trim_ascii() == b"big",
+        Err(_) => false, // files before torch 2.1 have no byteorder record: little-endian
+    };
+    let pkl = read_entry(&mut zip, &pkl_name)?;
+    let root = pickle::read(&pkl, &allowed_globals())?;
+    let Value::Dict(items) = root else {
+        return Err(K::NotStateDict(format!("the top-level object is a {}, not a dict of tensors", root.type_name())));
+    };
+    let mut entries = Vec::new();
+    for (key, value) in items.borrow().iter() {
+        let name = key.as_str().ok_or_else(|| K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))?;
+        let t = rebuild_tensor(value, &mut zip, &prefix, big_endian)
+            .map_err(|detail| K::BadTensor { name: name.to_string(), detail })?;
+        entries.push((name.to_string(), t));
+    }
+    Ok(StateDict { entries })
+}
+
+fn read_entry<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str) -> Result<Vec<u8>, ModelFileErrorKind> {
+    let mut f = zip.by_name(name).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
+    let mut buf = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut buf).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
+    Ok(buf)
+}
+
+/// Interprets `_rebuild_tensor_v2(storage, offset, size, stride, ...)` and copies the viewed
+/// elements out of the storage record into a contiguous buffer.
+fn rebuild_tensor<R: Read + Seek>(
+    value: &Value,
+    zip: &mut zip::ZipArchive<R>,
+    prefix: &str,
+    big_endian: bool,
+) -> Result<RawTensor, String> {
+    let Value::Call(call) = value else {
+        return Err(format!("is a {}, not a tensor (nested dicts and other objects are not model weights)", value.type_name()));
+    };
+    let call = call.borrow();
+    if call.func.name == "_rebuild_parameter" {
+        let inner = call.args.first().ok_or("parameter without data")?;
+        return rebuild_tensor(inner, zip, prefix, big_endian);
+    }
+    if call.func.name != "_rebuild_tensor_v2" || call.args.len() < 4 {
+        return Err(format!("built by {} with {} arguments, not a plain tensor", call.func, call.args.len()));
+    }
+    let Value::PersistentId(pid) = &call.args[0] else { return Err("tensor has no storage reference".into()) };
+    let pid = pid.as_seq().ok_or("storage reference is not a tuple")?;
+    let (dtype, key) = match pid.as_slice() {
+        [Value::Str(tag), Value::Global(g), Value::Str(key), _location, _numel] if tag == "storage" => {
+            let dtype = DType::from_storage_name(&g.name).ok_or_else(|| format!("unsupported storage type {g}"))?;
+            (dtype, key.clone())
+        }
+        _ => return Err("storage reference has an unexpected layout".into()),
+    };
+    let offset = call.args[1].as_int().ok_or("storage offset is not an int")?;
+    let shape = call.args[2].as_int_seq().ok_or("size is not a tuple of ints")?;
+    let stride = call.args[3].as_int_seq().ok_or("stride is not a tuple of ints")?;
+    if shape.len() != stride.len() || shape.iter().any(|&s| s < 0) || offset < 0 {
+        return Err(format!("inconsistent size {shape:?} / stride {stride:?}"));
+    }
+    let storage = read_entry(zip, &format!("{prefix}data/{key}")).map_err(|e| format!("storage {key}: {e}"))?;
+    let esize = dtype.size();
+    let numel: usize = shape.iter().product::<i64>() as usize;
+    let mut data = Vec::with_capacity(numel * esize);
+    let mut index = vec![0i64; shape.len()];
+    for _ in 0..numel {
+        let elem = offset + index.iter().zip(&stride).map(|(i, s)| i * s).sum::<i64>();
+        let start = usize::try_from(elem).map_err(|_| "negative element offset")? * esize;
+        let bytes = storage
+            .get(start..start + esize)
+            .ok_or_else(|| format!("storage {key} has {} bytes, the view needs byte {}", storage.len(), start + esize))?;
+        if big_endian {
+            data.extend(bytes.iter().rev());
+        } else {
+            data.extend_from_slice(bytes);
+        }
+        for d in (0..index.len()).rev() {
+            index[d] += 1;
+            if index[d] < shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Ok(RawTensor { dtype, shape, data })
+}
+
+/// Writes a state_dict the way `torch.save(state_dict, path)` does, so that
+/// `torch.load(path, weights_only=True)` returns an `OrderedDict` of tensors.
+/// Writes to a temporary file next to `path` and renames it, so a crash never leaves half a model.
+pub fn write_state_dict(path: &Path, sd: &StateDict) -> Result<(), ModelFileError> {
+    let wrap = |e: std::io::Error| ModelFileError { path: path.to_path_buf(), kind: ModelFileErrorKind::Io(e) };
+    let bytes = state_dict_to_bytes(sd).map_err(wrap)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(wrap)?;
+    std::fs::rename(&tmp, path).map_err(wrap)
+}
+
+/// The bytes of a `torch.save` file for `sd`.
+pub fn state_dict_to_bytes(sd: &StateDict) -> std::io::Result<Vec<u8>> {
+    let mut p = pickle::Writer::new();
+    p.global("collections", "OrderedDict");
+    let od = p.put();
+    p.empty_tuple();
+    p.reduce();
+    p.put();
+    p.mark();
+    let mut rebuild = None;
+    let mut storage_tag = None;
+    let mut storage_globals: Vec<(DType, u32)> = Vec::new();
+    for (i, (name, t)) in sd.entries.iter().enumerate() {
+        p.str(name);
+        match rebuild {
+            Some(k) => p.get(k),
+            None => {
+                p.global("torch._utils", "_rebuild_tensor_v2");
+                rebuild = Some(p.put());
+            }
+        }
+        p.mark();
+        // persistent id: ('storage', torch.<Kind>Storage, '<key>', 'cpu', numel)
+        p.mark();
+        match storage_tag {
+            Some(k) => p.get(k),
+            None => {
+                p.str("storage");
+                storage_tag = Some(p.put());
+            }
+        }
+        match storage_globals.iter().find(|(d, _)| *d == t.dtype) {
+            Some((_, k)) => p.get(*k),
+            None => {
+                p.global("torch", t.dtype.storage_name());
+                let k = p.put();
+                storage_globals.push((t.dtype, k));
+            }
+        }
+        p.str(&i.to_string());
+        p.str("cpu");
+        p.int(t.numel() as i64);
+        p.tuple();
+        p.binpersid();
+        p.int(0);
+        p.int_tuple(&t.shape);
+        p.int_tuple(&contiguous_strides(&t.shape));
+        p.bool(false);
+        p.get(od);
+        p.empty_tuple();
+        p.reduce();
+        p.tuple();
+        p.reduce();
+    }
+    p.setitems();
+    let pkl = p.stop();
+
+    let mut out = Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut out);
+        // torch's reader accepts any alignment; 64 bytes matches what torch writes (and mmap loading wants).
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .with_alignment(64);
+        let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
+            zip.start_file(format!("archive/{name}"), opts).map_err(std::io::Error::other)?;
+            zip.write_all(data)
+        };
+        add("data.pkl", &pkl)?;
+        add("byteorder", b"little")?;
+        for (i, (_, t)) in sd.entries.iter().enumerate() {
+            add(&format!("data/{i}"), &t.data)?;
+        }
+        add("version", b"3\n")?;
+        zip.finish().map_err(std::io::Error::other)?;
+    }
+    Ok(out.into_inner())
+}
+
+fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1].max(1);
+    }
+    strides
+}

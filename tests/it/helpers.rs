@@ -1,0 +1,50 @@
+//! Shared test set-up: the project binary, the Python reference interpreter, temp dirs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Repository root (where Cargo.toml lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python interpreter with torch 2.11 and cellpose 3.1.1.2 (made by scripts/setup.sh).
+pub fn python() -> PathBuf {
+    std::env::var_os("CPW_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv/bin/python"))
+}
+
+/// Runs a Python snippet with the reference interpreter; panics with its stderr when it fails.
+pub fn run_python(code: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .expect("failed to start the reference Python (run scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The project's binary, built by cargo for this test run.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cellpose-train-worker"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(rel)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,2 @@
+//! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
+mod helpers;
