@@ -234,6 +234,15 @@ def metrics_fixtures(masks_out):
     eroded = base.copy()
     eroded[1:-1, 1:-1][(base[:-2, 1:-1] != base[1:-1, 1:-1]) | (base[2:, 1:-1] != base[1:-1, 1:-1])] = 0
     pairs["eroded"] = (base, eroded)
+    # optimal matching matters below IoU 0.5: pred x straddles true A|B (IoU 1/3 each), pred y is
+    # a sliver of A (IoU 0.3); at 0.25 the best matching pairs y-A and x-B
+    crossed_t = np.zeros((20, 40), np.int32)
+    crossed_t[5:15, 5:15] = 1
+    crossed_t[5:15, 15:25] = 2
+    crossed_p = np.zeros_like(crossed_t)
+    crossed_p[5:15, 10:20] = 1
+    crossed_p[5:15, 5:8] = 2
+    pairs["crossed"] = (crossed_t, crossed_p)
     # a real segmentation: cellpose masks against the labels they came from
     for case in ("noisy", "wide"):
         lab = np.load(os.path.join(OUT, f"masks_{case}_labels.npy"))

@@ -60,14 +60,19 @@ impl Field {
         Field { dy, dx, h, w }
     }
 
-    /// numba `map_coordinates` + the clamped Euler step, in cellpose's precision: the
-    /// interpolation in float64, the position in float32.
+    /// numba `map_coordinates` + the clamped Euler step, in the precision numba compiles
+    /// cellpose's expression to (read off its machine code, checked bit for bit): the fractions
+    /// are float32; `1 - f` is float64 (an integer literal minus float32); so
+    /// `I00 * (1-fy) * (1-fx)` and `I01 * (1-fy) * fx` are float64 products, `I10 * fy` is a
+    /// float32 product before `* (1-fx)` in float64, and `I11 * fy * fx` is float32 throughout;
+    /// the sum is float64, stored as float32. Positions are float32.
     fn integrate(&self, mut py: f32, mut px: f32, niter: u32) -> (f32, f32) {
         let (hmax, wmax) = (self.h as i64 - 1, self.w as i64 - 1);
         for _ in 0..niter {
             let (yfl, xfl) = (py as i32 as i64, px as i32 as i64);
-            let fy = py as f64 - yfl as f64;
-            let fx = px as f64 - xfl as f64;
+            let fy = (py as f64 - yfl as f64) as f32;
+            let fx = (px as f64 - xfl as f64) as f32;
+            let (gy, gx) = (1.0 - fy as f64, 1.0 - fx as f64);
             let yf = yfl.clamp(0, hmax);
             let xf = xfl.clamp(0, wmax);
             let yf1 = (yf + 1).min(hmax);
@@ -75,10 +80,11 @@ impl Field {
             let (i00, i01) = ((yf * self.w as i64 + xf) as usize, (yf * self.w as i64 + xf1) as usize);
             let (i10, i11) = ((yf1 * self.w as i64 + xf) as usize, (yf1 * self.w as i64 + xf1) as usize);
             let interp = |v: &[f32]| -> f32 {
-                (v[i00] as f64 * (1.0 - fy) * (1.0 - fx)
-                    + v[i01] as f64 * (1.0 - fy) * fx
-                    + v[i10] as f64 * fy * (1.0 - fx)
-                    + v[i11] as f64 * fy * fx) as f32
+                let t1 = v[i00] as f64 * gy * gx;
+                let t2 = v[i01] as f64 * gy * fx as f64;
+                let t3 = (v[i10] * fy) as f64 * gx;
+                let t4 = (v[i11] * fy * fx) as f64;
+                (t1 + t2 + t3 + t4) as f32
             };
             let (sy, sx) = (interp(&self.dy), interp(&self.dx));
             py = (py + sy).max(0.0).min(hmax as f32);

@@ -8,7 +8,7 @@ use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Zip};
 use tch::{Device, Kind, Tensor};
 
 use super::cleanup::{fill_holes_and_remove_small_masks, remove_bad_flow_masks, resize_nearest};
-use super::dynamics::follow_flows;
+use super::dynamics::{follow_flows_cpu, follow_flows_torch};
 use super::labels::{remove_labels, renumber_in_place, sorted_counts};
 
 /// Histogram padding in `get_masks_torch` (`rpad`).
@@ -64,12 +64,45 @@ pub enum SegmentError {
 
 /// Masks from network outputs, cellpose `resize_and_compute_masks`: `dp` is the network's
 /// `[2, H, W]` (dY, dX at 5x unit scale), `cellprob` its `[H, W]` logits. Returns labels
-/// 1..=n (0 = background) at `params.resize` or the input size. On CUDA the integration, the
-/// seed sort and the flow check's flows run there with cellpose's torch algorithms.
+/// 1..=n (0 = background) at `params.resize` or the input size. Everything runs with the
+/// algorithms cellpose uses on `device`: on CUDA the grid_sample integrator, the seed sort and
+/// the flow check's flows run there with torch; elsewhere the CPU algorithms.
 pub fn compute_masks(
     dp: ArrayView3<f32>,
     cellprob: ArrayView2<f32>,
     params: &MaskParams,
+    device: Device,
+) -> Result<Array2<u32>, SegmentError> {
+    compute_masks_with(dp, cellprob, params, Integrator::for_device(device), device)
+}
+
+/// Which integrator follows the flows; cellpose picks by device ([`Integrator::for_device`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrator {
+    /// numba `map_coordinates` at pixel coordinates, on the CPU (cellpose on CPU).
+    Interpolate,
+    /// torch `grid_sample` on the device (cellpose on CUDA).
+    GridSample,
+}
+
+impl Integrator {
+    /// cellpose's choice: grid_sample on CUDA, interpolation otherwise.
+    pub fn for_device(device: Device) -> Integrator {
+        if device.is_cuda() {
+            Integrator::GridSample
+        } else {
+            Integrator::Interpolate
+        }
+    }
+}
+
+/// [`compute_masks`] with the integrator chosen by the caller, e.g. to reproduce on the CPU what
+/// cellpose computes on a GPU.
+pub fn compute_masks_with(
+    dp: ArrayView3<f32>,
+    cellprob: ArrayView2<f32>,
+    params: &MaskParams,
+    integrator: Integrator,
     device: Device,
 ) -> Result<Array2<u32>, SegmentError> {
     let (c, h, w) = dp.dim();
@@ -93,7 +126,10 @@ pub fn compute_masks(
         for mut plane in field.axis_iter_mut(Axis(0)) {
             Zip::from(&mut plane).and(&inside).for_each(|v, &m| *v = *v * if m { 1.0 } else { 0.0 } / 5.0);
         }
-        let ends = follow_flows(field.view(), &starts, params.niter, device).map_err(torch)?;
+        let ends = match integrator {
+            Integrator::Interpolate => follow_flows_cpu(field.view(), &starts, params.niter),
+            Integrator::GridSample => follow_flows_torch(field.view(), &starts, params.niter, device).map_err(torch)?,
+        };
         let mut masks = get_masks(&ends, &starts, (h, w), params.max_size_fraction, device).map_err(torch)?;
         if params.flow_threshold > 0.0 && masks.iter().any(|&v| v > 0) {
             remove_bad_flow_masks(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;

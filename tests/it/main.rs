@@ -1,2 +1,5 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
 mod helpers;
+mod dynamics;
+mod metrics;
+mod npy;
