@@ -22,6 +22,10 @@ What it writes (all arrays as .npy, scalars in JSON):
 - metrics_<pair>_true.npy / _pred   label pairs (uint16)
 - metrics.json                      metrics.average_precision, mask_ious, aggregated_jaccard_index
 
+With `--cuda-out DIR` (on a machine with CUDA) it instead writes cellpose's CUDA results for the
+committed inputs into DIR, for the ignored test `dynamics::cuda_matches_cellpose_on_cuda`
+(run it with CPW_GPU_GOLDEN=DIR and `--ignored`).
+
 Everything is seeded; rerunning reproduces the files bit for bit on the same library versions.
 """
 import importlib.metadata
@@ -273,9 +277,38 @@ def metrics_fixtures(masks_out):
     return out
 
 
+def cuda_goldens(out_dir):
+    """Outputs of cellpose on CUDA for the committed inputs (not committed: GPU-only check).
+
+    Writes flows_<name>_cuda.npy (labels_to_flows, [4, H, W]) and masks_<case>_cuda.npy
+    (resize_and_compute_masks) into out_dir, for the ignored Rust test
+    `dynamics::cuda_matches_cellpose_on_cuda` (CPW_GPU_GOLDEN=out_dir).
+    """
+    dev = torch.device("cuda")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("shapes", "cells", "dense", "empty"):
+        lab = np.load(os.path.join(OUT, f"flows_{name}_labels.npy")).astype(np.int32)
+        flows = dynamics.labels_to_flows([lab], device=dev)[0]
+        np.save(os.path.join(out_dir, f"flows_{name}_cuda.npy"), flows.astype(np.float32))
+    with open(os.path.join(OUT, "masks.json")) as f:
+        cases = json.load(f)
+    for name, p in cases.items():
+        dp = np.load(os.path.join(OUT, f"masks_{name}_dp.npy")).astype(np.float32)
+        cp = np.load(os.path.join(OUT, f"masks_{name}_cellprob.npy")).astype(np.float32)
+        m = dynamics.resize_and_compute_masks(
+            dp, cp, niter=p["niter"], cellprob_threshold=p["cellprob_threshold"],
+            flow_threshold=p["flow_threshold"], min_size=p["min_size"],
+            max_size_fraction=p["max_size_fraction"], resize=p["resize"], device=dev)
+        np.save(os.path.join(out_dir, f"masks_{name}_cuda.npy"), m.astype(np.uint16))
+        print(name, "cuda masks:", int(m.max()))
+
+
 def main():
     found = importlib.metadata.version("cellpose")
     assert found == "3.1.1.2", f"fixtures are pinned to cellpose 3.1.1.2, found {found}"
+    if len(sys.argv) == 3 and sys.argv[1] == "--cuda-out":
+        cuda_goldens(sys.argv[2])
+        return 0
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(1)
     flows = flows_fixtures()

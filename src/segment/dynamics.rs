@@ -44,10 +44,10 @@ pub fn follow_flows_cpu(dp: ArrayView3<f32>, starts: &[(usize, usize)], niter: u
         .collect()
 }
 
-/// A `[2, H, W]` flow field laid out flat for fast bilinear lookups.
+/// A `[2, H, W]` flow field laid out flat, (dY, dX) side by side, so that each bilinear
+/// corner is one cache access.
 struct Field {
-    dy: Vec<f32>,
-    dx: Vec<f32>,
+    v: Vec<[f32; 2]>,
     h: usize,
     w: usize,
 }
@@ -55,9 +55,13 @@ struct Field {
 impl Field {
     fn new(dp: ArrayView3<f32>) -> Field {
         let (_, h, w) = dp.dim();
-        let dy = dp.index_axis(Axis(0), 0).iter().copied().collect();
-        let dx = dp.index_axis(Axis(0), 1).iter().copied().collect();
-        Field { dy, dx, h, w }
+        let v = dp
+            .index_axis(Axis(0), 0)
+            .iter()
+            .zip(dp.index_axis(Axis(0), 1).iter())
+            .map(|(&a, &b)| [a, b])
+            .collect();
+        Field { v, h, w }
     }
 
     /// numba `map_coordinates` + the clamped Euler step, in the precision numba compiles
@@ -77,18 +81,23 @@ impl Field {
             let xf = xfl.clamp(0, wmax);
             let yf1 = (yf + 1).min(hmax);
             let xf1 = (xf + 1).min(wmax);
-            let (i00, i01) = ((yf * self.w as i64 + xf) as usize, (yf * self.w as i64 + xf1) as usize);
-            let (i10, i11) = ((yf1 * self.w as i64 + xf) as usize, (yf1 * self.w as i64 + xf1) as usize);
-            let interp = |v: &[f32]| -> f32 {
-                let t1 = v[i00] as f64 * gy * gx;
-                let t2 = v[i01] as f64 * gy * fx as f64;
-                let t3 = (v[i10] * fy) as f64 * gx;
-                let t4 = (v[i11] * fy * fx) as f64;
+            let w = self.w as i64;
+            let (c00, c01) = (self.v[(yf * w + xf) as usize], self.v[(yf * w + xf1) as usize]);
+            let (c10, c11) = (self.v[(yf1 * w + xf) as usize], self.v[(yf1 * w + xf1) as usize]);
+            let interp = |k: usize| -> f32 {
+                let t1 = c00[k] as f64 * gy * gx;
+                let t2 = c01[k] as f64 * gy * fx as f64;
+                let t3 = (c10[k] * fy) as f64 * gx;
+                let t4 = (c11[k] * fy * fx) as f64;
                 (t1 + t2 + t3 + t4) as f32
             };
-            let (sy, sx) = (interp(&self.dy), interp(&self.dx));
-            py = (py + sy).max(0.0).min(hmax as f32);
-            px = (px + sx).max(0.0).min(wmax as f32);
+            let ny = (py + interp(0)).max(0.0).min(hmax as f32);
+            let nx = (px + interp(1)).max(0.0).min(wmax as f32);
+            // the step depends on the position alone: a point that did not move never will
+            if ny == py && nx == px {
+                break;
+            }
+            (py, px) = (ny, nx);
         }
         (py, px)
     }

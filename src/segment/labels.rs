@@ -135,20 +135,36 @@ pub(crate) fn sorted_counts(labels: ArrayView2<u32>) -> Vec<(u32, u64)> {
 /// Bounding boxes of the labels present (0 excluded), in increasing label order: the non-`None`
 /// entries of scipy `find_objects`, each with its label.
 pub fn bounding_boxes(labels: ArrayView2<u32>) -> Vec<(u32, BBox)> {
+    let grow = |b: &mut BBox, y: usize, x: usize| {
+        b.y0 = b.y0.min(y);
+        b.y1 = b.y1.max(y + 1);
+        b.x0 = b.x0.min(x);
+        b.x1 = b.x1.max(x + 1);
+    };
+    let max = max_label(labels);
+    if (max as usize) <= labels.len().max(1 << 16) {
+        // dense table indexed by label: the common case, and much faster than hashing
+        let mut boxes: Vec<Option<BBox>> = vec![None; max as usize + 1];
+        for ((y, x), &v) in labels.indexed_iter() {
+            if v != 0 {
+                match &mut boxes[v as usize] {
+                    Some(b) => grow(b, y, x),
+                    slot => *slot = Some(BBox { y0: y, y1: y + 1, x0: x, x1: x + 1 }),
+                }
+            }
+        }
+        return boxes.into_iter().enumerate().filter_map(|(l, b)| b.map(|b| (l as u32, b))).collect();
+    }
     let mut boxes: HashMap<u32, BBox> = HashMap::new();
     for ((y, x), &v) in labels.indexed_iter() {
-        if v == 0 {
-            continue;
+        if v != 0 {
+            boxes.entry(v).and_modify(|b| grow(b, y, x)).or_insert(BBox {
+                y0: y,
+                y1: y + 1,
+                x0: x,
+                x1: x + 1,
+            });
         }
-        boxes
-            .entry(v)
-            .and_modify(|b| {
-                b.y0 = b.y0.min(y);
-                b.y1 = b.y1.max(y + 1);
-                b.x0 = b.x0.min(x);
-                b.x1 = b.x1.max(x + 1);
-            })
-            .or_insert(BBox { y0: y, y1: y + 1, x0: x, x1: x + 1 });
     }
     let mut v: Vec<(u32, BBox)> = boxes.into_iter().collect();
     v.sort_unstable_by_key(|&(l, _)| l);
@@ -203,6 +219,15 @@ mod tests {
         );
         assert_eq!(label_counts(a.view()), vec![(2, 3), (9, 1)]);
         assert_eq!(sorted_counts(a.view()), vec![(0, 5), (2, 3), (9, 1)]);
+    }
+
+    #[test]
+    fn boxes_of_huge_labels_use_the_sparse_path() {
+        let a = array![[0, u32::MAX], [7, u32::MAX]];
+        assert_eq!(
+            bounding_boxes(a.view()),
+            vec![(7, BBox { y0: 1, y1: 2, x0: 0, x1: 1 }), (u32::MAX, BBox { y0: 0, y1: 2, x0: 1, x1: 2 })]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ const RPAD: i64 = 20;
 /// Parameters of `resize_and_compute_masks`, with cellpose's `eval` defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MaskParams {
-    /// Euler steps; `eval` uses `200 / rescale` ([`niter_for_rescale`]).
+    /// Euler steps; `eval` uses `200 / rescale` ([`eval_niter`]).
     pub niter: u32,
     /// Pixels with cellprob above this are followed (compared in float32, as numpy does).
     pub cellprob_threshold: f32,
@@ -45,10 +45,15 @@ impl Default for MaskParams {
     }
 }
 
-/// The Euler step count `CellposeModel.eval` uses with `resample=True`: `1 / rescale * 200`,
-/// truncated (`np.uint32`). `rescale` is diam_mean / diameter.
-pub fn niter_for_rescale(rescale: f64) -> u32 {
-    (1.0 / rescale * 200.0) as u32
+/// The Euler step count as `CellposeModel.eval` chooses it: a requested count other than 0 is
+/// used as is; otherwise 200, or `1 / rescale * 200` truncated (`np.uint32`) when the flows were
+/// resized back to the image (`resample=True`, the default). `rescale` is diam_mean / diameter.
+pub fn eval_niter(requested: Option<u32>, rescale: f64, resample: bool) -> u32 {
+    match requested {
+        Some(n) if n > 0 => n,
+        _ if resample => (1.0 / rescale * 200.0) as u32,
+        _ => 200,
+    }
 }
 
 /// Why masks could not be computed.
@@ -128,7 +133,9 @@ pub fn compute_masks_with(
         }
         let ends = match integrator {
             Integrator::Interpolate => follow_flows_cpu(field.view(), &starts, params.niter),
-            Integrator::GridSample => follow_flows_torch(field.view(), &starts, params.niter, device).map_err(torch)?,
+            Integrator::GridSample => {
+                follow_flows_torch(field.view(), &starts, params.niter, device).map_err(torch)?
+            }
         };
         let mut masks = get_masks(&ends, &starts, (h, w), params.max_size_fraction, device).map_err(torch)?;
         if params.flow_threshold > 0.0 && masks.iter().any(|&v| v > 0) {
@@ -283,9 +290,11 @@ mod tests {
 
     #[test]
     fn niter_follows_eval() {
-        assert_eq!(niter_for_rescale(1.0), 200);
-        assert_eq!(niter_for_rescale(30.0 / 17.0), 113);
-        assert_eq!(niter_for_rescale(0.5), 400);
+        assert_eq!(eval_niter(None, 1.0, true), 200);
+        assert_eq!(eval_niter(None, 30.0 / 17.0, true), 113);
+        assert_eq!(eval_niter(Some(0), 0.5, true), 400);
+        assert_eq!(eval_niter(None, 0.5, false), 200);
+        assert_eq!(eval_niter(Some(77), 0.5, true), 77);
     }
 
     #[test]

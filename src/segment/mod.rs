@@ -11,7 +11,9 @@ pub mod metrics;
 pub use cleanup::{fill_holes_and_remove_small_masks, flow_error, remove_bad_flow_masks, resize_nearest};
 pub use dynamics::{follow_flows, follow_flows_cpu, follow_flows_torch};
 pub use labels::relabel_consecutive;
-pub use masks::{compute_masks, compute_masks_with, get_masks, niter_for_rescale, Integrator, MaskParams, SegmentError};
+pub use masks::{
+    compute_masks, compute_masks_with, eval_niter, get_masks, Integrator, MaskParams, SegmentError,
+};
 pub use metrics::{
     aggregated_jaccard_index, average_precision, average_precision_cellpose, mask_ious, sum_counts,
     CellposeAp, MatchCounts, MetricsError, DEFAULT_THRESHOLDS,

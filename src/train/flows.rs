@@ -13,9 +13,11 @@
 //!   masks are excluded from the diffusion but not from the final gradient, so at a boundary
 //!   between touching masks the flow can point into the neighbour's heat.
 //!
-//! Both give unit vectors inside masks and 0 outside; they differ by up to ~1e-2 in the
-//! interior of large masks (iteration count) and more on pixels that touch another mask.
-//! [`labels_to_flows`] follows cellpose: torch algorithm on CUDA, numba algorithm otherwise.
+//! Both give unit vectors inside masks and 0 outside. On the golden fixtures their directions
+//! differ by a median of 0.1-0.2 degrees and by up to ~6 degrees inside masks (more on
+//! 1-pixel-wide objects), while on pixels touching another mask the torch algorithm can point
+//! the opposite way (up to 180 degrees). [`labels_to_flows`] follows cellpose: torch algorithm
+//! on CUDA, numba algorithm otherwise; pass `Device::Cpu` to get the CPU targets anywhere.
 
 use ndarray::{s, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;

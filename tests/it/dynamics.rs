@@ -57,7 +57,8 @@ fn torch_flows_match_cellpose_gpu_algorithm() {
         let relabelled = flows::labels_to_flows(lab.view(), None, Device::Cpu).expect("cpu flows");
         let relabelled = relabelled.index_axis(Axis(0), 0).mapv(|v| v as u32);
         let expected = floats3(&format!("flows_{name}_gpu"));
-        let ours = flows_torch::masks_to_flows_torch(relabelled.view(), None, Device::Cpu).expect("torch flows");
+        let ours =
+            flows_torch::masks_to_flows_torch(relabelled.view(), None, Device::Cpu).expect("torch flows");
         let ours = ours.mapv(|v| v as f32);
         let diff = max_abs_diff(&ours, &expected);
         eprintln!("masks_to_flows_gpu {name}: max |dY,dX - cellpose| = {diff:e}");
@@ -88,7 +89,8 @@ fn diameters_match_cellpose() {
         let lab = labels(&format!("flows_{name}_labels"));
         let e = &expected[name];
         let d = diameters::diameters(lab.view());
-        let per: Vec<f64> = e["per_mask"].as_array().expect("list").iter().map(|v| v.as_f64().expect("f64")).collect();
+        let per: Vec<f64> =
+            e["per_mask"].as_array().expect("list").iter().map(|v| v.as_f64().expect("f64")).collect();
         assert_eq!(d.per_mask.len(), per.len(), "{name}: mask count");
         for (k, (&o, &w)) in d.per_mask.iter().zip(&per).enumerate() {
             assert!(close(o, w), "{name}: sqrt(area) of mask {k}: {o} vs cellpose {w}");
@@ -158,7 +160,10 @@ fn agreement(expected: &Array2<u32>, ours: &Array2<u32>) -> Agreement {
         .iter()
         .filter(|(&e, _)| e > 0)
         .filter(|(&e, &ae)| {
-            shared.iter().filter(|((a, _), _)| *a == e).any(|((_, o), &s)| s as f64 / (ae + area_o[o] - s) as f64 >= 0.95)
+            shared
+                .iter()
+                .filter(|((a, _), _)| *a == e)
+                .any(|((_, o), &s)| s as f64 / (ae + area_o[o] - s) as f64 >= 0.95)
         })
         .count();
     Agreement {
@@ -172,8 +177,14 @@ fn agreement(expected: &Array2<u32>, ours: &Array2<u32>) -> Agreement {
 fn check_masks(name: &str, variant: &str, integrator: Integrator) {
     let case = mask_case(name);
     let expected = labels(&format!("masks_{name}_{variant}"));
-    let ours = segment::compute_masks_with(case.dp.view(), case.cellprob.view(), &case.params, integrator, Device::Cpu)
-        .expect("masks");
+    let ours = segment::compute_masks_with(
+        case.dp.view(),
+        case.cellprob.view(),
+        &case.params,
+        integrator,
+        Device::Cpu,
+    )
+    .expect("masks");
     assert_eq!(ours.dim(), expected.dim(), "{name}/{variant}: shape");
     let a = agreement(&expected, &ours);
     eprintln!(
@@ -185,7 +196,12 @@ fn check_masks(name: &str, variant: &str, integrator: Integrator) {
         100.0 * a.identical_pixels
     );
     assert!(a.n_expected > 0, "{name}: the fixture should hold masks");
-    assert!(a.n_ours.abs_diff(a.n_expected) <= 1, "{name}/{variant}: {} masks vs cellpose's {}", a.n_ours, a.n_expected);
+    assert!(
+        a.n_ours.abs_diff(a.n_expected) <= 1,
+        "{name}/{variant}: {} masks vs cellpose's {}",
+        a.n_ours,
+        a.n_expected
+    );
     assert!(
         a.matched_95 as f64 >= 0.98 * a.n_expected as f64,
         "{name}/{variant}: only {}/{} masks with IoU >= 0.95",
@@ -223,8 +239,9 @@ fn get_masks_matches_cellpose_before_the_flow_check() {
             plane.zip_mut_with(&inside, |v, &m| *v = if m { *v / 5.0 } else { 0.0 });
         }
         let ends = segment::follow_flows_cpu(field.view(), &starts, case.params.niter);
-        let ours = segment::get_masks(&ends, &starts, inside.dim(), case.params.max_size_fraction, Device::Cpu)
-            .expect("get_masks");
+        let ours =
+            segment::get_masks(&ends, &starts, inside.dim(), case.params.max_size_fraction, Device::Cpu)
+                .expect("get_masks");
         assert_eq!(ours, expected, "{name}: get_masks differs from cellpose");
     }
 }
@@ -237,4 +254,49 @@ fn no_cell_pixels_give_empty_masks_at_the_requested_size() {
     let m = segment::compute_masks(dp.view(), cellprob.view(), &params, Device::Cpu).expect("masks");
     assert_eq!(m.dim(), (32, 40));
     assert!(m.iter().all(|&v| v == 0));
+}
+
+/// cellpose on CUDA vs ours on CUDA, for the committed inputs. Needs a GPU and the outputs of
+/// `tools/make_dynamics_fixtures.py --cuda-out DIR` in `CPW_GPU_GOLDEN=DIR`.
+#[test]
+#[ignore = "needs CUDA and CPW_GPU_GOLDEN (tools/make_dynamics_fixtures.py --cuda-out DIR)"]
+fn cuda_matches_cellpose_on_cuda() {
+    let dir = std::path::PathBuf::from(std::env::var_os("CPW_GPU_GOLDEN").expect("set CPW_GPU_GOLDEN"));
+    assert!(tch::Cuda::is_available(), "no CUDA device");
+    let device = Device::Cuda(0);
+    for name in FLOW_CASES {
+        let lab = labels(&format!("flows_{name}_labels"));
+        let expected = npy::read_f32(&dir.join(format!("flows_{name}_cuda.npy")))
+            .into_dimensionality::<Ix3>()
+            .expect("3-D");
+        let ours = flows::labels_to_flows(lab.view(), None, device).expect("cuda flows");
+        assert_eq!(ours.slice(s![..2, .., ..]), expected.slice(s![..2, .., ..]), "{name}: labels / cellprob");
+        let diff = max_abs_diff(ours.slice(s![2.., .., ..]), expected.slice(s![2.., .., ..]));
+        eprintln!("cuda labels_to_flows {name}: max |dY,dX - cellpose| = {diff:e}");
+        assert!(diff <= 1e-6, "{name}: cuda flows differ from cellpose's by {diff}");
+    }
+    for name in MASK_CASES {
+        let case = mask_case(name);
+        let expected = npy::read_u32(&dir.join(format!("masks_{name}_cuda.npy")))
+            .into_dimensionality::<Ix2>()
+            .expect("2-D");
+        let ours = segment::compute_masks(case.dp.view(), case.cellprob.view(), &case.params, device)
+            .expect("masks");
+        let a = agreement(&expected, &ours);
+        eprintln!(
+            "cuda masks {name}: cellpose {} masks, ours {}, IoU>=0.95 for {}/{}, identical pixels {:.4}%",
+            a.n_expected,
+            a.n_ours,
+            a.matched_95,
+            a.n_expected,
+            100.0 * a.identical_pixels
+        );
+        assert!(
+            a.n_ours.abs_diff(a.n_expected) <= 1,
+            "{name}: {} masks vs cellpose's {}",
+            a.n_ours,
+            a.n_expected
+        );
+        assert!(a.matched_95 as f64 >= 0.98 * a.n_expected as f64, "{name}: too few masks with IoU >= 0.95");
+    }
 }

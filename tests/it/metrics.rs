@@ -14,7 +14,9 @@ fn label_image(name: &str) -> Array2<u32> {
 /// The true and predicted label images of a metrics fixture pair.
 fn pair(name: &str) -> (Array2<u32>, Array2<u32>) {
     match name.strip_prefix("segmented_") {
-        Some(case) => (label_image(&format!("masks_{case}_labels")), label_image(&format!("masks_{case}_cpu"))),
+        Some(case) => {
+            (label_image(&format!("masks_{case}_labels")), label_image(&format!("masks_{case}_cpu")))
+        }
         None => (label_image(&format!("metrics_{name}_true")), label_image(&format!("metrics_{name}_pred"))),
     }
 }
@@ -88,7 +90,8 @@ fn mask_ious_and_aji_match_cellpose() {
         let (t, p) = pair(name);
         let (iout, preds) = segment::mask_ious(t.view(), p.view()).expect("same shape");
         let want_iou = floats(&e["iout"]);
-        let want_pred: Vec<u64> = e["preds"].as_array().expect("list").iter().map(|v| v.as_u64().expect("int")).collect();
+        let want_pred: Vec<u64> =
+            e["preds"].as_array().expect("list").iter().map(|v| v.as_u64().expect("int")).collect();
         assert_eq!(iout.len(), want_iou.len(), "{name}: one entry per true label");
         for (k, (&o, &w)) in iout.iter().zip(&want_iou).enumerate() {
             assert!((o - w).abs() <= 1e-12, "{name}: iou of true {} = {o}, cellpose {w}", k + 1);

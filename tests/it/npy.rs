@@ -62,7 +62,8 @@ impl Dtype {
 
 /// Reads a fixture as f64 values with its shape.
 pub fn read(path: &Path) -> ArrayD<f64> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e} (run tools/make_dynamics_fixtures.py)", path.display()));
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run tools/make_dynamics_fixtures.py)", path.display()));
     assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not an npy file", path.display());
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
@@ -78,8 +79,12 @@ pub fn read(path: &Path) -> ArrayD<f64> {
     assert!(field("'fortran_order':").trim_start().starts_with("False"), "{}: Fortran order", path.display());
     let shape_src = field("'shape':");
     let shape_src = &shape_src[shape_src.find('(').expect("(") + 1..shape_src.find(')').expect(")")];
-    let shape: Vec<usize> =
-        shape_src.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().expect("dim")).collect();
+    let shape: Vec<usize> = shape_src
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("dim"))
+        .collect();
     let data = &bytes[start + header_len..];
     let n: usize = shape.iter().product();
     assert_eq!(data.len(), n * dtype.size(), "{}: truncated data", path.display());
