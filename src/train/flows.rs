@@ -43,22 +43,40 @@ pub fn labels_to_flows(
     niter: Option<u32>,
     device: Device,
 ) -> Result<Array3<f32>, FlowError> {
+    if !device.is_cuda() {
+        return Ok(labels_to_flows_cpu(labels, niter));
+    }
     let mut relabelled = labels.to_owned();
     let n = renumber_in_place(&mut relabelled);
     let mu = if n == 0 {
         Array3::zeros((2, labels.nrows(), labels.ncols()))
-    } else if device.is_cuda() {
+    } else {
         super::flows_torch::masks_to_flows_torch(relabelled.view(), niter, device)
             .map_err(|source| FlowError::Torch { device, source })?
+    };
+    Ok(stack_targets(&relabelled, &mu))
+}
+
+/// [`labels_to_flows`] with the CPU algorithm (cellpose on CPU), which cannot fail.
+pub fn labels_to_flows_cpu(labels: ArrayView2<u32>, niter: Option<u32>) -> Array3<f32> {
+    let mut relabelled = labels.to_owned();
+    let n = renumber_in_place(&mut relabelled);
+    let mu = if n == 0 {
+        Array3::zeros((2, labels.nrows(), labels.ncols()))
     } else {
         masks_to_flows(relabelled.view(), niter)
     };
+    stack_targets(&relabelled, &mu)
+}
+
+/// `[labels, labels > 0, dY, dX]` as float32 (cellpose's `np.concatenate` in labels_to_flows).
+fn stack_targets(relabelled: &Array2<u32>, mu: &Array3<f64>) -> Array3<f32> {
     let (h, w) = relabelled.dim();
     let mut out = Array3::<f32>::zeros((4, h, w));
     out.index_axis_mut(Axis(0), 0).assign(&relabelled.mapv(|v| v as f32));
     out.index_axis_mut(Axis(0), 1).assign(&relabelled.mapv(|v| if v > 0 { 1.0 } else { 0.0 }));
     out.slice_mut(s![2.., .., ..]).assign(&mu.mapv(|v| v as f32));
-    Ok(out)
+    out
 }
 
 /// [`labels_to_flows`] for many images: in parallel on the CPU, one after another on CUDA (the
