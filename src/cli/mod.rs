@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod common;
 mod model;
+mod predict;
 
 #[derive(Parser, Debug)]
 #[command(name = "cellpose-train-worker", version, about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker")]
@@ -21,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Create or inspect model files (PyTorch state_dicts that Python cellpose loads).
     Model(model::ModelArgs),
+    /// Run the network on one image: writes dY, dX, cellprob as a float32 TIFF.
+    Predict(predict::PredictArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -28,6 +32,7 @@ pub fn main() -> ExitCode {
     crate::telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Model(args) => model::run(args),
+        Command::Predict(args) => predict::run(args),
     };
     match result {
         Ok(code) => code,

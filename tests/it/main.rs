@@ -1,2 +1,4 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
 mod helpers;
+mod model_files;
+mod predict;
