@@ -29,7 +29,9 @@ pub enum ImageErrorKind {
     UnsupportedType(String),
     #[error("pages have different sizes ({0}x{1} then {2}x{3}); a multi-page TIFF is read as channels of one image")]
     PageSizeMismatch(u32, u32, u32, u32),
-    #[error("not a label image: {0}. A mask must be one channel of non-negative integer labels (0 = background)")]
+    #[error(
+        "not a label image: {0}. A mask must be one channel of non-negative integer labels (0 = background)"
+    )]
     NotLabels(String),
 }
 
@@ -67,7 +69,9 @@ fn decoding_to_plane(res: DecodingResult, height: usize, width: usize, samples: 
         DecodingResult::U8(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
         DecodingResult::U16(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
         DecodingResult::U32(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::U64(v) => PlaneData::Int(v.into_iter().map(|x| x.min(i64::MAX as u64) as i64).collect()),
+        DecodingResult::U64(v) => {
+            PlaneData::Int(v.into_iter().map(|x| x.min(i64::MAX as u64) as i64).collect())
+        }
         DecodingResult::I8(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
         DecodingResult::I16(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
         DecodingResult::I32(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
@@ -120,31 +124,62 @@ fn read_png_planes(path: &Path) -> Result<Vec<Plane>, ImageError> {
     let img = image::open(path).map_err(|e| err(path, ImageErrorKind::Image(e.to_string())))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let plane = match img {
-        image::DynamicImage::ImageLuma8(b) => {
-            Plane { height: h, width: w, samples: 1, data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()) }
-        }
-        image::DynamicImage::ImageLuma16(b) => {
-            Plane { height: h, width: w, samples: 1, data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()) }
-        }
+        image::DynamicImage::ImageLuma8(b) => Plane {
+            height: h,
+            width: w,
+            samples: 1,
+            data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
+        },
+        image::DynamicImage::ImageLuma16(b) => Plane {
+            height: h,
+            width: w,
+            samples: 1,
+            data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
+        },
         image::DynamicImage::ImageLumaA8(_) => {
             let b = img.to_luma8();
-            Plane { height: h, width: w, samples: 1, data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()) }
+            Plane {
+                height: h,
+                width: w,
+                samples: 1,
+                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
+            }
         }
         image::DynamicImage::ImageLumaA16(_) => {
             let b = img.to_luma16();
-            Plane { height: h, width: w, samples: 1, data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()) }
+            Plane {
+                height: h,
+                width: w,
+                samples: 1,
+                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
+            }
         }
         image::DynamicImage::ImageRgb16(_) | image::DynamicImage::ImageRgba16(_) => {
             let b = img.to_rgb16();
-            Plane { height: h, width: w, samples: 3, data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()) }
+            Plane {
+                height: h,
+                width: w,
+                samples: 3,
+                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
+            }
         }
         image::DynamicImage::ImageRgb32F(_) | image::DynamicImage::ImageRgba32F(_) => {
             let b = img.to_rgb32f();
-            Plane { height: h, width: w, samples: 3, data: PlaneData::Float(b.into_raw().into_iter().map(f64::from).collect()) }
+            Plane {
+                height: h,
+                width: w,
+                samples: 3,
+                data: PlaneData::Float(b.into_raw().into_iter().map(f64::from).collect()),
+            }
         }
         _ => {
             let b = img.to_rgb8();
-            Plane { height: h, width: w, samples: 3, data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()) }
+            Plane {
+                height: h,
+                width: w,
+                samples: 3,
+                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
+            }
         }
     };
     Ok(vec![plane])

@@ -16,5 +16,7 @@ pub mod imageio;
 pub mod model;
 pub mod pickle;
 pub mod predict;
+pub mod synthetic;
 pub mod telemetry;
+pub mod train;
 pub mod transforms;

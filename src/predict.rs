@@ -85,9 +85,7 @@ pub fn tile_starts(len: i64, bsize: i64, overlap: f64) -> Vec<i64> {
     let b = bsize.min(len);
     let n = if len <= bsize { 1 } else { ((1.0 + 2.0 * overlap) * len as f64 / bsize as f64).ceil() as i64 };
     // np.linspace(0, len - b, n).astype(int)
-    (0..n)
-        .map(|i| if n == 1 { 0 } else { ((len - b) as f64 * i as f64 / (n - 1) as f64) as i64 })
-        .collect()
+    (0..n).map(|i| if n == 1 { 0 } else { ((len - b) as f64 * i as f64 / (n - 1) as f64) as i64 }).collect()
 }
 
 /// cellpose `_taper_mask(ly, lx, sig=7.5)`: a soft window that down-weights tile borders.
@@ -109,7 +107,13 @@ pub fn taper_mask(ly: i64, lx: i64) -> Tensor {
 
 /// Runs the network over a normalised `[C, H, W]` CPU tensor at `rsz` and returns
 /// (`[nout, Ly*rsz, Lx*rsz]` maps on CPU, style). This is cellpose `core.run_net` for one image.
-pub fn run_net(model: &Model, img: &Tensor, rsz: Option<f64>, tiles: &TileConfig, device: Device) -> (Tensor, Tensor) {
+pub fn run_net(
+    model: &Model,
+    img: &Tensor,
+    rsz: Option<f64>,
+    tiles: &TileConfig,
+    device: Device,
+) -> (Tensor, Tensor) {
     let net = &model.net;
     let size = img.size();
     let (ly0, lx0) = (size[1], size[2]);
@@ -117,7 +121,11 @@ pub fn run_net(model: &Model, img: &Tensor, rsz: Option<f64>, tiles: &TileConfig
         Some(r) => ((ly0 as f64 * r) as i64, (lx0 as f64 * r) as i64),
         None => (ly0, lx0),
     };
-    let img = if (lyr, lxr) != (ly0, lx0) { transforms::resize_bilinear(img, lyr, lxr) } else { img.shallow_clone() };
+    let img = if (lyr, lxr) != (ly0, lx0) {
+        transforms::resize_bilinear(img, lyr, lxr)
+    } else {
+        img.shallow_clone()
+    };
     let (y1, y2, x1, x2) = pad_yx(lyr, lxr);
     let padded = img.constant_pad_nd([x1, x2, y1, y2]);
     let (ly, lx) = (lyr + y1 + y2, lxr + x1 + x2);
@@ -145,7 +153,11 @@ pub fn run_net(model: &Model, img: &Tensor, rsz: Option<f64>, tiles: &TileConfig
             .to_device(device);
             let out = net.forward_t(&batch, false);
             let maps = out.maps.to_device(Device::Cpu).to_kind(Kind::Float);
-            style_sum += out.style.to_device(Device::Cpu).to_kind(Kind::Float).sum_dim_intlist([0i64].as_slice(), false, None);
+            style_sum += out.style.to_device(Device::Cpu).to_kind(Kind::Float).sum_dim_intlist(
+                [0i64].as_slice(),
+                false,
+                None,
+            );
             for (i, &(y, x)) in chunk.iter().enumerate() {
                 let mut dst = acc.narrow(1, y, by).narrow(2, x, bx);
                 dst += maps.get(i as i64) * &mask;

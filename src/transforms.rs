@@ -57,7 +57,8 @@ pub fn convert_channels(img: ArrayView3<f32>, channels: Channels) -> Result<Arra
                 return Ok(out);
             }
             if chan == 0 {
-                out.index_axis_mut(Axis(0), 0).assign(&img.mean_axis(Axis(0)).unwrap_or_else(|| Array2::zeros((h, w))));
+                out.index_axis_mut(Axis(0), 0)
+                    .assign(&img.mean_axis(Axis(0)).unwrap_or_else(|| Array2::zeros((h, w))));
                 return Ok(out);
             }
             if chan > c {
@@ -146,7 +147,8 @@ pub fn normalize_img(img: &mut Array3<f32>, opts: &Normalize) {
             ch.mapv_inplace(|v| ((v as f64 - lo) / (hi - lo)) as f32);
             good = true;
         } else if opts.normalize {
-            let (min, max) = ch.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let (min, max) =
+                ch.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
             if max - min > 0.0 {
                 let n = normalize99(ch.view(), opts.percentile.0, opts.percentile.1);
                 ch.assign(&n);

@@ -8,9 +8,15 @@ use clap::{Parser, Subcommand};
 pub mod common;
 mod model;
 mod predict;
+mod synth;
+mod train;
 
 #[derive(Parser, Debug)]
-#[command(name = "cellpose-train-worker", version, about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker")]
+#[command(
+    name = "cellpose-train-worker",
+    version,
+    about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Pretty)]
@@ -25,6 +31,10 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Run the network on one image: writes dY, dX, cellprob as a float32 TIFF.
     Predict(predict::PredictArgs),
+    /// Train a model on a folder of images and masks (cellpose train_seg semantics).
+    Train(train::TrainArgs),
+    /// Write synthetic 2-channel cell images with masks.
+    Synth(synth::SynthArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -33,6 +43,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Model(args) => model::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(code) => code,

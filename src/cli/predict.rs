@@ -45,7 +45,11 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let loaded = crate::model::open_model(&args.model, &args.models_dir.resolve(), device)?;
     let raw = crate::imageio::read_image(&args.image)?;
     let channels = args.channels.to_channels(raw.dim().0)?;
-    loaded.model.check_io(channels.nchan() as i64, loaded.model.net.config.nout, &loaded.source.path.display().to_string())?;
+    loaded.model.check_io(
+        channels.nchan() as i64,
+        loaded.model.net.config.nout,
+        &loaded.source.path.display().to_string(),
+    )?;
     let mut opts = PredictOptions { channels, diameter: Some(args.diameter), ..Default::default() };
     opts.normalize.normalize = !args.no_normalize;
     opts.normalize.invert = args.invert;

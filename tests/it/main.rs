@@ -2,3 +2,5 @@
 mod helpers;
 mod model_files;
 mod predict;
+mod train;
+mod train_golden;

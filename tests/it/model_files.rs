@@ -90,7 +90,12 @@ print('ok', len(b), masks.shape, float(m.diam_labels))
 fn model_init_writes_a_file_python_cellpose_loads() {
     let dir = tempdir();
     let f = dir.path().join("fresh.pth");
-    let st = bin().args(["model", "init", "--out"]).arg(&f).args(["--nchan", "3", "--nbase", "8,16"]).status().unwrap();
+    let st = bin()
+        .args(["model", "init", "--out"])
+        .arg(&f)
+        .args(["--nchan", "3", "--nbase", "8,16"])
+        .status()
+        .unwrap();
     assert!(st.success());
     let out = run_python(
         r#"
@@ -110,7 +115,8 @@ print(sd['downsample.down.res_down_0.conv.conv_0.2.weight'].shape[1], sd['output
 fn model_inspect_json_reports_inferred_shape() {
     let dir = tempdir();
     run_python(MAKE_REFERENCE, &[dir.path().to_str().unwrap(), "3"]);
-    let out = bin().args(["model", "inspect", "--json"]).arg(dir.path().join("py_model.pth")).output().unwrap();
+    let out =
+        bin().args(["model", "inspect", "--json"]).arg(dir.path().join("py_model.pth")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["nchan"], 3);
@@ -158,7 +164,10 @@ torch.save({'model': sd, 'epoch': 3}, sys.argv[1] + '/checkpoint.pth')
     let e = load_err(&d.join("missing.pth"));
     assert!(e.contains("missing.pth") && e.contains("`upsample.up.res_up_1.proj.1.bias` is missing"), "{e}");
     let e = load_err(&d.join("shape.pth"));
-    assert!(e.contains("shape.pth") && e.contains("upsample.up.res_up_1.proj.1.bias") && e.contains("[5]"), "{e}");
+    assert!(
+        e.contains("shape.pth") && e.contains("upsample.up.res_up_1.proj.1.bias") && e.contains("[5]"),
+        "{e}"
+    );
     let e = load_err(&d.join("checkpoint.pth"));
     assert!(e.contains("checkpoint.pth") && e.contains("`model`"), "{e}");
 
@@ -173,7 +182,12 @@ torch.save(collections.OrderedDict(w=Evil()), sys.argv[1] + '/evil.pth')
         &[d.to_str().unwrap()],
     );
     let e = load_err(&d.join("evil.pth"));
-    assert!(e.contains("evil.pth") && e.contains("not allowed") && (e.contains("posix.system") || e.contains("os.system")), "{e}");
+    assert!(
+        e.contains("evil.pth")
+            && e.contains("not allowed")
+            && (e.contains("posix.system") || e.contains("os.system")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -48,7 +48,18 @@ fn compare(diameter: &str, h: &str, w: &str) -> (f64, f64) {
     let d = dir.path().to_str().unwrap();
     run_python(REFERENCE, &[d, diameter, h, w]);
     let out = bin()
-        .args(["predict", "--device", "cpu", "--chan", "1", "--chan2", "2", "--diameter", diameter, "--model"])
+        .args([
+            "predict",
+            "--device",
+            "cpu",
+            "--chan",
+            "1",
+            "--chan2",
+            "2",
+            "--diameter",
+            diameter,
+            "--model",
+        ])
         .arg(dir.path().join("model.pth"))
         .arg("--image")
         .arg(dir.path().join("img.tif"))

@@ -1,0 +1,18 @@
+//! Training that behaves like cellpose 3.1.1.2 `train_seg`: data preparation ([`data`]), label ->
+//! flow targets ([`flows`]), augmentation ([`augment`]) on a producer thread ([`batches`]), losses
+//! ([`loss`]), optimizers ([`optim`]), the LR schedule ([`schedule`]) and the epoch loop ([`trainer`]).
+pub mod augment;
+pub mod batches;
+pub mod data;
+pub mod flows;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use data::{discover, load_pairs, prepare, Example, Pair, PrepareOptions, Prepared, RawExample};
+pub use optim::{Optimizer, OptimizerKind};
+pub use trainer::{
+    train_seg, CancelToken, EpochInfo, NoHooks, Resume, StepInfo, TrainConfig, TrainError, TrainHooks,
+    TrainOutcome,
+};
