@@ -12,21 +12,38 @@ pub enum DeviceError {
     NoSuchGpu { spec: String, count: usize },
 }
 
-/// Parses a device spec and checks it is usable here.
-pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
+/// A device as written in flags and settings, before checking this machine has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// Parses `auto`, `cpu`, `cuda`, `cuda:N` without touching the hardware.
+pub fn parse_device_spec(spec: &str) -> Result<DeviceSpec, DeviceError> {
     let s = spec.trim().to_ascii_lowercase();
     match s.as_str() {
-        "auto" | "" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        _ => {
-            let idx = match s.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| DeviceError::Unknown(spec.into()))?,
-                None => return Err(DeviceError::Unknown(spec.into())),
-            };
+        "auto" | "" => Ok(DeviceSpec::Auto),
+        "cpu" => Ok(DeviceSpec::Cpu),
+        _ => match s.strip_prefix("cuda") {
+            Some("") => Ok(DeviceSpec::Cuda(0)),
+            Some(rest) => rest
+                .strip_prefix(':')
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| DeviceError::Unknown(spec.into())),
+            None => Err(DeviceError::Unknown(spec.into())),
+        },
+    }
+}
+
+/// Parses a device spec and checks it is usable here.
+pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
+    match parse_device_spec(spec)? {
+        DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(idx) => {
             if !tch::Cuda::is_available() {
                 return Err(DeviceError::NoCuda(spec.into()));
             }

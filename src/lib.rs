@@ -11,11 +11,14 @@
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`telemetry`]: tracing set-up.
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod imageio;
+pub mod job;
 pub mod model;
 pub mod pickle;
 pub mod predict;
+pub mod report;
 pub mod synthetic;
 pub mod telemetry;
 pub mod train;

@@ -97,6 +97,9 @@ pub struct TrainArgs {
     pub mixed_precision: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write the run's summary (losses, timings, paths) as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
     #[command(flatten)]
     pub models_dir: ModelsDirArg,
 }
@@ -282,9 +285,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut hooks = BarHooks { bar };
+    let train_count = examples.len();
     let cancel = CancelToken::new();
     let outcome = train::train_seg(&model, Arc::new(examples), test, &cfg, &mut hooks, &cancel, None)?;
     hooks.bar.finish_and_clear();
+    if let Some(path) = &args.summary_json {
+        let doc = serde_json::json!({
+            "outcome": outcome,
+            "device": crate::device::describe(device),
+            "n_train": train_count,
+            "batch_size": cfg.batch_size,
+            "bsize": cfg.bsize,
+            "mixed_precision": cfg.mixed_precision,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("failed to write {}", path.display()))?;
+    }
     eprintln!(
         ">>>> model trained and saved to {} (final train loss {:.4}, diam_labels {:.2}, {:.3} s/step)",
         save_path.display(),

@@ -159,6 +159,8 @@ pub struct TrainOutcome {
     pub diam_labels: f64,
     pub seconds: f64,
     pub seconds_per_step: f64,
+    /// Median wall time of the steps after the first epoch (warm-up excluded), for benchmarks.
+    pub median_step_seconds: f64,
 }
 
 fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
@@ -235,6 +237,7 @@ pub fn train_seg(
     let steps_per_epoch = plan.per_epoch.div_ceil(cfg.batch_size);
     let (rx, producer) = batches::spawn_train_batches(train.clone(), plan.clone(), start, cfg.n_epochs);
     let mut steps_done = 0usize;
+    let mut step_times: Vec<f64> = Vec::new();
     let train_t0 = Instant::now();
     let total_steps = (cfg.n_epochs - start) * steps_per_epoch;
 
@@ -246,6 +249,7 @@ pub fn train_seg(
                 if cancel.is_cancelled() {
                     return Err(TrainError::Cancelled { epoch });
                 }
+                let step_t0 = Instant::now();
                 let batch = rx
                     .recv()
                     .map_err(|_| TrainError::Config("the batch producer stopped unexpectedly".into()))?;
@@ -258,6 +262,9 @@ pub fn train_seg(
                 optim.step(lr_e);
                 epoch_loss += loss.detach() * (x.size()[0] as f64);
                 steps_done += 1;
+                if epoch > start {
+                    step_times.push(step_t0.elapsed().as_secs_f64());
+                }
                 let elapsed = train_t0.elapsed().as_secs_f64();
                 let per_step = elapsed / steps_done as f64;
                 hooks.on_step(&StepInfo {
@@ -325,7 +332,16 @@ pub fn train_seg(
         diam_labels,
         seconds: t0.elapsed().as_secs_f64(),
         seconds_per_step: train_secs / steps_done.max(1) as f64,
+        median_step_seconds: median(&mut step_times).unwrap_or(train_secs / steps_done.max(1) as f64),
     })
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
 }
 
 /// `<path>_epoch_NNNN`, cellpose's `save_each` naming.
