@@ -19,7 +19,7 @@ RUST_LOG=warn "$BIN" train --dir "$work/data" --pretrained-model None --chan 1 -
 "$PY" - "$work/py.json" "$work/rs.json" <<'PYEOF'
 import json, sys
 py = json.load(open(sys.argv[1])); rs = json.load(open(sys.argv[2]))
-p = py["median_step_seconds"]; r = rs["outcome"]["median_step_seconds"]
+p = py["steady_step_seconds"]; r = rs["outcome"]["steady_step_seconds"]
 print(f"python cellpose: {p:.4f} s/step (torch threads {py['torch_threads']}, loss {py['train_losses'][0]:.3f} -> {py['train_losses'][-1]:.3f})")
 print(f"this project:    {r:.4f} s/step ({rs['device']}, mixed precision {rs['mixed_precision']}, loss {rs['outcome']['train_losses'][0]:.3f} -> {rs['outcome']['train_losses'][-1]:.3f})")
 print(f"ratio (ours / python): {r / p:.3f}")

@@ -59,7 +59,12 @@ pub struct GirderSettings {
 
 impl Default for GirderSettings {
     fn default() -> Self {
-        GirderSettings { api_url: "http://localhost:8080/api/v1".into(), api_key: None, timeout_s: 60.0, max_retries: 5 }
+        GirderSettings {
+            api_url: "http://localhost:8080/api/v1".into(),
+            api_key: None,
+            timeout_s: 60.0,
+            max_retries: 5,
+        }
     }
 }
 
@@ -196,13 +201,18 @@ impl Settings {
             return bad(format!("[training] bsize must be a positive multiple of 16 (got {})", t.bsize));
         }
         if t.min_epochs == 0 || t.min_epochs > t.max_epochs {
-            return bad(format!("[training] needs 1 <= min_epochs <= max_epochs (got {} and {})", t.min_epochs, t.max_epochs));
+            return bad(format!(
+                "[training] needs 1 <= min_epochs <= max_epochs (got {} and {})",
+                t.min_epochs, t.max_epochs
+            ));
         }
         if t.checkpoint_every == 0 {
             return bad("[training] checkpoint_every must be at least 1".into());
         }
         let q = &self.queue;
-        for (k, v) in [("poll_interval_s", q.poll_interval_s), ("heartbeat_s", q.heartbeat_s), ("lease_s", q.lease_s)] {
+        for (k, v) in
+            [("poll_interval_s", q.poll_interval_s), ("heartbeat_s", q.heartbeat_s), ("lease_s", q.lease_s)]
+        {
             if !(v.is_finite() && v > 0.0) {
                 return bad(format!("[queue] {k} must be positive (got {v})"));
             }
@@ -213,7 +223,8 @@ impl Settings {
                 q.lease_s, q.heartbeat_s
             ));
         }
-        crate::device::parse_device_spec(&t.device).map_err(|e| SettingsError::Invalid(format!("[training] device: {e}")))?;
+        crate::device::parse_device_spec(&t.device)
+            .map_err(|e| SettingsError::Invalid(format!("[training] device: {e}")))?;
         Ok(())
     }
 }

@@ -95,6 +95,12 @@ pub struct TrainArgs {
     /// bfloat16 convolutions: auto = on CUDA only.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub mixed_precision: String,
+    /// Capture each training step as a CUDA graph: auto = on CUDA only.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub cuda_graphs: String,
+    /// Channels-last (NHWC) memory layout: auto = on CUDA only.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub channels_last: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write the run's summary (losses, timings, paths) as JSON to this file.
@@ -247,11 +253,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&models_out)
         .with_context(|| format!("failed to create {}", models_out.display()))?;
     let save_path = models_out.join(&name);
-    let mixed = match args.mixed_precision.as_str() {
+    let auto_flag = |v: &str| match v {
         "on" => true,
         "off" => false,
         _ => device.is_cuda(),
     };
+    let mixed = auto_flag(&args.mixed_precision);
+    let channels_last = auto_flag(&args.channels_last);
     let cfg = TrainConfig {
         learning_rate,
         weight_decay: args.weight_decay,
@@ -269,6 +277,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         device,
         mixed_precision: mixed,
+        channels_last,
+        cudnn_benchmark: std::env::var_os("CPW_NO_CUDNN_BENCHMARK").is_none(),
+        cuda_graphs: auto_flag(&args.cuda_graphs),
     };
     tracing::info!(
         ">>> n_epochs={}, n_train={}, n_test={}, {optimizer}, learning_rate={learning_rate}, weight_decay={}, device {}",
@@ -297,8 +308,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "batch_size": cfg.batch_size,
             "bsize": cfg.bsize,
             "mixed_precision": cfg.mixed_precision,
+            "channels_last": cfg.channels_last,
+            "cuda_graphs": cfg.cuda_graphs,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("failed to write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("failed to write {}", path.display()))?;
     }
     eprintln!(
         ">>>> model trained and saved to {} (final train loss {:.4}, diam_labels {:.2}, {:.3} s/step)",

@@ -98,7 +98,9 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
         return Err(format!("`{name}` starts or ends with spaces"));
     }
     if registry::is_builtin(name) || super::params::BASE_MODELS.contains(&name) {
-        return Err(format!("`{name}` is a built-in model name; choose another name so the built-in model is not shadowed"));
+        return Err(format!(
+            "`{name}` is a built-in model name; choose another name so the built-in model is not shadowed"
+        ));
     }
     if name.len() > 200 {
         return Err("is longer than 200 characters".into());
@@ -109,19 +111,28 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
 /// Validates `values` (the `workerInterface` object) against the field table. `known_model`
 /// says whether a Base Model exists (built-in or in the user's Girder models). Returns the
 /// parameters and warnings to show the user.
-pub fn validate(values: &Value, fields: &[Field], known_model: &dyn Fn(&str) -> bool) -> Result<(JobParams, Vec<String>), ParamErrors> {
+pub fn validate(
+    values: &Value,
+    fields: &[Field],
+    known_model: &dyn Fn(&str) -> bool,
+) -> Result<(JobParams, Vec<String>), ParamErrors> {
     let mut errs: Vec<ParamError> = Vec::new();
     let mut warnings = Vec::new();
     let mut err = |field: &str, message: String| errs.push(ParamError { field: field.into(), message });
     let get = |k: &str| values.get(k);
     if !values.is_object() {
-        return Err(ParamErrors(vec![ParamError { field: "workerInterface".into(), message: "missing or not an object".into() }]));
+        return Err(ParamErrors(vec![ParamError {
+            field: "workerInterface".into(),
+            message: "missing or not an object".into(),
+        }]));
     }
 
     let num_field = |name: &str, err: &mut dyn FnMut(&str, String)| -> f64 {
         let f = fields.iter().find(|f| f.name == name);
         let (min, max, integer, default) = match f.map(|f| (f.kind, f.default.clone())) {
-            Some((FieldKind::Number { min, max, integer }, d)) => (min, max, integer, d.and_then(|d| number(&d)).unwrap_or(min)),
+            Some((FieldKind::Number { min, max, integer }, d)) => {
+                (min, max, integer, d.and_then(|d| number(&d)).unwrap_or(min))
+            }
             _ => (f64::NEG_INFINITY, f64::INFINITY, false, 0.0),
         };
         match get(name) {
@@ -161,7 +172,12 @@ pub fn validate(values: &Value, fields: &[Field], known_model: &dyn Fn(&str) -> 
         }
     };
     if !base_model.is_empty() && !known_model(&base_model) {
-        err("Base Model", format!("unknown model `{base_model}`: not a built-in model and not in your .cellpose/models folder"));
+        err(
+            "Base Model",
+            format!(
+                "unknown model `{base_model}`: not a built-in model and not in your .cellpose/models folder"
+            ),
+        );
     }
     let nuclear = match get("Nuclear Model?") {
         None | Some(Value::Null) => false,
@@ -214,12 +230,17 @@ pub fn validate(values: &Value, fields: &[Field], known_model: &dyn Fn(&str) -> 
     let region_tags = tag_field("Training Region");
     let validation_tags = tag_field("Validation Region");
     if training_tags.is_empty() && !errs.iter().any(|e| e.field == "Training Tag") {
-        errs.push(ParamError { field: "Training Tag".into(), message: "no training tag selected; choose the tag of your training annotations".into() });
+        errs.push(ParamError {
+            field: "Training Tag".into(),
+            message: "no training tag selected; choose the tag of your training annotations".into(),
+        });
     }
     if let Some(t) = validation_tags.iter().find(|t| training_tags.contains(t) || region_tags.contains(t)) {
         errs.push(ParamError {
             field: "Validation Region".into(),
-            message: format!("tag `{t}` is also a training tag or region; validation must use regions not trained on"),
+            message: format!(
+                "tag `{t}` is also a training tag or region; validation must use regions not trained on"
+            ),
         });
     }
     if !errs.is_empty() {
@@ -274,7 +295,9 @@ mod tests {
         v["Base Model"] = json!("nope");
         let e = validate(&v, &fields(), &|m| m == "cyto3").unwrap_err();
         let fields: Vec<&str> = e.0.iter().map(|e| e.field.as_str()).collect();
-        for f in ["Output Model Name", "Learning Rate", "Epochs", "Primary Channel", "Training Tag", "Base Model"] {
+        for f in
+            ["Output Model Name", "Learning Rate", "Epochs", "Primary Channel", "Training Tag", "Base Model"]
+        {
             assert!(fields.contains(&f), "{f} not reported: {e}");
         }
     }

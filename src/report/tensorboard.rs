@@ -73,7 +73,10 @@ impl EventWriter {
 
     /// Writes scalars `(tag, value)` at `step`, flushed so TensorBoard sees them live.
     pub fn scalars(&mut self, step: i64, values: &[(&str, f64)]) -> std::io::Result<()> {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
         let mut summary = Vec::new();
         for (tag, v) in values {
             let mut value = Vec::new();

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use tch::Tensor;
 
-use super::augment::{augment, AugmentParams};
+use super::augment::{augment_into, AugmentParams, Layout, Source};
 use super::data::Example;
 
 /// Sampling and augmentation settings shared by train and test batches.
@@ -30,6 +30,10 @@ pub struct BatchPlan {
     pub rescale: bool,
     pub diam_mean: f64,
     pub seed: u64,
+    /// Lay images out channels-last (NHWC memory order), the fast layout for cuDNN.
+    pub channels_last: bool,
+    /// Pin host memory for this CUDA device so transfers can overlap with compute.
+    pub pin_for: Option<tch::Device>,
 }
 
 /// One batch on the CPU: `x` `[B, C, bsize, bsize]`, `y` `[B, 3, bsize, bsize]`.
@@ -77,25 +81,36 @@ pub fn make_batch(
             AugmentParams::draw(&mut rng, ly, lx, plan.bsize, plan.scale_range, rsc)
         })
         .collect();
-    let patches: Vec<_> = inds
-        .par_iter()
-        .zip(params.par_iter())
-        .map(|(&i, p)| augment(&examples[i].image, &examples[i].flows, None, p, plan.bsize))
-        .collect();
-    let b = inds.len() as i64;
-    let c = examples[inds[0]].image.dim().0 as i64;
-    let s = plan.bsize as i64;
-    let mut xs: Vec<f32> = Vec::with_capacity((b * c * s * s) as usize);
-    let mut ys: Vec<f32> = Vec::with_capacity((b * 3 * s * s) as usize);
-    for p in &patches {
-        xs.extend(p.image.iter());
-        ys.extend(p.flows.iter());
+    let b = inds.len();
+    let c = examples[inds[0]].image.dim().0;
+    let s = plan.bsize;
+    let (x_shape, layout) =
+        if plan.channels_last { ([b, s, s, c], Layout::Hwc) } else { ([b, c, s, s], Layout::Chw) };
+    let x = host_tensor(&x_shape.map(|d| d as i64), plan.pin_for);
+    let y = host_tensor(&[b as i64, 3, s as i64, s as i64], plan.pin_for);
+    {
+        // SAFETY: both tensors were just allocated here, are contiguous float32 on the CPU and not
+        // shared with anything yet; each thread writes a disjoint chunk.
+        let xs = unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut f32, b * c * s * s) };
+        let ys = unsafe { std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, b * 3 * s * s) };
+        xs.par_chunks_mut(c * s * s)
+            .zip(ys.par_chunks_mut(3 * s * s))
+            .zip(inds.par_iter().zip(params.par_iter()))
+            .for_each(|((xo, yo), (&i, p))| {
+                let src = Source { image: &examples[i].image, flows: &examples[i].flows };
+                augment_into(&src, p, s, layout, xo, yo);
+            });
     }
-    Batch {
-        epoch,
-        index,
-        x: Tensor::from_slice(&xs).view([b, c, s, s]),
-        y: Tensor::from_slice(&ys).view([b, 3, s, s]),
+    let x = if plan.channels_last { x.permute([0, 3, 1, 2]) } else { x };
+    Batch { epoch, index, x, y }
+}
+
+/// An uninitialised CPU tensor, in pinned memory when batches go to a CUDA device.
+fn host_tensor(shape: &[i64], pin_for: Option<tch::Device>) -> Tensor {
+    let t = Tensor::empty(shape, (tch::Kind::Float, tch::Device::Cpu));
+    match pin_for {
+        Some(d) if d.is_cuda() => t.pin_memory(d),
+        _ => t,
     }
 }
 

@@ -3,11 +3,13 @@
 //! ([`loss`]), optimizers ([`optim`]), the LR schedule ([`schedule`]) and the epoch loop ([`trainer`]).
 pub mod augment;
 pub mod batches;
+pub mod cuda_graph;
 pub mod data;
 pub mod flows;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+mod step;
 pub mod trainer;
 
 pub use data::{discover, load_pairs, prepare, Example, Pair, PrepareOptions, Prepared, RawExample};

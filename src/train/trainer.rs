@@ -15,6 +15,7 @@ use super::data::Example;
 use super::loss::seg_loss;
 use super::optim::{Optimizer, OptimizerKind};
 use super::schedule::lr_schedule;
+use super::step::Stepper;
 use crate::model::{Model, ModelError};
 
 /// Everything `train_seg` takes besides the data.
@@ -42,6 +43,12 @@ pub struct TrainConfig {
     pub device: Device,
     /// Run convolutions in bfloat16 (GPU); weights and optimizer stay float32.
     pub mixed_precision: bool,
+    /// Channels-last (NHWC) activations and conv weights: cuDNN's native layout on GPUs.
+    pub channels_last: bool,
+    /// Let cuDNN benchmark convolution algorithms (shapes are fixed, so once).
+    pub cudnn_benchmark: bool,
+    /// Capture the training step as a CUDA graph and replay it (CUDA only).
+    pub cuda_graphs: bool,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +70,9 @@ impl Default for TrainConfig {
             seed: 0,
             device: Device::Cpu,
             mixed_precision: false,
+            channels_last: false,
+            cudnn_benchmark: true,
+            cuda_graphs: true,
         }
     }
 }
@@ -81,6 +91,8 @@ pub enum TrainError {
     Diverged { epoch: usize, value: f64 },
     #[error("torch error: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("CUDA graph replay failed: {0}")]
+    Cuda(String),
 }
 
 /// Set from any thread to stop training at the next step boundary.
@@ -159,8 +171,12 @@ pub struct TrainOutcome {
     pub diam_labels: f64,
     pub seconds: f64,
     pub seconds_per_step: f64,
-    /// Median wall time of the steps after the first epoch (warm-up excluded), for benchmarks.
-    pub median_step_seconds: f64,
+    /// Mean wall time per step after the first epoch (warm-up excluded), measured between
+    /// epoch ends, where the loss read synchronises the device: the honest figure for benchmarks
+    /// (per-step host times mean nothing once transfers and kernels run asynchronously).
+    pub steady_step_seconds: f64,
+    /// Time the training loop waited for augmented batches (should be ~0: data ready in advance).
+    pub data_wait_seconds: f64,
 }
 
 fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
@@ -217,12 +233,17 @@ pub fn train_seg(
         rescale: cfg.rescale,
         diam_mean,
         seed: cfg.seed,
+        channels_last: cfg.channels_last,
+        pin_for: cfg.device.is_cuda().then_some(cfg.device),
     };
     let test_batches = test.as_ref().filter(|t| !t.is_empty()).map(|t| {
         let tplan = BatchPlan { per_epoch: cfg.nimg_test_per_epoch.unwrap_or(t.len()), ..plan.clone() };
         batches::test_batches(t, &tplan)
     });
     let lr = lr_schedule(cfg.learning_rate, cfg.n_epochs);
+    if cfg.channels_last {
+        to_channels_last(model);
+    }
     let mut optim = Optimizer::new(cfg.optimizer, model.vs.trainable_variables(), cfg.weight_decay);
     let (start, mut train_losses, mut test_losses) = match resume {
         Some(r) => {
@@ -237,34 +258,33 @@ pub fn train_seg(
     let steps_per_epoch = plan.per_epoch.div_ceil(cfg.batch_size);
     let (rx, producer) = batches::spawn_train_batches(train.clone(), plan.clone(), start, cfg.n_epochs);
     let mut steps_done = 0usize;
-    let mut step_times: Vec<f64> = Vec::new();
+    let mut steady: Option<(Instant, usize)> = None;
+    let mut data_wait = 0.0f64;
+    // CPW_PROFILE_STEPS=1: per-phase host times (with a device sync) of every eager step
+    let profile = std::env::var_os("CPW_PROFILE_STEPS").is_some();
+    let mut stepper = Stepper::new(model, compute, cfg.device, cfg.cuda_graphs, profile);
+    if cfg.device.is_cuda() {
+        // fixed patch shapes: let cuDNN time its algorithms once and keep the fastest
+        tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
+    }
     let train_t0 = Instant::now();
     let total_steps = (cfg.n_epochs - start) * steps_per_epoch;
 
     let result = (|| -> Result<(), TrainError> {
         for epoch in start..cfg.n_epochs {
             let lr_e = lr[epoch];
-            let mut epoch_loss = Tensor::zeros([], (Kind::Float, cfg.device));
+            let _ = stepper.epoch_loss.zero_();
             for step in 0..steps_per_epoch {
                 if cancel.is_cancelled() {
                     return Err(TrainError::Cancelled { epoch });
                 }
-                let step_t0 = Instant::now();
+                let wait_t0 = Instant::now();
                 let batch = rx
                     .recv()
                     .map_err(|_| TrainError::Config("the batch producer stopped unexpectedly".into()))?;
-                let x = batch.x.to_device(cfg.device);
-                let y = batch.y.to_device(cfg.device);
-                let out = net.forward_mixed(&x, true, compute);
-                let loss = seg_loss(&out.maps, &y);
-                optim.zero_grad();
-                loss.backward();
-                optim.step(lr_e);
-                epoch_loss += loss.detach() * (x.size()[0] as f64);
+                data_wait += wait_t0.elapsed().as_secs_f64();
+                stepper.step(&mut optim, &batch, lr_e, cfg.batch_size as i64)?;
                 steps_done += 1;
-                if epoch > start {
-                    step_times.push(step_t0.elapsed().as_secs_f64());
-                }
                 let elapsed = train_t0.elapsed().as_secs_f64();
                 let per_step = elapsed / steps_done as f64;
                 hooks.on_step(&StepInfo {
@@ -277,11 +297,15 @@ pub fn train_seg(
                     eta_s: per_step * (total_steps - steps_done) as f64,
                 });
             }
-            let train_loss = epoch_loss.double_value(&[]) / plan.per_epoch as f64;
+            let train_loss = stepper.epoch_loss.double_value(&[]) / plan.per_epoch as f64;
             if !train_loss.is_finite() {
                 return Err(TrainError::Diverged { epoch, value: train_loss });
             }
             train_losses[epoch] = train_loss;
+            if epoch == start {
+                // the loss read above synchronised the device: warm-up ends here
+                steady = Some((Instant::now(), steps_done));
+            }
             if epoch == 5 || epoch % 10 == 0 {
                 if let Some(tb) = &test_batches {
                     test_losses[epoch] = Some(test_loss(model, tb, cfg.device, compute));
@@ -332,16 +356,24 @@ pub fn train_seg(
         diam_labels,
         seconds: t0.elapsed().as_secs_f64(),
         seconds_per_step: train_secs / steps_done.max(1) as f64,
-        median_step_seconds: median(&mut step_times).unwrap_or(train_secs / steps_done.max(1) as f64),
+        steady_step_seconds: match steady {
+            Some((t, n)) if steps_done > n => t.elapsed().as_secs_f64() / (steps_done - n) as f64,
+            _ => train_secs / steps_done.max(1) as f64,
+        },
+        data_wait_seconds: data_wait,
     })
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some(v[v.len() / 2])
+/// Re-lays every 4-D weight (convolutions) channels-last; values and names are unchanged.
+fn to_channels_last(model: &Model) {
+    tch::no_grad(|| {
+        for mut v in model.vs.trainable_variables() {
+            if v.dim() == 4 {
+                let cl = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                v.set_data(&cl);
+            }
+        }
+    });
 }
 
 /// `<path>_epoch_NNNN`, cellpose's `save_each` naming.
