@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod common;
+mod mock_girder;
 mod model;
 mod predict;
 
@@ -23,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Create or inspect model files (PyTorch state_dicts that Python cellpose loads).
     Model(model::ModelArgs),
+    /// Run the mock Girder server (tests, demos) until Ctrl-C.
+    MockGirder(mock_girder::MockGirderArgs),
     /// Run the network on one image: writes dY, dX, cellprob as a float32 TIFF.
     Predict(predict::PredictArgs),
 }
@@ -32,6 +35,7 @@ pub fn main() -> ExitCode {
     crate::telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Model(args) => model::run(args),
+        Command::MockGirder(args) => mock_girder::run(args),
         Command::Predict(args) => predict::run(args),
     };
     match result {

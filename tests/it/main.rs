@@ -2,3 +2,12 @@
 mod helpers;
 mod model_files;
 mod predict;
+mod girder_annotations;
+mod girder_cli;
+mod girder_contract;
+mod girder_files;
+mod girder_jobs;
+mod girder_numpy;
+mod girder_python;
+mod girder_seed;
+mod girder_tiles;
