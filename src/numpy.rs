@@ -147,11 +147,16 @@ pub fn decode_pickle(data: &[u8]) -> Result<Array2, NumpyError> {
         "_frombuffer" => {
             // numpy 2 `ndarray.__reduce_ex__(5)`: _frombuffer(buffer, dtype, shape, order)
             let [buf, dtype, shape, order] = call.args.as_slice() else {
-                return Err(NumpyError::Malformed(format!("_frombuffer takes 4 arguments, got {}", call.args.len())));
+                return Err(NumpyError::Malformed(format!(
+                    "_frombuffer takes 4 arguments, got {}",
+                    call.args.len()
+                )));
             };
             let bytes = as_bytes(buf)?;
             let (dtype, little) = parse_dtype(dtype)?;
-            let shape = shape.as_int_seq().ok_or_else(|| NumpyError::Malformed("shape is not a tuple of ints".into()))?;
+            let shape = shape
+                .as_int_seq()
+                .ok_or_else(|| NumpyError::Malformed("shape is not a tuple of ints".into()))?;
             let fortran = match order.as_str() {
                 Some("C") => false,
                 Some("F") => true,
@@ -162,14 +167,22 @@ pub fn decode_pickle(data: &[u8]) -> Result<Array2, NumpyError> {
         "_reconstruct" => {
             // `ndarray.__reduce__`: _reconstruct(ndarray, (0,), b'b') then BUILD
             // (version, shape, dtype, is_fortran, raw bytes)
-            let state = call.state.as_ref().ok_or_else(|| NumpyError::Malformed("array without state".into()))?;
-            let items = state.as_seq().ok_or_else(|| NumpyError::Malformed("array state is not a tuple".into()))?;
+            let state =
+                call.state.as_ref().ok_or_else(|| NumpyError::Malformed("array without state".into()))?;
+            let items =
+                state.as_seq().ok_or_else(|| NumpyError::Malformed("array state is not a tuple".into()))?;
             let [_, shape, dtype, fortran, raw] = items.as_slice() else {
-                return Err(NumpyError::Malformed(format!("array state has {} fields, expected 5", items.len())));
+                return Err(NumpyError::Malformed(format!(
+                    "array state has {} fields, expected 5",
+                    items.len()
+                )));
             };
-            let shape = shape.as_int_seq().ok_or_else(|| NumpyError::Malformed("shape is not a tuple of ints".into()))?;
+            let shape = shape
+                .as_int_seq()
+                .ok_or_else(|| NumpyError::Malformed("shape is not a tuple of ints".into()))?;
             let (dtype, little) = parse_dtype(dtype)?;
-            let fortran = fortran.as_int().ok_or_else(|| NumpyError::Malformed("is_fortran is not a bool".into()))?;
+            let fortran =
+                fortran.as_int().ok_or_else(|| NumpyError::Malformed("is_fortran is not a bool".into()))?;
             let bytes = as_bytes(raw)?;
             build(&bytes, dtype, little, &shape, fortran != 0)
         }
@@ -193,7 +206,11 @@ fn parse_dtype(v: &Value) -> Result<(Dtype, bool), NumpyError> {
     if call.func.name != "dtype" {
         return Err(NumpyError::Malformed(format!("dtype is built by {}", call.func)));
     }
-    let code = call.args.first().and_then(Value::as_str).ok_or_else(|| NumpyError::Malformed("dtype code".into()))?;
+    let code = call
+        .args
+        .first()
+        .and_then(Value::as_str)
+        .ok_or_else(|| NumpyError::Malformed("dtype code".into()))?;
     // A code may carry its own byte order ("<u2"); the BUILD state's byte order wins when present.
     let (mut order, bare) = match code.chars().next() {
         Some(c @ ('<' | '>' | '|' | '=')) => (c, &code[1..]),
@@ -213,7 +230,13 @@ fn parse_dtype(v: &Value) -> Result<(Dtype, bool), NumpyError> {
     Ok((dtype, little))
 }
 
-fn build(bytes: &[u8], dtype: Dtype, little: bool, shape: &[i64], fortran: bool) -> Result<Array2, NumpyError> {
+fn build(
+    bytes: &[u8],
+    dtype: Dtype,
+    little: bool,
+    shape: &[i64],
+    fortran: bool,
+) -> Result<Array2, NumpyError> {
     let (h, w) = match shape {
         [h, w] | [h, w, 1] if *h >= 0 && *w >= 0 => (*h as usize, *w as usize),
         _ => return Err(NumpyError::UnsupportedShape(shape.to_vec())),
@@ -228,15 +251,22 @@ fn build(bytes: &[u8], dtype: Dtype, little: bool, shape: &[i64], fortran: bool)
         });
     }
     // With a trailing axis of 1 the Fortran layout of (H, W, 1) equals that of (H, W).
-    let shape2 = if fortran { (h, w).f() } else { (h, w).into_shape() };
+    let shape2 = (h, w).set_f(fortran);
     let err = |e: ndarray::ShapeError| NumpyError::Malformed(e.to_string());
     let array = match dtype {
         Dtype::U8 => Array2::U8(ndarray::Array2::from_shape_vec(shape2, bytes.to_vec()).map_err(err)?),
         Dtype::U16 => {
-            let v = bytes
-                .chunks_exact(2)
-                .map(|c| if little { u16::from_le_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], c[1]]) })
-                .collect();
+            let v =
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| {
+                        if little {
+                            u16::from_le_bytes([c[0], c[1]])
+                        } else {
+                            u16::from_be_bytes([c[0], c[1]])
+                        }
+                    })
+                    .collect();
             Array2::U16(ndarray::Array2::from_shape_vec(shape2, v).map_err(err)?)
         }
         Dtype::F32 => {

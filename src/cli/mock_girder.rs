@@ -25,7 +25,9 @@ pub fn run(args: MockGirderArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async {
         let addr = SocketAddr::new(args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("failed to listen on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to listen on {addr}"))?;
         let local = listener.local_addr().context("failed to read the listening address")?;
         eprintln!("mock Girder listening on http://{local}/api/v1 (Ctrl-C stops it)");
         let config = MockConfig { upload_minimum_chunk_size: args.min_chunk_size, addr: local };

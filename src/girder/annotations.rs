@@ -76,12 +76,15 @@ impl Annotations<'_> {
         struct Count {
             count: u64,
         }
-        let call = Call::get("upenn_annotation/count").query("datasetId", dataset_id).query_opt("shape", shape);
+        let call =
+            Call::get("upenn_annotation/count").query("datasetId", dataset_id).query_opt("shape", shape);
         Ok(self.client.json::<Count>(call).await?.count)
     }
 
     /// `POST /upenn_annotation/multiple`: stores the documents, returns them with their `_id`.
     pub async fn create_many(&self, annotations: &[Value]) -> Result<Vec<Value>, GirderError> {
-        self.client.json(Call::post("upenn_annotation/multiple").json(Value::from(annotations.to_vec()))).await
+        self.client
+            .json(Call::post("upenn_annotation/multiple").json(Value::from(annotations.to_vec())))
+            .await
     }
 }

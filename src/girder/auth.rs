@@ -120,8 +120,11 @@ mod tests {
 
     #[test]
     fn a_week_long_token_is_renewed_five_minutes_before_expiry() {
-        let wall = OffsetDateTime::parse("2026-11-22T17:21:35+00:00", &time::format_description::well_known::Rfc3339)
-            .unwrap();
+        let wall = OffsetDateTime::parse(
+            "2026-11-22T17:21:35+00:00",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
         let now = Instant::now();
         let issued = Issued::new(token(Some("2026-11-29T17:21:35.075593+00:00")), now, wall);
         let lead = Duration::from_secs(7 * 86400) - (issued.renew_at - now);

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -63,7 +62,10 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for GirderClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GirderClient").field("api_url", &self.inner.config.api_url).field("auth", &self.inner.auth).finish()
+        f.debug_struct("GirderClient")
+            .field("api_url", &self.inner.config.api_url)
+            .field("auth", &self.inner.auth)
+            .finish()
     }
 }
 
@@ -165,7 +167,6 @@ impl Call {
 
 /// A successful answer, read in full.
 pub(crate) struct Fetched {
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -181,11 +182,16 @@ impl GirderClient {
         GirderClient::with_http(http, config, auth)
     }
 
-    fn with_http(http: reqwest::Client, config: GirderConfig, auth: Auth) -> Result<GirderClient, GirderError> {
+    fn with_http(
+        http: reqwest::Client,
+        config: GirderConfig,
+        auth: Auth,
+    ) -> Result<GirderClient, GirderError> {
         let mut root = config.api_url.trim_end_matches('/').to_string();
         root.push('/');
-        let base = reqwest::Url::parse(&root)
-            .map_err(|e| GirderError::Invalid(format!("Girder API URL `{}` is not a URL: {e}", config.api_url)))?;
+        let base = reqwest::Url::parse(&root).map_err(|e| {
+            GirderError::Invalid(format!("Girder API URL `{}` is not a URL: {e}", config.api_url))
+        })?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(GirderError::Invalid(format!("Girder API URL `{}` must be http(s)", config.api_url)));
         }
@@ -245,7 +251,9 @@ impl GirderClient {
             .anonymous()
             .idempotent();
         let fetched = match self.fetch_with(&call, None).await {
-            Err(GirderError::Http { status: 400, message, .. }) => return Err(GirderError::InvalidApiKey { message }),
+            Err(GirderError::Http { status: 400, message, .. }) => {
+                return Err(GirderError::InvalidApiKey { message })
+            }
             other => other?,
         };
         tracing::debug!("exchanged the API key for a new Girder token");
@@ -261,7 +269,9 @@ impl GirderClient {
             match self.fetch_with(call, token.as_ref()).await {
                 // A token from an API key may have been revoked or the server restarted: get a
                 // new one once, then report whatever happens.
-                Err(GirderError::Unauthorized { .. }) if !renewed && matches!(self.inner.auth, Auth::ApiKey(_)) => {
+                Err(GirderError::Unauthorized { .. })
+                    if !renewed && matches!(self.inner.auth, Auth::ApiKey(_)) =>
+                {
                     *self.inner.issued.lock().await = None;
                     renewed = true;
                 }
@@ -281,13 +291,13 @@ impl GirderClient {
         let mut retry = 0;
         loop {
             let (err, hint) = match self.send_once(call, token, true).await {
-                Ok(resp) => {
-                    let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => return Ok(Fetched { headers, body }),
-                        Err(e) => (GirderError::transport(call.method.as_str(), &call.path, e, self.timeout(call)), None),
-                    }
-                }
+                Ok(resp) => match resp.bytes().await {
+                    Ok(body) => return Ok(Fetched { body }),
+                    Err(e) => (
+                        GirderError::transport(call.method.as_str(), &call.path, e, self.timeout(call)),
+                        None,
+                    ),
+                },
                 Err(e) => e,
             };
             let wait = self.retry_wait(call, &err, retry, started.elapsed(), hint).ok_or(err)?;
@@ -350,9 +360,10 @@ impl GirderClient {
     ) -> Result<reqwest::Response, (GirderError, Option<Duration>)> {
         let method = call.method.as_str();
         let timeout = self.timeout(call);
-        let url = self.inner.base.join(&call.path).map_err(|e| {
-            (GirderError::Invalid(format!("bad Girder API path `{}`: {e}", call.path)), None)
-        })?;
+        let url =
+            self.inner.base.join(&call.path).map_err(|e| {
+                (GirderError::Invalid(format!("bad Girder API path `{}`: {e}", call.path)), None)
+            })?;
         let mut rb = self.inner.http.request(call.method.clone(), url).query(&call.query);
         if total_timeout {
             rb = rb.timeout(timeout);
@@ -367,10 +378,13 @@ impl GirderClient {
             Body::None => rb,
             Body::Form(f) => rb.form(f),
             Body::Json(v) => rb.json(v),
-            Body::Bytes(b) => rb.header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(b.clone()),
+            Body::Bytes(b) => {
+                rb.header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(b.clone())
+            }
         };
         let started = Instant::now();
-        let resp = rb.send().await.map_err(|e| (GirderError::transport(method, &call.path, e, timeout), None))?;
+        let resp =
+            rb.send().await.map_err(|e| (GirderError::transport(method, &call.path, e, timeout), None))?;
         let status = resp.status();
         tracing::debug!(method, path = %call.path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "girder");
         if status.is_success() {
@@ -388,7 +402,8 @@ impl GirderClient {
 }
 
 pub(crate) fn decode_json<T: DeserializeOwned>(call: &Call, body: &[u8]) -> Result<T, GirderError> {
-    serde_json::from_slice(body).map_err(|e| GirderError::decode(call.method.as_str(), &call.path, e.to_string()))
+    serde_json::from_slice(body)
+        .map_err(|e| GirderError::decode(call.method.as_str(), &call.path, e.to_string()))
 }
 
 #[cfg(test)]
@@ -407,7 +422,8 @@ mod tests {
 
     #[test]
     fn debug_output_hides_the_token() {
-        let c = GirderClient::new(GirderConfig::new("http://h/api/v1"), Auth::Token(Secret::new("tok-123"))).unwrap();
+        let c = GirderClient::new(GirderConfig::new("http://h/api/v1"), Auth::Token(Secret::new("tok-123")))
+            .unwrap();
         let c2 = c.with_token(Secret::new("tok-456"));
         let printed = format!("{c:?} {c2:?}");
         assert!(!printed.contains("tok-") && printed.contains("***"), "{printed}");

@@ -117,7 +117,8 @@ impl GirderError {
     /// Builds the error for a non-2xx answer from its status and body.
     pub(crate) fn from_status(method: &str, path: &str, status: u16, body: &[u8]) -> Self {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-        let get = |k: &str| parsed.as_ref().and_then(|v| v.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+        let get =
+            |k: &str| parsed.as_ref().and_then(|v| v.get(k)).and_then(|v| v.as_str()).map(str::to_string);
         // Girder sends JSON even under a wrong Content-Type (a tiles/region 400 says image/tiff);
         // anything else (a proxy's HTML page) is summarised, not dumped.
         let message = get("message").unwrap_or_else(|| summarize_body(body));
@@ -170,7 +171,11 @@ mod tests {
     #[test]
     fn server_errors_and_429_are_transient_but_400_is_not() {
         for (status, transient) in [(500, true), (503, true), (429, true), (400, false), (404, false)] {
-            assert_eq!(GirderError::from_status("GET", "p", status, b"<html>").is_transient(), transient, "{status}");
+            assert_eq!(
+                GirderError::from_status("GET", "p", status, b"<html>").is_transient(),
+                transient,
+                "{status}"
+            );
         }
     }
 

@@ -94,7 +94,8 @@ impl Files<'_> {
         let init: Value = self.client.json(call).await?;
         if is_file(&init) {
             // a zero-byte file comes back complete at once
-            return serde_json::from_value(init).map_err(|e| GirderError::decode("POST", "file", e.to_string()));
+            return serde_json::from_value(init)
+                .map_err(|e| GirderError::decode("POST", "file", e.to_string()));
         }
         let upload_id = init
             .get("_id")
@@ -104,7 +105,13 @@ impl Files<'_> {
         self.send_chunks(&upload_id, item_id, name, data).await
     }
 
-    async fn send_chunks(&self, upload_id: &str, item_id: &str, name: &str, data: Bytes) -> Result<FileDoc, GirderError> {
+    async fn send_chunks(
+        &self,
+        upload_id: &str,
+        item_id: &str,
+        name: &str,
+        data: Bytes,
+    ) -> Result<FileDoc, GirderError> {
         let config = self.client.config();
         let chunk = config.upload_chunk_size.max(1);
         let size = data.len();
@@ -124,9 +131,12 @@ impl Files<'_> {
                 Ok(fetched) => {
                     let doc: Value = decode_json(&call, &fetched.body)?;
                     if is_file(&doc) {
-                        return serde_json::from_value(doc).map_err(|e| GirderError::decode("POST", "file/chunk", e.to_string()));
+                        return serde_json::from_value(doc)
+                            .map_err(|e| GirderError::decode("POST", "file/chunk", e.to_string()));
                     }
-                    offset = received(&doc).ok_or_else(|| GirderError::decode("POST", "file/chunk", "upload without `received`"))?;
+                    offset = received(&doc).ok_or_else(|| {
+                        GirderError::decode("POST", "file/chunk", "upload without `received`")
+                    })?;
                     failures = 0;
                     continue;
                 }
@@ -142,7 +152,8 @@ impl Files<'_> {
             if !(err.is_transient() || wrong_offset) {
                 return Err(err);
             }
-            let Some(wait) = config.retry.backoff(failures, started.elapsed(), None, &mut rand::thread_rng()) else {
+            let Some(wait) = config.retry.backoff(failures, started.elapsed(), None, &mut rand::thread_rng())
+            else {
                 return Err(err);
             };
             failures += 1;
@@ -150,7 +161,13 @@ impl Files<'_> {
             tokio::time::sleep(wait).await;
             match self.offset(upload_id).await {
                 Ok(o) if o <= size => offset = o,
-                Ok(o) => return Err(GirderError::decode("GET", "file/offset", format!("offset {o} beyond the {size} bytes sent"))),
+                Ok(o) => {
+                    return Err(GirderError::decode(
+                        "GET",
+                        "file/offset",
+                        format!("offset {o} beyond the {size} bytes sent"),
+                    ))
+                }
                 // The upload no longer exists: the final chunk landed and only its answer was lost.
                 Err(GirderError::Http { status: 400, .. }) => {
                     let files = self.client.items().files(item_id).await?;
@@ -211,8 +228,12 @@ impl Files<'_> {
                 }
             }
             let Some(err) = failed else { break };
-            let Some(wait) = self.client.config().retry.backoff(failures, started.elapsed(), None, &mut rand::thread_rng())
-            else {
+            let Some(wait) = self.client.config().retry.backoff(
+                failures,
+                started.elapsed(),
+                None,
+                &mut rand::thread_rng(),
+            ) else {
                 return Err(err);
             };
             failures += 1;
@@ -222,7 +243,11 @@ impl Files<'_> {
         out.flush().await.map_err(io("cannot write", &part))?;
         drop(out);
         if written != doc.size {
-            return Err(GirderError::decode("GET", &path, format!("received {written} bytes, Girder says the file has {}", doc.size)));
+            return Err(GirderError::decode(
+                "GET",
+                &path,
+                format!("received {written} bytes, Girder says the file has {}", doc.size),
+            ));
         }
         tokio::fs::rename(&part, dest).await.map_err(io("cannot rename into place", dest))?;
         Ok(written)

@@ -67,7 +67,12 @@ impl Folders<'_> {
     }
 
     /// The folder called `name` directly under the parent, if any (`GET /folder?parentType&parentId&name`).
-    pub async fn find(&self, parent: ParentType, parent_id: &str, name: &str) -> Result<Option<Folder>, GirderError> {
+    pub async fn find(
+        &self,
+        parent: ParentType,
+        parent_id: &str,
+        name: &str,
+    ) -> Result<Option<Folder>, GirderError> {
         let call = Call::get("folder")
             .query("parentType", parent.as_str())
             .query("parentId", parent_id)
@@ -79,7 +84,10 @@ impl Folders<'_> {
 
     /// All folders directly under the parent.
     pub async fn list(&self, parent: ParentType, parent_id: &str) -> Result<Vec<Folder>, GirderError> {
-        let call = Call::get("folder").query("parentType", parent.as_str()).query("parentId", parent_id).query("limit", 0);
+        let call = Call::get("folder")
+            .query("parentType", parent.as_str())
+            .query("parentId", parent_id)
+            .query("limit", 0);
         self.client.json(call).await
     }
 
@@ -121,7 +129,9 @@ impl Folders<'_> {
     /// A user's `Private` (or `Public`) folder.
     pub async fn user_folder(&self, user_id: &str, name: &str) -> Result<Folder, GirderError> {
         self.find(ParentType::User, user_id, name).await?.ok_or_else(|| {
-            GirderError::Invalid(format!("user {user_id} has no `{name}` folder; Girder creates it with the user"))
+            GirderError::Invalid(format!(
+                "user {user_id} has no `{name}` folder; Girder creates it with the user"
+            ))
         })
     }
 

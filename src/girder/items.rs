@@ -57,7 +57,10 @@ impl Items<'_> {
     pub async fn list(&self, folder_id: &str) -> Result<Vec<Item>, GirderError> {
         let mut all = Vec::new();
         loop {
-            let call = Call::get("item").query("folderId", folder_id).query("limit", PAGE).query("offset", all.len());
+            let call = Call::get("item")
+                .query("folderId", folder_id)
+                .query("limit", PAGE)
+                .query("offset", all.len());
             let page: Vec<Item> = self.client.json(call).await?;
             let done = page.len() < PAGE;
             all.extend(page);
@@ -80,7 +83,12 @@ impl Items<'_> {
     }
 
     /// `POST /item`. Girder renames on a clash (`name (1)`), so the returned name may differ.
-    pub async fn create(&self, folder_id: &str, name: &str, metadata: Option<&Value>) -> Result<Item, GirderError> {
+    pub async fn create(
+        &self,
+        folder_id: &str,
+        name: &str,
+        metadata: Option<&Value>,
+    ) -> Result<Item, GirderError> {
         let mut call = Call::post("item").query("folderId", folder_id).query("name", name);
         if let Some(meta) = metadata {
             call = call.query("metadata", meta);

@@ -208,8 +208,10 @@ impl Jobs<'_> {
     /// `POST /job`. Real Girder requires a token with the `jobs.rest.create_job` scope (jobs are
     /// normally made server-side); the mock lets any user create one.
     pub async fn create(&self, job: &NewJob) -> Result<Job, GirderError> {
-        let mut call =
-            Call::post("job").form("title", &job.title).form("type", &job.job_type).form("public", job.public);
+        let mut call = Call::post("job")
+            .form("title", &job.title)
+            .form("type", &job.job_type)
+            .form("public", job.public);
         if let Some(handler) = &job.handler {
             call = call.form("handler", handler);
         }
@@ -249,7 +251,12 @@ mod tests {
         let q: Vec<(&str, &str)> = call.query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             q,
-            [("types", r#"["cellpose.train"]"#), ("statuses", "[1,2]"), ("sort", "created"), ("sortdir", "1")]
+            [
+                ("types", r#"["cellpose.train"]"#),
+                ("statuses", "[1,2]"),
+                ("sort", "created"),
+                ("sortdir", "1")
+            ]
         );
     }
 

@@ -43,7 +43,9 @@ impl Resources<'_> {
     /// Like [`Self::lookup`], with a missing path as `None`.
     pub async fn find(&self, path: &str) -> Result<Option<Resource>, GirderError> {
         match self.lookup(path).await {
-            Err(GirderError::Http { status: 400, message, .. }) if message.starts_with("Path not found") => Ok(None),
+            Err(GirderError::Http { status: 400, message, .. }) if message.starts_with("Path not found") => {
+                Ok(None)
+            }
             other => other.map(Some),
         }
     }

@@ -52,7 +52,10 @@ impl RetryPolicy {
         if retry >= self.max_retries || elapsed >= self.max_elapsed {
             return None;
         }
-        let ceiling = self.initial_backoff.saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX)).min(self.max_backoff);
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
+            .min(self.max_backoff);
         let wait = match server_hint {
             Some(hint) => hint.min(self.max_backoff),
             None => ceiling.mul_f64(rng.gen::<f64>()),
@@ -73,7 +76,8 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for retry in 0..10 {
             let ceiling = (Duration::from_millis(200) * 2u32.pow(retry)).min(Duration::from_secs(10));
-            let waits: Vec<_> = (0..50).map(|_| p.backoff(retry, Duration::ZERO, None, &mut rng).unwrap()).collect();
+            let waits: Vec<_> =
+                (0..50).map(|_| p.backoff(retry, Duration::ZERO, None, &mut rng).unwrap()).collect();
             assert!(waits.iter().all(|w| *w <= ceiling), "retry {retry}");
             assert!(waits.iter().any(|w| *w > ceiling / 2), "jitter never reaches the upper half at {retry}");
             assert!(waits.iter().any(|w| *w < ceiling / 2), "jitter never reaches the lower half at {retry}");
@@ -87,7 +91,8 @@ mod tests {
         assert!(p.backoff(4, Duration::ZERO, None, &mut rng).is_some());
         assert!(p.backoff(5, Duration::ZERO, None, &mut rng).is_none());
         assert!(p.backoff(0, Duration::from_secs(60), None, &mut rng).is_none());
-        let last = p.backoff(0, Duration::from_millis(59_950), Some(Duration::from_secs(5)), &mut rng).unwrap();
+        let last =
+            p.backoff(0, Duration::from_millis(59_950), Some(Duration::from_secs(5)), &mut rng).unwrap();
         assert_eq!(last, Duration::from_millis(50));
         assert!(RetryPolicy::none().backoff(0, Duration::ZERO, None, &mut rng).is_none());
     }
@@ -96,7 +101,13 @@ mod tests {
     fn retry_after_is_honoured_up_to_the_cap() {
         let p = RetryPolicy::default();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(p.backoff(0, Duration::ZERO, Some(Duration::from_secs(3)), &mut rng), Some(Duration::from_secs(3)));
-        assert_eq!(p.backoff(0, Duration::ZERO, Some(Duration::from_secs(99)), &mut rng), Some(Duration::from_secs(10)));
+        assert_eq!(
+            p.backoff(0, Duration::ZERO, Some(Duration::from_secs(3)), &mut rng),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            p.backoff(0, Duration::ZERO, Some(Duration::from_secs(99)), &mut rng),
+            Some(Duration::from_secs(10))
+        );
     }
 }

@@ -172,7 +172,12 @@ impl Tiles<'_> {
     }
 
     /// A region of one frame in its native dtype (`encoding=pickle:5`); `None` is the whole frame.
-    pub async fn region(&self, item_id: &str, frame: u32, window: Option<Window>) -> Result<Array2, GirderError> {
+    pub async fn region(
+        &self,
+        item_id: &str,
+        frame: u32,
+        window: Option<Window>,
+    ) -> Result<Array2, GirderError> {
         let call = region_call(item_id, frame, window, "pickle:5");
         let fetched = self.client.fetch(&call).await?;
         numpy::decode_pickle(&fetched.body).map_err(|source| GirderError::Array {
@@ -184,8 +189,17 @@ impl Tiles<'_> {
 
     /// The same region as an uncompressed TIFF. large_image converts to 8 bits here
     /// (uint16 becomes `floor(v/256)`), so this is only a fallback and says so in the log.
-    pub async fn region_tiff(&self, item_id: &str, frame: u32, window: Option<Window>) -> Result<Array2, GirderError> {
-        tracing::warn!(item_id, frame, "reading a region as TIFF: large_image sends it as 8-bit, losing precision");
+    pub async fn region_tiff(
+        &self,
+        item_id: &str,
+        frame: u32,
+        window: Option<Window>,
+    ) -> Result<Array2, GirderError> {
+        tracing::warn!(
+            item_id,
+            frame,
+            "reading a region as TIFF: large_image sends it as 8-bit, losing precision"
+        );
         let call = region_call(item_id, frame, window, "TIFF").query("tiffCompression", "raw");
         let fetched = self.client.fetch(&call).await?;
         decode_tiff(&fetched.body).map_err(|m| GirderError::decode("GET", &call.path, m))
@@ -193,7 +207,8 @@ impl Tiles<'_> {
 }
 
 fn region_call(item_id: &str, frame: u32, window: Option<Window>, encoding: &str) -> Call {
-    let mut call = Call::get(format!("item/{item_id}/tiles/region")).query("frame", frame).query("encoding", encoding);
+    let mut call =
+        Call::get(format!("item/{item_id}/tiles/region")).query("frame", frame).query("encoding", encoding);
     if let Some(w) = window {
         call = call
             .query("left", w.left)
@@ -207,7 +222,8 @@ fn region_call(item_id: &str, frame: u32, window: Option<Window>, encoding: &str
 
 fn decode_tiff(data: &[u8]) -> Result<Array2, String> {
     use tiff::decoder::{Decoder, DecodingResult};
-    let mut dec = Decoder::new(std::io::Cursor::new(data)).map_err(|e| format!("region is not a TIFF: {e}"))?;
+    let mut dec =
+        Decoder::new(std::io::Cursor::new(data)).map_err(|e| format!("region is not a TIFF: {e}"))?;
     let (w, h) = dec.dimensions().map_err(|e| e.to_string())?;
     let shape = (h as usize, w as usize);
     let bad = |e: ndarray::ShapeError| format!("region TIFF has an unexpected layout: {e}");

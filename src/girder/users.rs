@@ -56,7 +56,11 @@ impl GirderClient {
 
     /// Logs in with HTTP Basic (`GET /user/authentication`) and returns a client holding the
     /// session token, plus the user.
-    pub async fn login(config: GirderConfig, login: &str, password: &Secret) -> Result<(GirderClient, User), GirderError> {
+    pub async fn login(
+        config: GirderConfig,
+        login: &str,
+        password: &Secret,
+    ) -> Result<(GirderClient, User), GirderError> {
         #[derive(Deserialize)]
         struct Answer {
             #[serde(rename = "authToken")]
@@ -105,7 +109,11 @@ impl Users<'_> {
     }
 
     /// `POST /api_key` for the current user; `token_duration_days` caps tokens made from it.
-    pub async fn create_api_key(&self, name: &str, token_duration_days: Option<f64>) -> Result<ApiKey, GirderError> {
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        token_duration_days: Option<f64>,
+    ) -> Result<ApiKey, GirderError> {
         let mut call = Call::post("api_key").form("name", name).form("active", "true");
         if let Some(days) = token_duration_days {
             call = call.form("tokenDuration", days);

@@ -63,7 +63,13 @@ impl FaultSpec {
         if self.after && matches!(kind, FaultKind::Delay(_)) {
             return Err("`after` applies to `status` and `drop` only".into());
         }
-        Ok(Fault { method: self.method.map(|m| m.to_ascii_uppercase()), path, remaining: self.count, kind, after: self.after })
+        Ok(Fault {
+            method: self.method.map(|m| m.to_ascii_uppercase()),
+            path,
+            remaining: self.count,
+            kind,
+            after: self.after,
+        })
     }
 }
 
@@ -124,7 +130,8 @@ mod tests {
     #[test]
     fn a_fault_matches_method_and_path_regex_for_its_count_only() {
         let mut faults = Faults::default();
-        faults.add(spec(json!({"method": "put", "path": "^/api/v1/job/", "count": 2, "status": 503})).unwrap());
+        faults
+            .add(spec(json!({"method": "put", "path": "^/api/v1/job/", "count": 2, "status": 503})).unwrap());
         assert!(faults.take("GET", "/api/v1/job/1").is_none());
         assert_eq!(faults.take("PUT", "/api/v1/job/1").map(|f| f.kind), Some(FaultKind::Status(503)));
         assert!(faults.take("PUT", "/api/v1/jobs").is_none());
@@ -138,6 +145,9 @@ mod tests {
         assert!(spec(json!({"path": "x"})).is_err());
         assert!(spec(json!({"path": "(", "drop": true})).is_err());
         assert!(spec(json!({"path": "x", "delay_ms": 5, "after": true})).is_err());
-        assert_eq!(spec(json!({"path": "x", "delay_ms": 5})).unwrap().kind, FaultKind::Delay(Duration::from_millis(5)));
+        assert_eq!(
+            spec(json!({"path": "x", "delay_ms": 5})).unwrap().kind,
+            FaultKind::Delay(Duration::from_millis(5))
+        );
     }
 }

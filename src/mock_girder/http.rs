@@ -46,20 +46,31 @@ impl Ctx {
 
     pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
         self.param(name)
-            .map(|v| v.trim().parse::<i64>().map_err(|_| ApiError::rest(format!("Invalid value for integer parameter {name}: {v}."))))
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::rest(format!("Invalid value for integer parameter {name}: {v}.")))
+            })
             .transpose()
     }
 
     pub fn float(&self, name: &str) -> Result<Option<f64>, ApiError> {
         self.param(name)
-            .map(|v| v.trim().parse::<f64>().map_err(|_| ApiError::rest(format!("Invalid value for numeric parameter {name}: {v}."))))
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|_| ApiError::rest(format!("Invalid value for numeric parameter {name}: {v}.")))
+            })
             .transpose()
     }
 
     /// A JSON-valued parameter (`metadata`, `kwargs`, `types`, ...).
     pub fn json_param(&self, name: &str) -> Result<Option<Value>, ApiError> {
         self.param(name)
-            .map(|v| serde_json::from_str(v).map_err(|_| ApiError::rest(format!("Parameter {name} must be valid JSON."))))
+            .map(|v| {
+                serde_json::from_str(v)
+                    .map_err(|_| ApiError::rest(format!("Parameter {name} must be valid JSON.")))
+            })
             .transpose()
     }
 
@@ -86,16 +97,21 @@ impl<S: Send + Sync> FromRequest<S> for Ctx {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let body = axum::body::to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "rest", format!("could not read the request body: {e}")))?;
+        let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "rest", format!("could not read the request body: {e}"))
+        })?;
         let query = parts
             .uri
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
+        // inside the nested /api/v1 router the URI is stripped; Girder's messages name the full path
+        let path = match parts.extensions.get::<axum::extract::OriginalUri>() {
+            Some(original) => original.0.path().to_string(),
+            None => parts.uri.path().to_string(),
+        };
         let mut ctx =
-            Ctx { method: parts.method, path: parts.uri.path().to_string(), query, form: Vec::new(), headers: parts.headers, body };
+            Ctx { method: parts.method, path, query, form: Vec::new(), headers: parts.headers, body };
         if ctx.is_form() {
             ctx.form = form_urlencoded::parse(&ctx.body).into_owned().collect();
         }
@@ -170,7 +186,10 @@ pub(crate) fn list_response(values: Vec<Value>, total: usize) -> Response {
 pub(crate) fn bytes_response(body: Bytes, content_type: &str, attachment: Option<&str>) -> Response {
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
     if let Some(name) = attachment {
         let escaped = name.replace('"', "\\\"");
         if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{escaped}\"")) {

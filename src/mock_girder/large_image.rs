@@ -63,7 +63,7 @@ pub(crate) fn open(data: &[u8]) -> Result<LargeImage, String> {
     }
     let dtype = planes[0].dtype();
     let ome = description.as_deref().and_then(|d| parse_ome(d).ok().flatten());
-    let (source_name, frames, channels) = layout(ome.as_ref(), planes.len(), tile.is_some());
+    let Layout { source_name, frames, channels } = layout(ome.as_ref(), planes.len(), tile.is_some());
     let (tw, th) = match (tile, source_name) {
         (Some(t), _) => t,
         (None, "tifffile") => {
@@ -107,8 +107,10 @@ fn parse_ome(xml: &str) -> Result<Option<Ome>, String> {
         .children()
         .filter(|n| n.has_tag_name("Channel"))
         .map(|c| {
-            let mut m: Map<String, Value> =
-                c.attributes().map(|a| (a.name().to_string(), Value::String(a.value().to_string()))).collect();
+            let mut m: Map<String, Value> = c
+                .attributes()
+                .map(|a| (a.name().to_string(), Value::String(a.value().to_string())))
+                .collect();
             if c.children().any(|n| n.has_tag_name("LightPath")) {
                 m.insert("LightPath".into(), json!({}));
             }
@@ -131,8 +133,15 @@ fn parse_ome(xml: &str) -> Result<Option<Ome>, String> {
     }))
 }
 
-/// Which source opens the file, its raw frames, and channel names.
-fn layout(ome: Option<&Ome>, pages: usize, tiled: bool) -> (&'static str, Option<Vec<Map<String, Value>>>, Vec<String>) {
+/// Which source opens the file, its raw frames (before `Frame`/`Index`), and channel names.
+struct Layout {
+    source_name: &'static str,
+    frames: Option<Vec<Map<String, Value>>>,
+    channels: Vec<String>,
+}
+
+fn layout(ome: Option<&Ome>, pages: usize, tiled: bool) -> Layout {
+    let done = |source_name, frames, channels| Layout { source_name, frames, channels };
     let bare = |n: usize| (0..n).map(|_| Map::new()).collect::<Vec<_>>();
     match ome {
         Some(o) if o.size_z * o.size_t == 1 && o.channels.len() == o.size_c && pages >= o.size_c => {
@@ -151,18 +160,28 @@ fn layout(ome: Option<&Ome>, pages: usize, tiled: bool) -> (&'static str, Option
                 })
                 .collect();
             // large_image reads names only from a list of two or more channels
-            let names: Vec<String> = o.channels.iter().filter_map(|c| c.get("Name")?.as_str().map(str::to_string)).collect();
+            let names: Vec<String> =
+                o.channels.iter().filter_map(|c| c.get("Name")?.as_str().map(str::to_string)).collect();
             let unique = names.iter().collect::<std::collections::BTreeSet<_>>().len() == names.len();
             let channels = if several && names.len() == o.size_c && unique { names } else { Vec::new() };
-            ("ometiff", Some(frames), channels)
+            done("ometiff", Some(frames), channels)
         }
-        Some(_) if tiled => ("tiff", Some(bare(pages)), Vec::new()),
+        Some(_) if tiled => done("tiff", Some(bare(pages)), Vec::new()),
         Some(o) => {
             let axes: Vec<(char, usize)> = o
                 .dimension_order
                 .chars()
                 .skip(2)
-                .map(|a| (a, match a { 'C' => o.size_c, 'Z' => o.size_z, _ => o.size_t }))
+                .map(|a| {
+                    (
+                        a,
+                        match a {
+                            'C' => o.size_c,
+                            'Z' => o.size_z,
+                            _ => o.size_t,
+                        },
+                    )
+                })
                 .collect();
             let frames = (0..pages)
                 .map(|page| {
@@ -178,16 +197,20 @@ fn layout(ome: Option<&Ome>, pages: usize, tiled: bool) -> (&'static str, Option
                     f
                 })
                 .collect();
-            ("tifffile", Some(frames), Vec::new())
+            done("tifffile", Some(frames), Vec::new())
         }
-        None if pages == 1 => ("tiff", None, Vec::new()),
-        None => (if tiled { "tiff" } else { "tifffile" }, Some(bare(pages)), Vec::new()),
+        None if pages == 1 => done("tiff", None, Vec::new()),
+        None => done(if tiled { "tiff" } else { "tifffile" }, Some(bare(pages)), Vec::new()),
     }
 }
 
 /// large_image `_addMetadataFrameInformation`: `Frame`, `Index` (a counter of non-channel
 /// positions), `IndexRange`/`IndexStride` for axes longer than 1, `channels`/`channelmap`.
-pub(crate) fn add_frame_information(metadata: &mut Value, mut frames: Vec<Map<String, Value>>, channels: Vec<String>) {
+pub(crate) fn add_frame_information(
+    metadata: &mut Value,
+    mut frames: Vec<Map<String, Value>>,
+    channels: Vec<String>,
+) {
     let idx_of = |f: &Map<String, Value>, k: &str| f.get(k).and_then(Value::as_u64);
     let mut refkeys: Vec<String> = vec!["IndexC".into()];
     let mut maxref: BTreeMap<String, u64> = BTreeMap::new();
@@ -205,7 +228,8 @@ pub(crate) fn add_frame_information(metadata: &mut Value, mut frames: Vec<Map<St
             }
         }
         if i > 0 {
-            let moved = refkeys.iter().filter(|k| *k != "IndexC").any(|k| frames[i].get(k) != frames[i - 1].get(k));
+            let moved =
+                refkeys.iter().filter(|k| *k != "IndexC").any(|k| frames[i].get(k) != frames[i - 1].get(k));
             let all_zero = refkeys.iter().all(|k| idx_of(&frames[i], k).unwrap_or(0) == 0);
             if moved || all_zero {
                 index += 1;
@@ -215,10 +239,13 @@ pub(crate) fn add_frame_information(metadata: &mut Value, mut frames: Vec<Map<St
         frames[i].insert("Index".into(), json!(index));
     }
     if maxref.values().any(|&v| v > 1) {
-        let range: Map<String, Value> = maxref.iter().filter(|(_, &v)| v > 1).map(|(k, v)| (k.clone(), json!(v))).collect();
+        let range: Map<String, Value> =
+            maxref.iter().filter(|(_, &v)| v > 1).map(|(k, v)| (k.clone(), json!(v))).collect();
         let stride: Map<String, Value> = range
             .keys()
-            .filter_map(|k| frames.iter().position(|f| idx_of(f, k) == Some(1)).map(|p| (k.clone(), json!(p))))
+            .filter_map(|k| {
+                frames.iter().position(|f| idx_of(f, k) == Some(1)).map(|p| (k.clone(), json!(p)))
+            })
             .collect();
         metadata["IndexRange"] = Value::Object(range);
         metadata["IndexStride"] = Value::Object(stride);
@@ -227,7 +254,8 @@ pub(crate) fn add_frame_information(metadata: &mut Value, mut frames: Vec<Map<St
     if !channels.is_empty() && channels.len() >= n_c {
         let names = &channels[..n_c];
         metadata["channels"] = json!(names);
-        metadata["channelmap"] = Value::Object(names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect());
+        metadata["channelmap"] =
+            Value::Object(names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect());
         for f in &mut frames {
             let c = idx_of(f, "IndexC").unwrap_or(0) as usize;
             if let Some(name) = names.get(c) {
@@ -257,7 +285,9 @@ impl LargeImage {
 pub(crate) fn resize(a: &Array2, h: usize, w: usize) -> Array2 {
     fn pick<T: Copy>(a: &ndarray::Array2<T>, h: usize, w: usize) -> ndarray::Array2<T> {
         let (ah, aw) = a.dim();
-        ndarray::Array2::from_shape_fn((h, w), |(y, x)| a[[(y * ah / h.max(1)).min(ah - 1), (x * aw / w.max(1)).min(aw - 1)]])
+        ndarray::Array2::from_shape_fn((h, w), |(y, x)| {
+            a[[(y * ah / h.max(1)).min(ah - 1), (x * aw / w.max(1)).min(aw - 1)]]
+        })
     }
     match a {
         Array2::U8(x) => Array2::U8(pick(x, h, w)),

@@ -17,6 +17,7 @@
 mod faults;
 mod http;
 mod large_image;
+mod ordered_json;
 mod routes;
 mod server;
 mod state;

@@ -88,13 +88,27 @@ pub async fn spawn_mock(config: MockConfig) -> std::io::Result<MockHandle> {
         let _ = rx.await;
     }));
     let base_url = format!("http://{addr}");
-    Ok(MockHandle { api_url: format!("{base_url}/api/v1"), base_url, addr, shutdown: Some(tx), task: Some(task) })
+    Ok(MockHandle {
+        api_url: format!("{base_url}/api/v1"),
+        base_url,
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
 }
 
 /// Serves the mock on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, config: MockConfig, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    config: MockConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let base_url = format!("http://{}", listener.local_addr()?);
-    let app: Shared = Arc::new(App { state: Mutex::new(State::new(&config)), faults: Mutex::new(Faults::default()), base_url });
+    let app: Shared = Arc::new(App {
+        state: Mutex::new(State::new(&config)),
+        faults: Mutex::new(Faults::default()),
+        base_url,
+    });
     let router = routes::router().merge(mock_routes()).with_state(app.clone());
     tokio::pin!(shutdown);
     let mut connections = JoinSet::new();
@@ -203,8 +217,12 @@ fn mock_routes() -> Router<Shared> {
         .route("/mock/requests", get(requests).delete(clear_requests))
 }
 
-async fn add_fault(axum::extract::State(app): axum::extract::State<Shared>, body: axum::body::Bytes) -> Result<Response<Body>, ApiError> {
-    let spec: FaultSpec = serde_json::from_slice(&body).map_err(|e| ApiError::rest(format!("bad fault: {e}")))?;
+async fn add_fault(
+    axum::extract::State(app): axum::extract::State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let spec: FaultSpec =
+        serde_json::from_slice(&body).map_err(|e| ApiError::rest(format!("bad fault: {e}")))?;
     let fault = spec.build().map_err(ApiError::rest)?;
     app.faults().add(fault);
     Ok(json_response(json!({"added": true})))

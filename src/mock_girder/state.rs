@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use super::http::ApiError;
 use super::large_image::LargeImage;
+use super::ordered_json::Ordered;
 
 /// Girder's `AccessType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,7 +143,7 @@ pub(crate) struct AnnotationRec {
     pub dataset_id: String,
     /// Fields in the order the client sent them, without `_id`: the list endpoint streams
     /// documents in stored key order with `_id` last.
-    pub fields: Vec<(String, Value)>,
+    pub fields: Vec<(String, Ordered)>,
 }
 
 pub(crate) struct WorkerInterfaceRec {
@@ -161,7 +162,10 @@ pub struct MockConfig {
 
 impl Default for MockConfig {
     fn default() -> Self {
-        MockConfig { upload_minimum_chunk_size: 5 * 1024 * 1024, addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)) }
+        MockConfig {
+            upload_minimum_chunk_size: 5 * 1024 * 1024,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 }
 
@@ -237,7 +241,12 @@ impl State {
     }
 
     /// Issues a token for a user (or a job-scoped one) valid for `days`.
-    pub fn issue_token(&mut self, user_id: Option<String>, scopes: Vec<String>, days: f64) -> (String, String) {
+    pub fn issue_token(
+        &mut self,
+        user_id: Option<String>,
+        scopes: Vec<String>,
+        days: f64,
+    ) -> (String, String) {
         let token = random_token(64);
         let seconds = (days * 86400.0).clamp(0.0, 1e10);
         let expires = OffsetDateTime::now_utc() + time::Duration::seconds_f64(seconds);
@@ -273,7 +282,8 @@ impl State {
     /// The folder, if `user` has `level` on it; Girder's 400/401/403 otherwise.
     pub fn folder(&self, id: &str, user: Option<&UserRec>, level: Level) -> Result<&FolderRec, ApiError> {
         check_id(id)?;
-        let folder = self.folders.get(id).ok_or_else(|| ApiError::rest(format!("Invalid folder id ({id}).")))?;
+        let folder =
+            self.folders.get(id).ok_or_else(|| ApiError::rest(format!("Invalid folder id ({id}).")))?;
         if self.folder_level(folder, user).is_some_and(|l| l >= level) {
             return Ok(folder);
         }
@@ -335,11 +345,13 @@ impl State {
 
     /// Removes a folder, everything below it and the annotations of datasets in it.
     pub fn remove_folder(&mut self, folder_id: &str) {
-        let children: Vec<String> = self.folders.values().filter(|f| f.parent_id == folder_id).map(|f| f.id.clone()).collect();
+        let children: Vec<String> =
+            self.folders.values().filter(|f| f.parent_id == folder_id).map(|f| f.id.clone()).collect();
         for child in children {
             self.remove_folder(&child);
         }
-        let items: Vec<String> = self.items.values().filter(|i| i.folder_id == folder_id).map(|i| i.id.clone()).collect();
+        let items: Vec<String> =
+            self.items.values().filter(|i| i.folder_id == folder_id).map(|i| i.id.clone()).collect();
         for item in items {
             self.remove_item(&item);
         }

@@ -33,7 +33,11 @@ async fn all_annotations_are_read_with_cursor_paging_and_filters() {
     assert_eq!(ids, expected, "every annotation once, in _id order");
     let log = requests(&s.mock).await;
     assert_eq!(count(&log, "GET", "/upenn_annotation"), 3, "pages of 3, 3 and a short 1");
-    let polygons = AnnotationQuery { shape: Some("polygon".into()), tags: vec!["nucleus".into(), "cell".into()], page_size: 2 };
+    let polygons = AnnotationQuery {
+        shape: Some("polygon".into()),
+        tags: vec!["nucleus".into(), "cell".into()],
+        page_size: 2,
+    };
     let found = s.alice.annotations().list(d, &polygons).await.unwrap();
     let names: Vec<&str> = found.iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a0", "a2", "a4"], "shape and all-tags filters");
@@ -44,15 +48,44 @@ async fn all_annotations_are_read_with_cursor_paging_and_filters() {
 async fn the_list_streams_stored_key_order_with_total_count_and_honours_offset_and_after_id() {
     let s = seeded().await;
     let d = s.dataset.id.as_str();
-    let created = s.alice.annotations().create_many(&[annotation(d, "polygon", &["a"], 1), annotation(d, "polygon", &["a"], 2)]).await.unwrap();
     let token = s.alice.token().await.unwrap();
-    let resp = raw_get(&s.mock, &format!("upenn_annotation?datasetId={d}&shape=polygon&limit=1&offset=1"), token.as_ref()).await;
+    // sent as text so the key order is ours (a serde_json::Value would sort the keys)
+    let doc = |n: u32| {
+        format!(
+            r#"{{"name":"a{n}","tags":["a"],"shape":"polygon","channel":0,"location":{{"XY":0,"Z":0,"Time":0}},"datasetId":"{d}","coordinates":[{{"x":{n},"y":1}}]}}"#
+        )
+    };
+    let body = format!("[{},{}]", doc(1), doc(2));
+    let resp = reqwest::Client::new()
+        .post(format!("{}/upenn_annotation/multiple", s.mock.api_url))
+        .header("Girder-Token", token.as_ref().unwrap().expose())
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let created: Vec<Value> = resp.json().await.unwrap();
+    let resp = raw_get(
+        &s.mock,
+        &format!("upenn_annotation?datasetId={d}&shape=polygon&limit=1&offset=1"),
+        token.as_ref(),
+    )
+    .await;
     assert_eq!(resp.headers()["girder-total-count"], "2");
     let text = resp.text().await.unwrap();
-    assert!(text.starts_with("[{\"name\":\"a2\",\"tags\""), "stored key order: {text}");
-    assert!(text.ends_with(&format!("\"_id\":\"{}\"}}]", created[1]["_id"].as_str().unwrap())), "_id last: {text}");
+    let id = created[1]["_id"].as_str().unwrap();
+    assert_eq!(
+        text,
+        format!("[{},\"_id\":\"{id}\"}}]", doc(2).trim_end_matches('}')),
+        "stored key order, _id last"
+    );
     let first = created[0]["_id"].as_str().unwrap();
-    let resp = raw_get(&s.mock, &format!("upenn_annotation?datasetId={d}&afterId={first}&offset=5&sort=_id"), token.as_ref()).await;
+    let resp = raw_get(
+        &s.mock,
+        &format!("upenn_annotation?datasetId={d}&afterId={first}&offset=5&sort=_id"),
+        token.as_ref(),
+    )
+    .await;
     let after: Vec<Value> = resp.json().await.unwrap();
     assert_eq!(after.len(), 1, "afterId ignores offset");
     assert_eq!(after[0]["_id"], created[1]["_id"]);
@@ -70,10 +103,14 @@ async fn invalid_annotations_are_400_and_other_users_are_kept_out() {
         "{err:?}"
     );
     let err = s.anonymous.annotations().list(d, &AnnotationQuery::default()).await.unwrap_err();
-    assert!(matches!(&err, GirderError::Unauthorized { message, .. } if message.ends_with("(user None).")), "{err:?}");
+    assert!(
+        matches!(&err, GirderError::Unauthorized { message, .. } if message.ends_with("(user None).")),
+        "{err:?}"
+    );
     let err = s.bob.annotations().list(d, &AnnotationQuery::default()).await.unwrap_err();
     assert!(matches!(err, GirderError::Forbidden { .. }), "{err:?}");
     // a folder that is not a NimbusImage dataset cannot hold annotations
-    let err = s.alice.annotations().create_many(&[annotation(&s.private.id, "polygon", &[], 1)]).await.unwrap_err();
+    let err =
+        s.alice.annotations().create_many(&[annotation(&s.private.id, "polygon", &[], 1)]).await.unwrap_err();
     assert_eq!(err.girder_message(), Some("Annotation dataset ID is invalid"));
 }

@@ -19,8 +19,12 @@ async fn mock_girder_subcommand_serves_the_api() {
     let url = line.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_string);
     let result = async {
         let url = url.ok_or("no URL printed")?;
-        let body: serde_json::Value =
-            reqwest::get(format!("{url}/system/version")).await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+        let body: serde_json::Value = reqwest::get(format!("{url}/system/version"))
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(body)
     }
     .await;

@@ -28,9 +28,15 @@ async fn a_bad_api_key_or_password_is_refused_with_a_clear_error() {
     let s = seeded().await;
     let bad = GirderClient::new(config(&s.mock), Auth::ApiKey(Secret::new("x".repeat(40)))).unwrap();
     let err = bad.users().me().await.unwrap_err();
-    assert!(matches!(err, GirderError::InvalidApiKey { ref message } if message == "Invalid API key."), "{err:?}");
+    assert!(
+        matches!(err, GirderError::InvalidApiKey { ref message } if message == "Invalid API key."),
+        "{err:?}"
+    );
     let err = GirderClient::login(config(&s.mock), "alice", &Secret::new("wrong")).await.unwrap_err();
-    assert!(matches!(err, GirderError::Unauthorized { ref message, .. } if message == "Login failed."), "{err:?}");
+    assert!(
+        matches!(err, GirderError::Unauthorized { ref message, .. } if message == "Login failed."),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -68,14 +74,20 @@ async fn folders_are_found_created_reused_and_deleted() {
     assert_eq!(s.dataset.meta, json!({"subtype": "contrastDataset"}).as_object().unwrap().clone());
     let found = s.alice.folders().find(ParentType::Folder, &s.private.id, "dataset1").await.unwrap();
     assert_eq!(found.map(|f| f.id), Some(s.dataset.id.clone()));
-    let err = s.alice.folders().create(ParentType::Folder, &s.private.id, "dataset1", None, false).await.unwrap_err();
+    let err = s
+        .alice
+        .folders()
+        .create(ParentType::Folder, &s.private.id, "dataset1", None, false)
+        .await
+        .unwrap_err();
     let GirderError::Http { status: 400, kind, field, message, .. } = &err else { panic!("{err:?}") };
     assert_eq!((kind.as_deref(), field.as_deref()), (Some("validation"), Some("name")));
     assert_eq!(message, "A folder with that name already exists here.");
     let models = s.alice.folders().ensure_path(&s.private.id, &[".cellpose", "models"]).await.unwrap();
     let again = s.alice.folders().ensure_path(&s.private.id, &[".cellpose", "models"]).await.unwrap();
     assert_eq!(models.id, again.id);
-    let cellpose = s.alice.folders().find(ParentType::Folder, &s.private.id, ".cellpose").await.unwrap().unwrap();
+    let cellpose =
+        s.alice.folders().find(ParentType::Folder, &s.private.id, ".cellpose").await.unwrap().unwrap();
     s.alice.folders().delete(&cellpose.id).await.unwrap();
     let err = s.alice.folders().get(&models.id).await.unwrap_err();
     assert_eq!(err.girder_message(), Some(format!("Invalid folder id ({}).", models.id).as_str()));
@@ -85,10 +97,22 @@ async fn folders_are_found_created_reused_and_deleted() {
 async fn items_are_listed_renamed_downloaded_and_deleted() {
     let s = seeded().await;
     let files = s.alice.files();
-    let (a, _) = files.upload_item(&s.dataset.id, "notes.json", Bytes::from_static(b"{\"hello\": \"world\"}"), "application/json").await.unwrap();
-    let (clash, _) = files.upload_item(&s.dataset.id, "notes.json", Bytes::from_static(b"second"), "text/plain").await.unwrap();
+    let (a, _) = files
+        .upload_item(
+            &s.dataset.id,
+            "notes.json",
+            Bytes::from_static(b"{\"hello\": \"world\"}"),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    let (clash, _) = files
+        .upload_item(&s.dataset.id, "notes.json", Bytes::from_static(b"second"), "text/plain")
+        .await
+        .unwrap();
     assert_eq!(clash.name, "notes.json (1)", "Girder renames a clashing item");
-    let names: Vec<String> = s.alice.items().list(&s.dataset.id).await.unwrap().into_iter().map(|i| i.name).collect();
+    let names: Vec<String> =
+        s.alice.items().list(&s.dataset.id).await.unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["notes.json", "notes.json (1)"]);
     assert_eq!(s.alice.items().download(&a.id).await.unwrap(), Bytes::from_static(b"{\"hello\": \"world\"}"));
     let renamed = s.alice.items().rename(&clash.id, "second.txt").await.unwrap();
@@ -97,7 +121,8 @@ async fn items_are_listed_renamed_downloaded_and_deleted() {
     files.upload_to_item(&a.id, "more.txt", Bytes::from_static(b"more"), "text/plain").await.unwrap();
     let zip = s.alice.items().download(&a.id).await.unwrap();
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip.to_vec())).unwrap();
-    let mut entries: Vec<String> = (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().to_string()).collect();
+    let mut entries: Vec<String> =
+        (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().to_string()).collect();
     entries.sort();
     assert_eq!(entries, ["notes.json/more.txt", "notes.json/notes.json"]);
     s.alice.items().delete(&a.id).await.unwrap();
@@ -109,7 +134,12 @@ async fn items_are_listed_renamed_downloaded_and_deleted() {
 #[tokio::test]
 async fn single_file_download_keeps_girders_headers() {
     let s = seeded().await;
-    let (item, _) = s.alice.files().upload_item(&s.dataset.id, "n.json", Bytes::from_static(b"{}"), "application/json").await.unwrap();
+    let (item, _) = s
+        .alice
+        .files()
+        .upload_item(&s.dataset.id, "n.json", Bytes::from_static(b"{}"), "application/json")
+        .await
+        .unwrap();
     let token = s.alice.token().await.unwrap();
     let resp = raw_get(&s.mock, &format!("item/{}/download", item.id), token.as_ref()).await;
     assert_eq!(resp.headers()["content-type"], "application/json");
@@ -121,10 +151,19 @@ async fn single_file_download_keeps_girders_headers() {
 #[tokio::test]
 async fn resource_lookup_finds_folders_and_items_by_path() {
     let s = seeded().await;
-    let (item, _) = s.alice.files().upload_item(&s.dataset.id, "a.txt", Bytes::from_static(b"a"), "text/plain").await.unwrap();
+    let (item, _) = s
+        .alice
+        .files()
+        .upload_item(&s.dataset.id, "a.txt", Bytes::from_static(b"a"), "text/plain")
+        .await
+        .unwrap();
     let r = s.alice.resources();
-    assert!(matches!(r.lookup("/user/alice/Private/dataset1").await.unwrap(), Resource::Folder(f) if f.id == s.dataset.id));
-    assert!(matches!(r.lookup("/user/alice/Private/dataset1/a.txt").await.unwrap(), Resource::Item(i) if i.id == item.id));
+    assert!(
+        matches!(r.lookup("/user/alice/Private/dataset1").await.unwrap(), Resource::Folder(f) if f.id == s.dataset.id)
+    );
+    assert!(
+        matches!(r.lookup("/user/alice/Private/dataset1/a.txt").await.unwrap(), Resource::Item(i) if i.id == item.id)
+    );
     let err = r.lookup("/user/alice/Private/nope").await.unwrap_err();
     assert_eq!(err.girder_message(), Some("Path not found: user/alice/Private/nope"));
     assert!(r.find("/user/alice/Private/nope").await.unwrap().is_none());
@@ -148,7 +187,10 @@ async fn unknown_routes_answer_like_girder() {
     let resp = raw_get(&s.mock, "no/such/thing", None).await;
     assert_eq!(resp.status(), 404);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body, json!({"message": "No matching route for \"GET /api/v1/no/such/thing\"", "type": "rest"}));
+    assert_eq!(
+        body,
+        json!({"message": "No matching route for \"GET /api/v1/no/such/thing\"", "type": "rest"})
+    );
 }
 
 /// The client only speaks Girder's documented API: nothing in it knows about the mock.

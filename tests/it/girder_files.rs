@@ -34,7 +34,11 @@ async fn small_chunks() -> (super::girder_seed::Seeded, GirderClient) {
 async fn a_chunked_upload_arrives_byte_identical() {
     let (s, client) = small_chunks().await;
     let payload = data(10 * KIB + 123);
-    let (item, file) = client.files().upload_item(&s.dataset.id, "model.pt", payload.clone(), "application/octet-stream").await.unwrap();
+    let (item, file) = client
+        .files()
+        .upload_item(&s.dataset.id, "model.pt", payload.clone(), "application/octet-stream")
+        .await
+        .unwrap();
     assert_eq!((file.size, file.item_id.as_deref()), (payload.len() as u64, Some(item.id.as_str())));
     assert_eq!(client.files().download(&file.id).await.unwrap(), payload);
     assert_eq!(count(&requests(&s.mock).await, "POST", "/file/chunk"), 3);
@@ -48,9 +52,16 @@ async fn a_chunk_under_the_servers_minimum_is_refused_with_the_fix_named() {
     let mut cfg = config(&s.mock);
     cfg.upload_chunk_size = 1024 * KIB;
     let client = GirderClient::new(cfg, Auth::Token(token)).unwrap();
-    let err = client.files().upload_item(&s.dataset.id, "big.bin", data(3 * 1024 * KIB), "application/octet-stream").await.unwrap_err();
+    let err = client
+        .files()
+        .upload_item(&s.dataset.id, "big.bin", data(3 * 1024 * KIB), "application/octet-stream")
+        .await
+        .unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("Chunk is smaller than the minimum size.") && message.contains("upload_chunk_size"), "{message}");
+    assert!(
+        message.contains("Chunk is smaller than the minimum size.") && message.contains("upload_chunk_size"),
+        "{message}"
+    );
     // the failed upload's item is cleaned up
     assert!(client.items().list(&s.dataset.id).await.unwrap().is_empty());
 }
@@ -79,7 +90,10 @@ async fn wrong_offset_and_short_chunk_answers_match_the_record() {
     };
     let short = post(0, vec![0; 100]).await.unwrap();
     assert_eq!(short.status(), 400);
-    assert_eq!(short.json::<Value>().await.unwrap(), json!({"message": "Chunk is smaller than the minimum size.", "type": "validation"}));
+    assert_eq!(
+        short.json::<Value>().await.unwrap(),
+        json!({"message": "Chunk is smaller than the minimum size.", "type": "validation"})
+    );
     let first: Value = post(0, vec![1; 5000]).await.unwrap().json().await.unwrap();
     assert_eq!(first["received"], 5000);
     let wrong = post(5, vec![0; 3]).await.unwrap();
@@ -100,9 +114,21 @@ async fn a_dropped_chunk_is_resumed_from_the_servers_offset() {
     // the second chunk's connection drops before Girder sees it; the third one lands but its
     // answer is lost: both times the client asks /file/offset and carries on
     fault(&s.mock, json!({"method": "POST", "path": "/file/chunk$", "count": 1, "drop": true})).await;
-    let first = client.files().upload_item(&s.dataset.id, "a.bin", payload.clone(), "application/octet-stream").await.unwrap();
-    fault(&s.mock, json!({"method": "POST", "path": "/file/chunk$", "count": 1, "drop": true, "after": true})).await;
-    let second = client.files().upload_item(&s.dataset.id, "b.bin", payload.clone(), "application/octet-stream").await.unwrap();
+    let first = client
+        .files()
+        .upload_item(&s.dataset.id, "a.bin", payload.clone(), "application/octet-stream")
+        .await
+        .unwrap();
+    fault(
+        &s.mock,
+        json!({"method": "POST", "path": "/file/chunk$", "count": 1, "drop": true, "after": true}),
+    )
+    .await;
+    let second = client
+        .files()
+        .upload_item(&s.dataset.id, "b.bin", payload.clone(), "application/octet-stream")
+        .await
+        .unwrap();
     for (_, file) in [first, second] {
         assert_eq!(client.files().download(&file.id).await.unwrap(), payload);
     }
@@ -114,8 +140,16 @@ async fn a_dropped_chunk_is_resumed_from_the_servers_offset() {
 async fn a_lost_answer_to_the_final_chunk_still_yields_the_file() {
     let (s, client) = small_chunks().await;
     let payload = data(3 * KIB); // one chunk, which is the final one
-    fault(&s.mock, json!({"method": "POST", "path": "/file/chunk$", "count": 1, "drop": true, "after": true})).await;
-    let (item, file) = client.files().upload_item(&s.dataset.id, "c.bin", payload.clone(), "application/octet-stream").await.unwrap();
+    fault(
+        &s.mock,
+        json!({"method": "POST", "path": "/file/chunk$", "count": 1, "drop": true, "after": true}),
+    )
+    .await;
+    let (item, file) = client
+        .files()
+        .upload_item(&s.dataset.id, "c.bin", payload.clone(), "application/octet-stream")
+        .await
+        .unwrap();
     assert_eq!(client.items().files(&item.id).await.unwrap().len(), 1, "no duplicate upload");
     assert_eq!(client.files().download(&file.id).await.unwrap(), payload);
 }
@@ -124,13 +158,24 @@ async fn a_lost_answer_to_the_final_chunk_still_yields_the_file() {
 async fn a_5xx_chunk_is_resumed_and_a_5xx_get_is_retried() {
     let (s, client) = small_chunks().await;
     fault(&s.mock, json!({"method": "POST", "path": "/file/chunk$", "count": 1, "status": 503})).await;
-    let (_, file) = client.files().upload_item(&s.dataset.id, "d.bin", data(9 * KIB), "application/octet-stream").await.unwrap();
+    let (_, file) = client
+        .files()
+        .upload_item(&s.dataset.id, "d.bin", data(9 * KIB), "application/octet-stream")
+        .await
+        .unwrap();
     clear_requests(&s.mock).await;
     fault(&s.mock, json!({"method": "GET", "path": "/user/me$", "count": 2, "status": 503})).await;
     client.users().me().await.unwrap();
     let log = requests(&s.mock).await;
-    assert_eq!(log.iter().filter(|(m, p, _)| m == "GET" && p.ends_with("/user/me")).map(|l| l.2).collect::<Vec<_>>(), [Some(503), Some(503), Some(200)]);
-    fault(&s.mock, json!({"method": "GET", "path": format!("/file/{}/download$", file.id), "count": 1, "drop": true})).await;
+    assert_eq!(
+        log.iter().filter(|(m, p, _)| m == "GET" && p.ends_with("/user/me")).map(|l| l.2).collect::<Vec<_>>(),
+        [Some(503), Some(503), Some(200)]
+    );
+    fault(
+        &s.mock,
+        json!({"method": "GET", "path": format!("/file/{}/download$", file.id), "count": 1, "drop": true}),
+    )
+    .await;
     assert_eq!(client.files().download(&file.id).await.unwrap().len(), 9 * KIB);
 }
 
@@ -169,7 +214,11 @@ async fn a_slow_answer_times_out_and_is_retried() {
 async fn a_file_streams_to_disk() {
     let (s, client) = small_chunks().await;
     let payload = data(50 * KIB);
-    let (_, file) = client.files().upload_item(&s.dataset.id, "e.bin", payload.clone(), "application/octet-stream").await.unwrap();
+    let (_, file) = client
+        .files()
+        .upload_item(&s.dataset.id, "e.bin", payload.clone(), "application/octet-stream")
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("e.bin");
     fault(&s.mock, json!({"method": "GET", "path": "/download$", "count": 1, "status": 500})).await;

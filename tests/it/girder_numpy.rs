@@ -12,13 +12,22 @@ fn read(name: &str) -> Array2 {
 
 #[test]
 fn every_recorded_fixture_decodes_to_its_values() {
-    assert_eq!(read("region_uint16_2x4x1.pickle5"), Array2::U16(arr2(&[[32010, 32011, 32012, 32013], [32110, 32111, 32112, 32113]])));
-    assert_eq!(read("region_uint8_3x5x1.pickle5"), Array2::U8(Array::from_iter((0..15u8).map(|v| 7 * v)).into_shape_with_order((3, 5)).unwrap()));
+    assert_eq!(
+        read("region_uint16_2x4x1.pickle5"),
+        Array2::U16(arr2(&[[32010, 32011, 32012, 32013], [32110, 32111, 32112, 32113]]))
+    );
+    assert_eq!(
+        read("region_uint8_3x5x1.pickle5"),
+        Array2::U8(Array::from_iter((0..15u8).map(|v| 7 * v)).into_shape_with_order((3, 5)).unwrap())
+    );
     let Array2::F32(f) = read("region_float32_3x4x1.pickle5") else { panic!("float32 expected") };
     let want = Array::linspace(0f32, 1.0, 12).into_shape_with_order((3, 4)).unwrap();
     assert!(f.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() < 1e-7), "{f:?}");
     assert_eq!(read("region_uint16be_2x3x1.pickle5"), Array2::U16(arr2(&[[0, 1, 2], [3, 4, 5]])));
-    assert_eq!(read("region_uint16_fortran_3x4x1.pickle5"), Array2::U16(Array::from_iter(0..12u16).into_shape_with_order((3, 4)).unwrap()));
+    assert_eq!(
+        read("region_uint16_fortran_3x4x1.pickle5"),
+        Array2::U16(Array::from_iter(0..12u16).into_shape_with_order((3, 4)).unwrap())
+    );
 }
 
 #[test]
@@ -58,6 +67,11 @@ fn encoder_matches_numpy_2_byte_for_byte() {
         );
         let want = run_python(&code, &[]);
         let got: String = encode_pickle5(&array, band).iter().map(|b| format!("{b:02x}")).collect();
-        assert!(got == want, "{dtype} {h}x{w}: encoder differs from numpy ({} vs {} hex chars)", got.len(), want.len());
+        assert!(
+            got == want,
+            "{dtype} {h}x{w}: encoder differs from numpy ({} vs {} hex chars)",
+            got.len(),
+            want.len()
+        );
     }
 }

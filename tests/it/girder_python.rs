@@ -53,5 +53,9 @@ async fn pypi_girder_client_works_against_the_mock_unchanged() {
     let out = python(&s.mock, s.alice_key.expose()).await;
     assert!(out.contains("girder_client ok"), "{out}");
     let log = super::girder_seed::requests(&s.mock).await;
-    assert_eq!(super::girder_seed::count(&log, "POST", "/file/chunk"), 3, "the chunked upload went through /file/chunk");
+    assert_eq!(
+        super::girder_seed::count(&log, "POST", "/file/chunk"),
+        3,
+        "the chunked upload went through /file/chunk"
+    );
 }

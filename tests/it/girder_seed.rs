@@ -60,24 +60,35 @@ pub async fn seeded_with(mock_config: MockConfig) -> Seeded {
         let (_, token) = admin.users().create(&new_user(login)).await.unwrap();
         assert!(token.is_none(), "a logged-in admin creating a user gets no token");
     }
-    let (alice, alice_user) = GirderClient::login(cfg.clone(), "alice", &Secret::new("alicepass1")).await.unwrap();
+    let (alice, alice_user) =
+        GirderClient::login(cfg.clone(), "alice", &Secret::new("alicepass1")).await.unwrap();
     let (bob, _) = GirderClient::login(cfg.clone(), "bobby", &Secret::new("bobbypass1")).await.unwrap();
     let alice_key = alice.users().create_api_key("worker", None).await.unwrap().key;
     let private = alice.folders().user_folder(&alice_user.id, "Private").await.unwrap();
     let meta = json!({"subtype": "contrastDataset", "selectedLargeImageId": null});
-    let dataset = alice.folders().create(ParentType::Folder, &private.id, "dataset1", Some(&meta), false).await.unwrap();
+    let dataset = alice
+        .folders()
+        .create(ParentType::Folder, &private.id, "dataset1", Some(&meta), false)
+        .await
+        .unwrap();
     Seeded { mock, admin, alice, alice_user, alice_key, bob, anonymous, private, dataset }
 }
 
 /// `POST /mock/faults`.
 pub async fn fault(mock: &MockHandle, spec: Value) {
-    let resp = reqwest::Client::new().post(format!("{}/mock/faults", mock.base_url)).json(&spec).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/mock/faults", mock.base_url))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status().is_success(), "fault {spec} refused: {}", resp.text().await.unwrap_or_default());
 }
 
 /// `GET /mock/requests`: `(method, path, status)` of each API request.
 pub async fn requests(mock: &MockHandle) -> Vec<(String, String, Option<u16>)> {
-    let log: Vec<Value> = reqwest::get(format!("{}/mock/requests", mock.base_url)).await.unwrap().json().await.unwrap();
+    let log: Vec<Value> =
+        reqwest::get(format!("{}/mock/requests", mock.base_url)).await.unwrap().json().await.unwrap();
     log.iter()
         .map(|r| {
             (

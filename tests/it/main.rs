@@ -1,7 +1,4 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
-mod helpers;
-mod model_files;
-mod predict;
 mod girder_annotations;
 mod girder_cli;
 mod girder_contract;
@@ -11,3 +8,6 @@ mod girder_numpy;
 mod girder_python;
 mod girder_seed;
 mod girder_tiles;
+mod helpers;
+mod model_files;
+mod predict;

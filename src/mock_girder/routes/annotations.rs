@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::paging::Paging;
 use crate::mock_girder::http::{json_response, ApiError, ApiResult, Ctx};
+use crate::mock_girder::ordered_json::Ordered;
 use crate::mock_girder::server::Shared;
 use crate::mock_girder::state::{check_id, is_object_id, AnnotationRec, Level, State, UserRec};
 
@@ -55,7 +56,9 @@ fn validate(doc: &Value) -> Result<(), String> {
             }
         }
     }
-    let Some(tags) = obj.get("tags").and_then(Value::as_array) else { return Err("data.tags must be array".into()) };
+    let Some(tags) = obj.get("tags").and_then(Value::as_array) else {
+        return Err("data.tags must be array".into());
+    };
     if let Some(i) = tags.iter().position(|t| !t.is_string()) {
         return Err(format!("data.tags[{i}] must be string"));
     }
@@ -72,7 +75,9 @@ fn validate(doc: &Value) -> Result<(), String> {
     }
     match obj.get("shape").and_then(Value::as_str) {
         None => return Err("data.shape must be string".into()),
-        Some(s) if !SHAPES.contains(&s) => return Err(format!("data.shape must be one of {}", py_list(&SHAPES))),
+        Some(s) if !SHAPES.contains(&s) => {
+            return Err(format!("data.shape must be one of {}", py_list(&SHAPES)))
+        }
         Some(_) => {}
     }
     if !obj.get("datasetId").and_then(Value::as_str).is_some_and(is_object_id) {
@@ -106,10 +111,10 @@ fn check_new(st: &State, doc: &Value, user: &UserRec) -> Result<String, ApiError
     Ok(dataset_id)
 }
 
-fn store(st: &mut State, doc: Value, dataset_id: String) -> Value {
+fn store(st: &mut State, doc: Ordered, dataset_id: String) -> Value {
     let id = st.new_id();
-    let fields: Vec<(String, Value)> = match doc {
-        Value::Object(m) => m.into_iter().filter(|(k, _)| k != "_id").collect(),
+    let fields: Vec<(String, Ordered)> = match doc {
+        Ordered::Object(m) => m.into_iter().filter(|(k, _)| k != "_id").collect(),
         _ => Vec::new(),
     };
     let rec = AnnotationRec { dataset_id, fields };
@@ -119,7 +124,7 @@ fn store(st: &mut State, doc: Value, dataset_id: String) -> Value {
 }
 
 fn sorted_doc(id: &str, a: &AnnotationRec) -> Value {
-    let mut m: Map<String, Value> = a.fields.iter().cloned().collect();
+    let mut m: Map<String, Value> = a.fields.iter().map(|(k, v)| (k.clone(), v.to_value())).collect();
     m.insert("_id".into(), Value::String(id.to_string()));
     Value::Object(m)
 }
@@ -130,28 +135,33 @@ fn stored_order_json(id: &str, a: &AnnotationRec) -> String {
     for (k, v) in &a.fields {
         out.push_str(&Value::String(k.clone()).to_string());
         out.push(':');
-        out.push_str(&v.to_string());
+        v.write(&mut out);
         out.push(',');
     }
     out.push_str(&format!("\"_id\":\"{id}\"}}"));
     out
 }
 
+/// The body with its key order kept.
+fn ordered_body(ctx: &Ctx) -> Result<Ordered, ApiError> {
+    serde_json::from_slice(&ctx.body).map_err(|_| ApiError::rest("Invalid JSON passed in request body."))
+}
+
 pub(crate) async fn create(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
-    let doc = ctx.json_body()?;
+    let doc = ordered_body(&ctx)?;
     let mut st = app.state();
     let user = st.require_user(ctx.token())?;
-    let dataset_id = check_new(&st, &doc, user)?;
+    let dataset_id = check_new(&st, &doc.to_value(), user)?;
     Ok(json_response(store(&mut st, doc, dataset_id)))
 }
 
 pub(crate) async fn create_many(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
-    let Value::Array(docs) = ctx.json_body()? else {
+    let Ordered::Array(docs) = ordered_body(&ctx)? else {
         return Err(ApiError::rest("Request body must be a JSON array."));
     };
     let mut st = app.state();
     let user = st.require_user(ctx.token())?;
-    let ids = docs.iter().map(|d| check_new(&st, d, user)).collect::<Result<Vec<_>, _>>()?;
+    let ids = docs.iter().map(|d| check_new(&st, &d.to_value(), user)).collect::<Result<Vec<_>, _>>()?;
     let stored: Vec<Value> = docs.into_iter().zip(ids).map(|(d, id)| store(&mut st, d, id)).collect();
     Ok(json_response(Value::Array(stored)))
 }
@@ -169,13 +179,14 @@ fn dataset<'a>(st: &'a State, ctx: &Ctx) -> Result<(&'a str, Option<Vec<String>>
 }
 
 fn matches(a: &AnnotationRec, dataset_id: &str, shape: Option<&str>, tags: &Option<Vec<String>>) -> bool {
-    let field = |k: &str| a.fields.iter().find(|(f, _)| f == k).map(|(_, v)| v);
+    let field = |k: &str| a.fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.to_value());
     let has_tags = |wanted: &Vec<String>| {
-        let have = field("tags").and_then(Value::as_array);
+        let have = field("tags");
+        let have = have.as_ref().and_then(Value::as_array);
         wanted.iter().all(|w| have.is_some_and(|h| h.iter().any(|t| t.as_str() == Some(w))))
     };
     a.dataset_id == dataset_id
-        && shape.is_none_or(|s| field("shape").and_then(Value::as_str) == Some(s))
+        && shape.is_none_or(|s| field("shape").as_ref().and_then(Value::as_str) == Some(s))
         && tags.as_ref().is_none_or(has_tags)
 }
 
@@ -194,7 +205,9 @@ pub(crate) async fn list(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
     let selected: Vec<(&String, &AnnotationRec)> = st
         .annotations
         .iter()
-        .filter(|(id, a)| after.is_none_or(|after| id.as_str() > after) && matches(a, dataset_id, shape, &tags))
+        .filter(|(id, a)| {
+            after.is_none_or(|after| id.as_str() > after) && matches(a, dataset_id, shape, &tags)
+        })
         .collect();
     let total = selected.len();
     let mut docs: Vec<Value> = selected.iter().map(|(id, a)| sorted_doc(id, a)).collect();
@@ -221,7 +234,10 @@ pub(crate) async fn count(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult 
 /// The annotation, if the caller has `level` on its dataset.
 fn annotation<'a>(st: &'a State, id: &str, ctx: &Ctx, level: Level) -> Result<&'a AnnotationRec, ApiError> {
     check_id(id)?;
-    let a = st.annotations.get(id).ok_or_else(|| ApiError::rest(format!("Invalid upenn_annotation id ({id}).")))?;
+    let a = st
+        .annotations
+        .get(id)
+        .ok_or_else(|| ApiError::rest(format!("Invalid upenn_annotation id ({id}).")))?;
     st.folder(&a.dataset_id, st.user(ctx.token()), level)?;
     Ok(a)
 }
@@ -233,7 +249,7 @@ pub(crate) async fn get(AxState(app): AxState<Shared>, Path(id): Path<String>, c
 
 /// `PUT /upenn_annotation/{id}`: replaces the given fields, answers `null`.
 pub(crate) async fn update(AxState(app): AxState<Shared>, Path(id): Path<String>, ctx: Ctx) -> ApiResult {
-    let Value::Object(body) = ctx.json_body()? else {
+    let Ordered::Object(body) = ordered_body(&ctx)? else {
         return Err(ApiError::rest("Invalid JSON passed in request body."));
     };
     let mut st = app.state();

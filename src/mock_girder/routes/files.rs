@@ -58,7 +58,9 @@ pub(crate) async fn init_upload(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiR
         "item" => {
             st.item(&parent_id, Some(user), Level::Write)?;
         }
-        other => return Err(ApiError::validation(format!("Invalid parentType: {other}.")).field("parentType")),
+        other => {
+            return Err(ApiError::validation(format!("Invalid parentType: {other}.")).field("parentType"))
+        }
     }
     let id = st.new_id();
     let t = now();
@@ -108,10 +110,15 @@ fn upload<'a>(st: &'a State, id: &str) -> Result<&'a UploadRec, ApiError> {
 
 fn add_chunk(st: &mut State, upload_id: &str, offset: i64, data: &[u8]) -> Result<Value, ApiError> {
     let min_chunk = st.min_chunk;
-    let up = st.uploads.get_mut(upload_id).ok_or_else(|| ApiError::rest(format!("Invalid upload id ({upload_id}).")))?;
+    let up = st
+        .uploads
+        .get_mut(upload_id)
+        .ok_or_else(|| ApiError::rest(format!("Invalid upload id ({upload_id}).")))?;
     let received = up.data.len() as u64;
     if i64::try_from(received) != Ok(offset) {
-        return Err(ApiError::rest(format!("Server has received {received} bytes, but client sent offset {offset}.")));
+        return Err(ApiError::rest(format!(
+            "Server has received {received} bytes, but client sent offset {offset}."
+        )));
     }
     let chunk = data.len() as u64;
     if received + chunk > up.size {
@@ -131,8 +138,15 @@ fn add_chunk(st: &mut State, upload_id: &str, offset: i64, data: &[u8]) -> Resul
 
 /// Turns a complete upload into a file (and an item when uploaded into a folder).
 fn finalize(st: &mut State, upload_id: &str) -> Result<Value, ApiError> {
-    let up = st.uploads.remove(upload_id).ok_or_else(|| ApiError::rest(format!("Invalid upload id ({upload_id}).")))?;
-    let item_id = if up.parent_type == "folder" { new_item(st, &up.parent_id, &up.name, &up.user_id) } else { up.parent_id.clone() };
+    let up = st
+        .uploads
+        .remove(upload_id)
+        .ok_or_else(|| ApiError::rest(format!("Invalid upload id ({upload_id}).")))?;
+    let item_id = if up.parent_type == "folder" {
+        new_item(st, &up.parent_id, &up.name, &up.user_id)
+    } else {
+        up.parent_id.clone()
+    };
     let id = st.new_id();
     let size = up.data.len() as i64;
     let file = FileRec {
@@ -162,7 +176,11 @@ pub(crate) async fn offset(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult
     Ok(json_response(json!({"offset": up.data.len()})))
 }
 
-pub(crate) async fn cancel_upload(AxState(app): AxState<Shared>, Path(id): Path<String>, ctx: Ctx) -> ApiResult {
+pub(crate) async fn cancel_upload(
+    AxState(app): AxState<Shared>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> ApiResult {
     let mut st = app.state();
     let user_id = st.require_user(ctx.token())?.id.clone();
     if upload(&st, &id)?.user_id != user_id {
@@ -192,7 +210,8 @@ pub(crate) async fn download(AxState(app): AxState<Shared>, Path(id): Path<Strin
     let st = app.state();
     let file = st.file(&id, st.user(ctx.token()), Level::Read)?;
     let len = file.data.len();
-    let clamp = |v: Option<i64>, default: usize| v.map_or(default, |v| usize::try_from(v).unwrap_or(0).min(len));
+    let clamp =
+        |v: Option<i64>, default: usize| v.map_or(default, |v| usize::try_from(v).unwrap_or(0).min(len));
     let start = clamp(ctx.int("offset")?, 0);
     let end = clamp(ctx.int("endByte")?, len).max(start);
     Ok(bytes_response(file.data.slice(start..end), &file.mime_type, Some(&file.name)))

@@ -32,7 +32,12 @@ pub(crate) fn clean_metadata(value: Option<Value>) -> Result<Map<String, Value>,
 }
 
 /// The parent named by `parentType`/`parentId`, checked for `level`: (parent id, collection, owner).
-fn parent(st: &State, ctx: &Ctx, user: Option<&UserRec>, level: Level) -> Result<(String, String, String), ApiError> {
+fn parent(
+    st: &State,
+    ctx: &Ctx,
+    user: Option<&UserRec>,
+    level: Level,
+) -> Result<(String, String, String), ApiError> {
     let parent_type = ctx.required("parentType")?.to_string();
     let parent_id = ctx.required("parentId")?.to_string();
     match parent_type.as_str() {
@@ -145,7 +150,11 @@ pub(crate) async fn update(AxState(app): AxState<Shared>, Path(id): Path<String>
 }
 
 /// `PUT /folder/{id}/metadata` with a JSON object body; `null` deletes a key.
-pub(crate) async fn set_metadata(AxState(app): AxState<Shared>, Path(id): Path<String>, ctx: Ctx) -> ApiResult {
+pub(crate) async fn set_metadata(
+    AxState(app): AxState<Shared>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> ApiResult {
     let Value::Object(body) = ctx.json_body()? else {
         return Err(ApiError::rest("The request body must be a JSON object."));
     };

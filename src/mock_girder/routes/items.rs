@@ -118,7 +118,9 @@ pub(crate) async fn update(AxState(app): AxState<Shared>, Path(id): Path<String>
         None => folder_id,
     };
     let name = match ctx.param("name") {
-        Some(n) if n.trim().is_empty() => return Err(ApiError::validation("Item name must not be empty.").field("name")),
+        Some(n) if n.trim().is_empty() => {
+            return Err(ApiError::validation("Item name must not be empty.").field("name"))
+        }
         Some(n) => {
             let wanted = n.trim().to_string();
             let clash = st.items.values().any(|i| i.id != id && i.folder_id == target && i.name == wanted);
@@ -142,7 +144,11 @@ pub(crate) async fn update(AxState(app): AxState<Shared>, Path(id): Path<String>
 }
 
 /// `PUT /item/{id}/metadata` with a JSON object body; `null` deletes a key.
-pub(crate) async fn set_metadata(AxState(app): AxState<Shared>, Path(id): Path<String>, ctx: Ctx) -> ApiResult {
+pub(crate) async fn set_metadata(
+    AxState(app): AxState<Shared>,
+    Path(id): Path<String>,
+    ctx: Ctx,
+) -> ApiResult {
     let Value::Object(body) = ctx.json_body()? else {
         return Err(ApiError::rest("The request body must be a JSON object."));
     };
@@ -192,7 +198,9 @@ pub(crate) async fn download(AxState(app): AxState<Shared>, Path(id): Path<Strin
     }
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let zip_err = |e: &dyn std::fmt::Display| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("zip: {e}"));
+    let zip_err = |e: &dyn std::fmt::Display| {
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("zip: {e}"))
+    };
     for file in files {
         zip.start_file(format!("{}/{}", item.name, file.name), options).map_err(|e| zip_err(&e))?;
         zip.write_all(&file.data).map_err(|e| zip_err(&e))?;

@@ -62,7 +62,11 @@ struct Caller<'a> {
 
 fn caller<'a>(st: &'a State, ctx: &Ctx) -> Caller<'a> {
     let rec = st.token(ctx.token());
-    Caller { user: st.user(ctx.token()), scopes: rec.map(|r| r.scopes.clone()).unwrap_or_default(), has_token: rec.is_some() }
+    Caller {
+        user: st.user(ctx.token()),
+        scopes: rec.map(|r| r.scopes.clone()).unwrap_or_default(),
+        has_token: rec.is_some(),
+    }
 }
 
 /// Read (`write = false`) or write access to a job, as `getJob`/`updateJob` check it.
@@ -81,7 +85,9 @@ fn job_access<'a>(st: &'a State, id: &str, c: &Caller, write: bool) -> Result<&'
         }
         None if !write && job.public => Ok(job),
         None if c.scopes.iter().any(|s| *s == format!("jobs.job_{id}")) => Ok(job),
-        None if c.has_token => Err(ApiError::access(false, format!("Invalid token scope.\nRequired: jobs.job_{id}."))),
+        None if c.has_token => {
+            Err(ApiError::access(false, format!("Invalid token scope.\nRequired: jobs.job_{id}.")))
+        }
         None => Err(ApiError::login_required()),
     }
 }
@@ -90,7 +96,8 @@ fn job_access<'a>(st: &'a State, id: &str, c: &Caller, write: bool) -> Result<&'
 /// never, `log` only where `with_log`.
 pub(crate) fn job_doc(job: &JobRec, base_url: &str, viewer: Option<&UserRec>, with_log: bool) -> Value {
     let admin = viewer.is_some_and(|u| u.admin);
-    let level = if admin || viewer.is_some_and(|u| job.user_id.as_deref() == Some(u.id.as_str())) { 2 } else { 0 };
+    let level =
+        if admin || viewer.is_some_and(|u| job.user_id.as_deref() == Some(u.id.as_str())) { 2 } else { 0 };
     let mut doc = json!({
         "_accessLevel": level, "_id": job.id, "_modelType": "job", "asynchronous": false,
         "created": job.created, "handler": job.handler, "interval": 0,
@@ -120,7 +127,13 @@ fn json_array_param(ctx: &Ctx, name: &str) -> Result<Option<Vec<Value>>, ApiErro
     }
 }
 
-fn list_jobs(st: &State, ctx: &Ctx, base_url: &str, owner: Option<&str>, viewer: Option<&UserRec>) -> ApiResult {
+fn list_jobs(
+    st: &State,
+    ctx: &Ctx,
+    base_url: &str,
+    owner: Option<&str>,
+    viewer: Option<&UserRec>,
+) -> ApiResult {
     let types = json_array_param(ctx, "types")?;
     let statuses = json_array_param(ctx, "statuses")?;
     let docs: Vec<Value> = st
@@ -320,7 +333,10 @@ pub(crate) async fn cancel(AxState(app): AxState<Shared>, Path(id): Path<String>
         (true, 3) | (true, 4) => None,
         (true, _) => Some(824),
     };
-    apply(job, Update { status: target, log: None, overwrite: false, total: None, current: None, message: None })?;
+    apply(
+        job,
+        Update { status: target, log: None, overwrite: false, total: None, current: None, message: None },
+    )?;
     let st = &*st;
     let job = st.jobs.get(&id).ok_or_else(|| ApiError::rest(format!("Invalid job id ({id}).")))?;
     Ok(json_response(job_doc(job, &app.base_url, st.users.get(&viewer_id), false)))
@@ -333,8 +349,13 @@ pub(crate) async fn remove(AxState(app): AxState<Shared>, Path(id): Path<String>
         if c.user.is_none() {
             return Err(ApiError::login_required());
         }
-        job_access(&st, &id, &c, true)
-            .map_err(|e| if e.status == StatusCode::FORBIDDEN { ApiError::access(true, e.message.replacen("Write", "Admin", 1)) } else { e })?;
+        job_access(&st, &id, &c, true).map_err(|e| {
+            if e.status == StatusCode::FORBIDDEN {
+                ApiError::access(true, e.message.replacen("Write", "Admin", 1))
+            } else {
+                e
+            }
+        })?;
     }
     st.jobs.remove(&id);
     Ok(json_response(Value::Null))

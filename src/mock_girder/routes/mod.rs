@@ -54,7 +54,10 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/upenn_annotation", get(annotations::list).post(annotations::create))
         .route("/upenn_annotation/multiple", post(annotations::create_many))
         .route("/upenn_annotation/count", get(annotations::count))
-        .route("/upenn_annotation/{id}", get(annotations::get).put(annotations::update).delete(annotations::remove))
+        .route(
+            "/upenn_annotation/{id}",
+            get(annotations::get).put(annotations::update).delete(annotations::remove),
+        )
         .route("/worker_interface", get(worker_interface::get).post(worker_interface::post))
         .fallback(no_route);
     Router::new().nest("/api/v1", api)
@@ -62,5 +65,9 @@ pub(crate) fn router() -> Router<Shared> {
 
 /// Girder's answer for a path or method it has no route for.
 async fn no_route(ctx: Ctx) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "rest", format!("No matching route for \"{} {}\"", ctx.method, ctx.path))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "rest",
+        format!("No matching route for \"{} {}\"", ctx.method, ctx.path),
+    )
 }

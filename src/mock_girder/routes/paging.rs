@@ -72,7 +72,9 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
         (Some(Value::Number(x)), Some(Value::Number(y))) => {
             x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal)
         }
-        (Some(Value::String(x)), Some(Value::String(y))) => x.to_lowercase().cmp(&y.to_lowercase()).then(x.cmp(y)),
+        (Some(Value::String(x)), Some(Value::String(y))) => {
+            x.to_lowercase().cmp(&y.to_lowercase()).then(x.cmp(y))
+        }
         _ => rank(a).cmp(&rank(b)),
     }
 }

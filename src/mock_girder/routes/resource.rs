@@ -25,7 +25,11 @@ pub(crate) async fn lookup(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult
     }
     let (mut parent, mut collection) = (user.id.clone(), "user");
     for (i, name) in rest.iter().enumerate() {
-        if let Some(folder) = st.folders.values().find(|f| f.parent_id == parent && f.parent_collection == collection && f.name == *name) {
+        if let Some(folder) = st
+            .folders
+            .values()
+            .find(|f| f.parent_id == parent && f.parent_collection == collection && f.name == *name)
+        {
             let folder = st.folder(&folder.id, viewer, Level::Read)?;
             if i + 1 == rest.len() {
                 return Ok(json_response(folder_doc(&st, folder, viewer)));

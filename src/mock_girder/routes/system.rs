@@ -21,9 +21,9 @@ pub(crate) async fn set_setting(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiR
     match key.as_str() {
         "core.upload_minimum_chunk_size" => {
             let v: Value = serde_json::from_str(&value).unwrap_or(Value::String(value.clone()));
-            st.min_chunk = v
-                .as_u64()
-                .ok_or_else(|| ApiError::validation("Upload minimum chunk size must be an integer >= 0.").field("value"))?;
+            st.min_chunk = v.as_u64().ok_or_else(|| {
+                ApiError::validation("Upload minimum chunk size must be an integer >= 0.").field("value")
+            })?;
             Ok(json_response(Value::Bool(true)))
         }
         _ => Err(ApiError::validation(format!("Invalid setting key \"{key}\".")).field("key")),

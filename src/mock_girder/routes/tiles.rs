@@ -69,7 +69,8 @@ pub(crate) async fn create(AxState(app): AxState<Shared>, Path(id): Path<String>
         return Err(ApiError::rest("The provided file must be in the provided item."));
     }
     let file_id = file.id.clone();
-    let image = large_image::open(&file.data).map_err(|e| ApiError::rest(format!("No large image file in this item ({e}).")))?;
+    let image = large_image::open(&file.data)
+        .map_err(|e| ApiError::rest(format!("No large image file in this item ({e}).")))?;
     set(&mut st, &id, &file_id, image);
     Ok(json_response(Value::Null))
 }
@@ -83,20 +84,30 @@ pub(crate) async fn remove(AxState(app): AxState<Shared>, Path(id): Path<String>
     Ok(json_response(json!({"deleted": removed})))
 }
 
-/// Reads `left/top/right/bottom` (right and bottom exclusive, clamped) and optional
-/// `width`/`height` that shrink the result keeping the aspect ratio.
-fn window(ctx: &Ctx, img: &LargeImage) -> Result<(u32, u32, u32, u32, Option<(usize, usize)>), ApiError> {
+/// A region request: `[left, right) x [top, bottom)` clamped to the image, and the output size
+/// when `width`/`height` shrink it (keeping the aspect ratio).
+struct Crop {
+    left: u32,
+    top: u32,
+    right: u32,
+    bottom: u32,
+    out: Option<(usize, usize)>,
+}
+
+fn crop(ctx: &Ctx, img: &LargeImage) -> Result<Crop, ApiError> {
     let get = |k: &str, default: u32| -> Result<u32, ApiError> {
         Ok(ctx.float(k)?.map_or(default, |v| v.max(0.0).round() as u32))
     };
-    let (l, t) = (get("left", 0)?, get("top", 0)?);
-    let (r, b) = (get("right", img.width)?.min(img.width), get("bottom", img.height)?.min(img.height));
-    let (w, h) = (r.saturating_sub(l) as f64, b.saturating_sub(t) as f64);
+    let (left, top) = (get("left", 0)?, get("top", 0)?);
+    let (right, bottom) =
+        (get("right", img.width)?.min(img.width), get("bottom", img.height)?.min(img.height));
+    let (w, h) = (right.saturating_sub(left) as f64, bottom.saturating_sub(top) as f64);
     let max_w = ctx.float("width")?.filter(|v| *v > 0.0);
     let max_h = ctx.float("height")?.filter(|v| *v > 0.0);
     let scale = [max_w.map(|m| m / w), max_h.map(|m| m / h)].into_iter().flatten().fold(1.0f64, f64::min);
-    let out = (scale < 1.0).then(|| (((h * scale).round() as usize).max(1), ((w * scale).round() as usize).max(1)));
-    Ok((l, t, r, b, out))
+    let out =
+        (scale < 1.0).then(|| (((h * scale).round() as usize).max(1), ((w * scale).round() as usize).max(1)));
+    Ok(Crop { left, top, right, bottom, out })
 }
 
 pub(crate) async fn region(AxState(app): AxState<Shared>, Path(id): Path<String>, ctx: Ctx) -> ApiResult {
@@ -107,17 +118,23 @@ pub(crate) async fn region(AxState(app): AxState<Shared>, Path(id): Path<String>
     let frame = ctx.int("frame")?.unwrap_or(0);
     let missing = || ApiError { content_type: "image/tiff", ..ApiError::rest("Frame does not exist") };
     let frame = usize::try_from(frame).map_err(|_| missing())?;
-    let (l, t, r, b, out) = window(&ctx, &img)?;
-    let mut crop = img.region(frame, l, t, r, b).ok_or_else(missing)?;
-    if let Some((h, w)) = out {
-        crop = large_image::resize(&crop, h, w);
+    let c = crop(&ctx, &img)?;
+    let mut region = img.region(frame, c.left, c.top, c.right, c.bottom).ok_or_else(missing)?;
+    if let Some((h, w)) = c.out {
+        region = large_image::resize(&region, h, w);
     }
     let encoding = ctx.param("encoding").unwrap_or("JPEG").to_string();
     match encoding.as_str() {
-        e if e.starts_with("pickle") => Ok(bytes_response(Bytes::from(encode_pickle5(&crop, true)), "image/jpeg", None)),
-        "TIFF" => Ok(bytes_response(Bytes::from(large_image::write_tiff8(&large_image::to_u8(&crop))), "image/tiff", None)),
+        e if e.starts_with("pickle") => {
+            Ok(bytes_response(Bytes::from(encode_pickle5(&region, true)), "image/jpeg", None))
+        }
+        "TIFF" => Ok(bytes_response(
+            Bytes::from(large_image::write_tiff8(&large_image::to_u8(&region))),
+            "image/tiff",
+            None,
+        )),
         "PNG" => {
-            let u8s = large_image::to_u8(&crop);
+            let u8s = large_image::to_u8(&region);
             let (h, w) = u8s.dim();
             let gray = image::GrayImage::from_raw(w as u32, h as u32, u8s.iter().copied().collect())
                 .ok_or_else(|| ApiError::rest("region has no pixels"))?;
@@ -138,10 +155,13 @@ pub(crate) async fn pixel(AxState(app): AxState<Shared>, Path(id): Path<String>,
         let st = app.state();
         image(&st, &id, &ctx)?
     };
-    let frame = usize::try_from(ctx.int("frame")?.unwrap_or(0)).map_err(|_| ApiError::rest("Frame does not exist"))?;
+    let frame = usize::try_from(ctx.int("frame")?.unwrap_or(0))
+        .map_err(|_| ApiError::rest("Frame does not exist"))?;
     let (x, y) = (ctx.int("left")?.unwrap_or(0), ctx.int("top")?.unwrap_or(0));
     let (x, y) = (u32::try_from(x).unwrap_or(u32::MAX), u32::try_from(y).unwrap_or(u32::MAX));
-    let px = img.region(frame, x, y, x.saturating_add(1), y.saturating_add(1)).ok_or_else(|| ApiError::rest("Frame does not exist"))?;
+    let px = img
+        .region(frame, x, y, x.saturating_add(1), y.saturating_add(1))
+        .ok_or_else(|| ApiError::rest("Frame does not exist"))?;
     if px.dim() != (1, 1) {
         return Ok(json_response(json!({})));
     }

@@ -65,7 +65,16 @@ pub(crate) async fn create(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult
     let created = now();
     st.users.insert(
         id.clone(),
-        UserRec { id: id.clone(), login, email, first_name: first, last_name: last, password, admin, created: created.clone() },
+        UserRec {
+            id: id.clone(),
+            login,
+            email,
+            first_name: first,
+            last_name: last,
+            password,
+            admin,
+            created: created.clone(),
+        },
     );
     for (name, public) in [("Public", true), ("Private", false)] {
         let fid = st.new_id();
@@ -74,7 +83,8 @@ pub(crate) async fn create(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult
     let user = st.users.get(&id).ok_or_else(|| ApiError::rest("user vanished"))?;
     let mut doc = user_doc(user, Some(user));
     if caller.is_none() {
-        let (token, expires) = st.issue_token(Some(id.clone()), vec!["core.user_auth".into()], COOKIE_LIFETIME_DAYS);
+        let (token, expires) =
+            st.issue_token(Some(id.clone()), vec!["core.user_auth".into()], COOKIE_LIFETIME_DAYS);
         doc["authToken"] = json!({"token": token, "expires": expires});
     }
     Ok(json_response(doc))
@@ -126,7 +136,8 @@ pub(crate) async fn authenticate(AxState(app): AxState<Shared>, ctx: Ctx) -> Api
         .find(|u| (u.login == login || u.email == login) && u.password == password)
         .map(|u| u.id.clone())
         .ok_or_else(failed)?;
-    let (token, expires) = st.issue_token(Some(user_id.clone()), vec!["core.user_auth".into()], COOKIE_LIFETIME_DAYS);
+    let (token, expires) =
+        st.issue_token(Some(user_id.clone()), vec!["core.user_auth".into()], COOKIE_LIFETIME_DAYS);
     let user = st.users.get(&user_id).ok_or_else(failed)?;
     Ok(json_response(json!({
         "authToken": {"token": token, "expires": expires, "scope": ["core.user_auth"]},
@@ -168,7 +179,11 @@ pub(crate) async fn api_key_token(AxState(app): AxState<Shared>, ctx: Ctx) -> Ap
     let key = ctx.required("key")?.to_string();
     let duration = ctx.float("duration")?;
     let mut st: std::sync::MutexGuard<'_, State> = app.state();
-    let found = st.api_keys.values_mut().find(|k| k.key == key && k.active).ok_or_else(|| ApiError::validation("Invalid API key."))?;
+    let found = st
+        .api_keys
+        .values_mut()
+        .find(|k| k.key == key && k.active)
+        .ok_or_else(|| ApiError::validation("Invalid API key."))?;
     found.last_use = Some(now());
     let cap = found.token_duration.unwrap_or(COOKIE_LIFETIME_DAYS);
     let days = duration.map_or(cap, |d| d.min(cap));

@@ -8,7 +8,10 @@ use crate::mock_girder::server::Shared;
 use crate::mock_girder::state::WorkerInterfaceRec;
 
 fn image(ctx: &Ctx) -> Result<String, ApiError> {
-    ctx.param("image").filter(|i| !i.is_empty()).map(str::to_string).ok_or_else(|| ApiError::rest("Missing 'image' parameter"))
+    ctx.param("image")
+        .filter(|i| !i.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::rest("Missing 'image' parameter"))
 }
 
 pub(crate) async fn post(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
