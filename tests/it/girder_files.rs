@@ -273,3 +273,33 @@ async fn tokens_and_keys_never_reach_logs_or_errors() {
     }
     assert!(!logs.contains(key.expose()) && !logs.contains(token.expose()), "{logs}");
 }
+
+#[tokio::test]
+async fn an_admin_lowers_the_minimum_chunk_size_and_faults_can_be_cleared() {
+    let s = seeded().await;
+    let http = reqwest::Client::new();
+    let setting = |token: Secret| {
+        http.put(format!("{}/system/setting", s.mock.api_url))
+            .header("Girder-Token", token.expose().to_string())
+            .form(&[("key", "core.upload_minimum_chunk_size"), ("value", "4096")])
+            .send()
+    };
+    let refused = setting(s.alice.token().await.unwrap().unwrap()).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let ok = setting(s.admin.token().await.unwrap().unwrap()).await.unwrap();
+    assert_eq!(ok.text().await.unwrap(), "true");
+    let token = s.alice.token().await.unwrap().unwrap();
+    let mut cfg = config(&s.mock);
+    cfg.upload_chunk_size = 4 * KIB;
+    let client = GirderClient::new(cfg, Auth::Token(token)).unwrap();
+    let payload = data(9 * KIB);
+    let (_, file) = client
+        .files()
+        .upload_item(&s.dataset.id, "f.bin", payload.clone(), "application/octet-stream")
+        .await
+        .unwrap();
+    assert_eq!(client.files().download(&file.id).await.unwrap(), payload);
+    fault(&s.mock, json!({"path": "/user/me$", "count": 5, "status": 500})).await;
+    http.delete(format!("{}/mock/faults", s.mock.base_url)).send().await.unwrap();
+    assert_eq!(client.users().me().await.unwrap().login, "alice", "cleared faults no longer fire");
+}

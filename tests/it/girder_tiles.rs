@@ -174,3 +174,31 @@ async fn the_dataset_image_is_the_selected_one_else_the_first_large_image() {
         "the selected image wins"
     );
 }
+
+#[tokio::test]
+async fn post_tiles_makes_a_large_image_once() {
+    let s = seeded().await;
+    let data = std::fs::read(fixture("girder/tiles/cyx.ome.tif")).unwrap();
+    // no .tif extension: the upload is not auto-set
+    let (item, file) = s
+        .alice
+        .files()
+        .upload_item(&s.dataset.id, "image.data", Bytes::from(data), "image/tiff")
+        .await
+        .unwrap();
+    assert!(s.alice.items().get(&item.id).await.unwrap().large_image.is_none());
+    let token = s.alice.token().await.unwrap().unwrap();
+    let post = || {
+        reqwest::Client::new()
+            .post(format!("{}/item/{}/tiles?fileId={}", s.mock.api_url, item.id, file.id))
+            .header("Girder-Token", token.expose())
+            .send()
+    };
+    assert_eq!(post().await.unwrap().text().await.unwrap(), "null");
+    let li = s.alice.items().get(&item.id).await.unwrap().large_image.unwrap();
+    assert_eq!((li.file_id.as_deref(), li.source_name.as_deref()), (Some(file.id.as_str()), Some("ometiff")));
+    assert_eq!(s.alice.tiles().metadata(&item.id).await.unwrap().frames.len(), 2);
+    let again = post().await.unwrap();
+    assert_eq!(again.status(), 400);
+    assert_eq!(again.json::<Value>().await.unwrap()["message"], "Item already has largeImage set.");
+}
