@@ -4,13 +4,30 @@
 //! - [`pickle`]: safe pickle reading (allow-listed globals) and writing, shared by model files and
 //!   numpy region responses.
 //! - [`model`]: the CPnet network in tch, PyTorch state_dict files, built-in model registry.
-//! - [`train`]: training targets (labels -> flows) and diameters.
-//! - [`segment`]: flows -> masks and average-precision metrics.
+//! - [`imageio`]: TIFF/PNG images and label masks.
+//! - [`transforms`]: cellpose preprocessing (channels, percentile normalisation, resize).
+//! - [`predict`]: tiled network inference (cellpose `run_net`).
+//! - [`segment`]: flows -> masks (cellpose `compute_masks`) and average-precision metrics.
+//! - [`device`]: `auto|cpu|cuda[:N]`.
+//! - [`girder`]: async Girder REST client (jobs, files, annotations, large_image tiles).
+//! - [`numpy`]: numpy region pickles: safe decode to a typed 2-D array, protocol-5 encode.
+//! - [`mock_girder`]: an in-process mock Girder 5 server for tests and the demo.
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`telemetry`]: tracing set-up.
 pub mod cli;
+pub mod config;
+pub mod device;
+pub mod girder;
+pub mod imageio;
+pub mod job;
+pub mod mock_girder;
 pub mod model;
+pub mod numpy;
 pub mod pickle;
+pub mod predict;
+pub mod report;
 pub mod segment;
+pub mod synthetic;
 pub mod telemetry;
 pub mod train;
+pub mod transforms;

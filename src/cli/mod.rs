@@ -5,10 +5,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod common;
+mod mock_girder;
 mod model;
+mod predict;
+mod synth;
+mod train;
 
 #[derive(Parser, Debug)]
-#[command(name = "cellpose-train-worker", version, about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker")]
+#[command(
+    name = "cellpose-train-worker",
+    version,
+    about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Pretty)]
@@ -21,6 +30,14 @@ pub struct Cli {
 pub enum Command {
     /// Create or inspect model files (PyTorch state_dicts that Python cellpose loads).
     Model(model::ModelArgs),
+    /// Run the mock Girder server (tests, demos) until Ctrl-C.
+    MockGirder(mock_girder::MockGirderArgs),
+    /// Run the network on one image: writes dY, dX, cellprob as a float32 TIFF.
+    Predict(predict::PredictArgs),
+    /// Train a model on a folder of images and masks (cellpose train_seg semantics).
+    Train(train::TrainArgs),
+    /// Write synthetic 2-channel cell images with masks.
+    Synth(synth::SynthArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -28,6 +45,10 @@ pub fn main() -> ExitCode {
     crate::telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Model(args) => model::run(args),
+        Command::MockGirder(args) => mock_girder::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(code) => code,

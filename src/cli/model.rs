@@ -47,7 +47,10 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ModelCommand::Init { out, nchan, nbase, nout, diam_mean, seed } => {
             anyhow::ensure!(nchan >= 1, "--nchan must be at least 1 (got {nchan})");
-            anyhow::ensure!(!nbase.is_empty() && nbase.iter().all(|&c| c > 0), "--nbase needs positive channel counts");
+            anyhow::ensure!(
+                !nbase.is_empty() && nbase.iter().all(|&c| c > 0),
+                "--nbase needs positive channel counts"
+            );
             anyhow::ensure!(nout >= 3, "--nout must be at least 3 (dY, dX, cellprob); got {nout}");
             anyhow::ensure!(diam_mean > 0.0, "--diam-mean must be positive (got {diam_mean})");
             tch::manual_seed(seed);
@@ -60,7 +63,8 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
             let sd = torch_file::read_state_dict(&file)?;
             let origin = file.display().to_string();
             let config = infer_config(&sd, &origin)?;
-            let diam_labels = sd.get("diam_labels").map(|t| crate::model::raw_to_tensor(t).double_value(&[0]));
+            let diam_labels =
+                sd.get("diam_labels").map(|t| crate::model::raw_to_tensor(t).double_value(&[0]));
             let tensors: Vec<_> = sd
                 .entries
                 .iter()

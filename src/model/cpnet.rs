@@ -66,7 +66,11 @@ impl BatchNorm {
             bias: p.var("bias", &[n], Init::Const(0.0)),
             running_mean: p.zeros_no_train("running_mean", &[n]),
             running_var: p.ones_no_train("running_var", &[n]),
-            num_batches_tracked: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false),
+            num_batches_tracked: p.add(
+                "num_batches_tracked",
+                Tensor::zeros([], (Kind::Int64, p.device())),
+                false,
+            ),
         }
     }
 
@@ -101,10 +105,33 @@ struct Conv {
 impl Conv {
     fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
         let init = torch_default_init(cin * k * k);
-        Conv { weight: p.var("weight", &[cout, cin, k, k], init), bias: p.var("bias", &[cout], init), pad: k / 2 }
+        Conv {
+            weight: p.var("weight", &[cout, cin, k, k], init),
+            bias: p.var("bias", &[cout], init),
+            pad: k / 2,
+        }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, Some(&self.bias), [1, 1], [self.pad, self.pad], [1, 1], 1)
+    fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let (w, b) = (ctx.cast(&self.weight), ctx.cast(&self.bias));
+        x.conv2d(&w, Some(&b), [1, 1], [self.pad, self.pad], [1, 1], 1)
+    }
+}
+
+/// Per-forward settings threaded through the blocks.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    train: bool,
+    /// Dtype convolutions run in; weights are cast to it inside the graph.
+    kind: Kind,
+}
+
+impl Ctx {
+    fn cast(&self, t: &Tensor) -> Tensor {
+        if t.kind() == self.kind {
+            t.shallow_clone()
+        } else {
+            t.to_kind(self.kind)
+        }
     }
 }
 
@@ -123,10 +150,10 @@ impl BatchConv {
     fn new0(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
         BatchConv { bn: BatchNorm::new(&p / "0", cin), conv: Conv::new(&p / "1", cin, cout, k), relu: false }
     }
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.bn.forward_t(x, train);
+    fn forward_t(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let y = self.bn.forward_t(x, ctx.train);
         let y = if self.relu { y.relu() } else { y };
-        self.conv.forward(&y)
+        self.conv.forward(&y, ctx)
     }
 }
 
@@ -140,14 +167,16 @@ struct ResDown {
 impl ResDown {
     fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
         let conv = (0..4)
-            .map(|t| BatchConv::new(&p / "conv" / format!("conv_{t}"), if t == 0 { cin } else { cout }, cout, k))
+            .map(|t| {
+                BatchConv::new(&p / "conv" / format!("conv_{t}"), if t == 0 { cin } else { cout }, cout, k)
+            })
             .collect();
         ResDown { conv, proj: BatchConv::new0(&p / "proj", cin, cout, 1) }
     }
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let c = &self.conv;
-        let x = self.proj.forward_t(x, train) + c[1].forward_t(&c[0].forward_t(x, train), train);
-        let y = c[3].forward_t(&c[2].forward_t(&x, train), train);
+        let x = self.proj.forward_t(x, ctx) + c[1].forward_t(&c[0].forward_t(x, ctx), ctx);
+        let y = c[3].forward_t(&c[2].forward_t(&x, ctx), ctx);
         x + y
     }
 }
@@ -170,13 +199,13 @@ impl BatchConvStyle {
             full_b: full.var("bias", &[cout], init),
         }
     }
-    fn forward_t(&self, style: &Tensor, x: &Tensor, y: Option<&Tensor>, train: bool) -> Tensor {
+    fn forward_t(&self, style: &Tensor, x: &Tensor, y: Option<&Tensor>, ctx: Ctx) -> Tensor {
         let feat = style.linear(&self.full_w, Some(&self.full_b)).unsqueeze(-1).unsqueeze(-1);
         let x = match y {
             Some(y) => x + y,
             None => x.shallow_clone(),
         };
-        self.conv.forward_t(&(x + feat), train)
+        self.conv.forward_t(&(x + ctx.cast(&feat)), ctx)
     }
 }
 
@@ -199,12 +228,12 @@ impl ResUp {
             proj: BatchConv::new0(&p / "proj", cin, cout, 1),
         }
     }
-    fn forward_t(&self, x: &Tensor, y: &Tensor, style: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, x: &Tensor, y: &Tensor, style: &Tensor, ctx: Ctx) -> Tensor {
         let s = &self.conv_style;
-        let h = self.conv0.forward_t(x, train);
-        let x = self.proj.forward_t(x, train) + s[0].forward_t(style, &h, Some(y), train);
-        let h = s[1].forward_t(style, &x, None, train);
-        let h = s[2].forward_t(style, &h, None, train);
+        let h = self.conv0.forward_t(x, ctx);
+        let x = self.proj.forward_t(x, ctx) + s[0].forward_t(style, &h, Some(y), ctx);
+        let h = s[1].forward_t(style, &x, None, ctx);
+        let h = s[2].forward_t(style, &h, None, ctx);
         x + h
     }
 }
@@ -237,39 +266,65 @@ impl Cpnet {
         let nb = &config.nbase;
         let k = config.kernel;
         let down = (0..nb.len() - 1)
-            .map(|n| ResDown::new(root / "downsample" / "down" / format!("res_down_{n}"), nb[n], nb[n + 1], k))
+            .map(|n| {
+                ResDown::new(root / "downsample" / "down" / format!("res_down_{n}"), nb[n], nb[n + 1], k)
+            })
             .collect();
         // nbaseup = nbase[1:] + [nbase[-1]]
         let mut nbu: Vec<i64> = nb[1..].to_vec();
         nbu.push(*nbu.last().unwrap_or(&0));
         let style = config.style_channels();
         let up = (1..nbu.len())
-            .map(|n| ResUp::new(root / "upsample" / "up" / format!("res_up_{}", n - 1), nbu[n], nbu[n - 1], style, k))
+            .map(|n| {
+                ResUp::new(
+                    root / "upsample" / "up" / format!("res_up_{}", n - 1),
+                    nbu[n],
+                    nbu[n - 1],
+                    style,
+                    k,
+                )
+            })
             .collect();
         let output = BatchConv::new(root / "output", nbu[0], config.nout, 1);
         let d = config.diam_mean;
-        let diam_mean = root.add("diam_mean", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
-        let diam_labels = root.add("diam_labels", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
+        let diam_mean =
+            root.add("diam_mean", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
+        let diam_labels =
+            root.add("diam_labels", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
         Cpnet { config, down, up, output, diam_mean, diam_labels }
     }
 
-    /// Forward pass; `train` selects batch statistics (and updates running stats) vs running stats.
+    /// Forward pass in float32; `train` selects batch statistics (and updates running stats) vs
+    /// running stats.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> NetOutput {
+        self.forward_mixed(x, train, Kind::Float)
+    }
+
+    /// Forward pass computing convolutions in `compute` (e.g. bfloat16 on GPUs) while weights,
+    /// BatchNorm statistics and the style vector stay float32: the hand-written equivalent of
+    /// autocast, so gradients reach float32 master weights. The output maps are float32.
+    pub fn forward_mixed(&self, x: &Tensor, train: bool, compute: Kind) -> NetOutput {
+        let ctx = Ctx { train, kind: compute };
+        let x = ctx.cast(x);
         let mut xd: Vec<Tensor> = Vec::with_capacity(self.down.len());
         for (n, block) in self.down.iter().enumerate() {
-            let y = if n == 0 { block.forward_t(x, train) } else { block.forward_t(&xd[n - 1].max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false), train) };
+            let y = if n == 0 {
+                block.forward_t(&x, ctx)
+            } else {
+                block.forward_t(&xd[n - 1].max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false), ctx)
+            };
             xd.push(y);
         }
         let deepest = &xd[xd.len() - 1];
-        let style = deepest.mean_dim([2i64, 3].as_slice(), false, None);
+        let style = deepest.to_kind(Kind::Float).mean_dim([2i64, 3].as_slice(), false, None);
         let style = &style / style.square().sum_dim_intlist([1i64].as_slice(), true, None).sqrt();
         let last = self.up.len() - 1;
-        let mut h = self.up[last].forward_t(deepest, deepest, &style, train);
+        let mut h = self.up[last].forward_t(deepest, deepest, &style, ctx);
         for n in (0..last).rev() {
             h = h.upsample_nearest2d([h.size()[2] * 2, h.size()[3] * 2], Some(2.0), Some(2.0));
-            h = self.up[n].forward_t(&h, &xd[n], &style, train);
+            h = self.up[n].forward_t(&h, &xd[n], &style, ctx);
         }
-        NetOutput { maps: self.output.forward_t(&h, train), style }
+        NetOutput { maps: self.output.forward_t(&h, ctx).to_kind(Kind::Float), style }
     }
 
     pub fn diam_mean(&self) -> f64 {

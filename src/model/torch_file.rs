@@ -108,7 +108,9 @@ pub enum ModelFileErrorKind {
     Io(#[from] std::io::Error),
     #[error("not a PyTorch model file (expected a zip archive written by torch.save; got {0})")]
     NotZip(String),
-    #[error("written in the legacy format of torch < 1.6; load it in Python and save it again with a newer torch")]
+    #[error(
+        "written in the legacy format of torch < 1.6; load it in Python and save it again with a newer torch"
+    )]
     Legacy,
     #[error("the zip archive is damaged or truncated ({0}); copy or download the file again")]
     Zip(String),
@@ -178,11 +180,16 @@ fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
     let pkl = read_entry(&mut zip, &pkl_name)?;
     let root = pickle::read(&pkl, &allowed_globals())?;
     let Value::Dict(items) = root else {
-        return Err(K::NotStateDict(format!("the top-level object is a {}, not a dict of tensors", root.type_name())));
+        return Err(K::NotStateDict(format!(
+            "the top-level object is a {}, not a dict of tensors",
+            root.type_name()
+        )));
     };
     let mut entries = Vec::new();
     for (key, value) in items.borrow().iter() {
-        let name = key.as_str().ok_or_else(|| K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))?;
+        let name = key
+            .as_str()
+            .ok_or_else(|| K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))?;
         let t = rebuild_tensor(value, &mut zip, &prefix, big_endian)
             .map_err(|detail| K::BadTensor { name: name.to_string(), detail })?;
         entries.push((name.to_string(), t));
@@ -190,7 +197,10 @@ fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
     Ok(StateDict { entries })
 }
 
-fn read_entry<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str) -> Result<Vec<u8>, ModelFileErrorKind> {
+fn read_entry<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    name: &str,
+) -> Result<Vec<u8>, ModelFileErrorKind> {
     let mut f = zip.by_name(name).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
     let mut buf = Vec::with_capacity(f.size() as usize);
     f.read_to_end(&mut buf).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
@@ -206,7 +216,10 @@ fn rebuild_tensor<R: Read + Seek>(
     big_endian: bool,
 ) -> Result<RawTensor, String> {
     let Value::Call(call) = value else {
-        return Err(format!("is a {}, not a tensor (nested dicts and other objects are not model weights)", value.type_name()));
+        return Err(format!(
+            "is a {}, not a tensor (nested dicts and other objects are not model weights)",
+            value.type_name()
+        ));
     };
     let call = call.borrow();
     if call.func.name == "_rebuild_parameter" {
@@ -216,11 +229,14 @@ fn rebuild_tensor<R: Read + Seek>(
     if call.func.name != "_rebuild_tensor_v2" || call.args.len() < 4 {
         return Err(format!("built by {} with {} arguments, not a plain tensor", call.func, call.args.len()));
     }
-    let Value::PersistentId(pid) = &call.args[0] else { return Err("tensor has no storage reference".into()) };
+    let Value::PersistentId(pid) = &call.args[0] else {
+        return Err("tensor has no storage reference".into());
+    };
     let pid = pid.as_seq().ok_or("storage reference is not a tuple")?;
     let (dtype, key) = match pid.as_slice() {
         [Value::Str(tag), Value::Global(g), Value::Str(key), _location, _numel] if tag == "storage" => {
-            let dtype = DType::from_storage_name(&g.name).ok_or_else(|| format!("unsupported storage type {g}"))?;
+            let dtype =
+                DType::from_storage_name(&g.name).ok_or_else(|| format!("unsupported storage type {g}"))?;
             (dtype, key.clone())
         }
         _ => return Err("storage reference has an unexpected layout".into()),
@@ -231,7 +247,8 @@ fn rebuild_tensor<R: Read + Seek>(
     if shape.len() != stride.len() || shape.iter().any(|&s| s < 0) || offset < 0 {
         return Err(format!("inconsistent size {shape:?} / stride {stride:?}"));
     }
-    let storage = read_entry(zip, &format!("{prefix}data/{key}")).map_err(|e| format!("storage {key}: {e}"))?;
+    let storage =
+        read_entry(zip, &format!("{prefix}data/{key}")).map_err(|e| format!("storage {key}: {e}"))?;
     let esize = dtype.size();
     let numel: usize = shape.iter().product::<i64>() as usize;
     let mut data = Vec::with_capacity(numel * esize);
@@ -239,9 +256,9 @@ fn rebuild_tensor<R: Read + Seek>(
     for _ in 0..numel {
         let elem = offset + index.iter().zip(&stride).map(|(i, s)| i * s).sum::<i64>();
         let start = usize::try_from(elem).map_err(|_| "negative element offset")? * esize;
-        let bytes = storage
-            .get(start..start + esize)
-            .ok_or_else(|| format!("storage {key} has {} bytes, the view needs byte {}", storage.len(), start + esize))?;
+        let bytes = storage.get(start..start + esize).ok_or_else(|| {
+            format!("storage {key} has {} bytes, the view needs byte {}", storage.len(), start + esize)
+        })?;
         if big_endian {
             data.extend(bytes.iter().rev());
         } else {
@@ -262,7 +279,8 @@ fn rebuild_tensor<R: Read + Seek>(
 /// `torch.load(path, weights_only=True)` returns an `OrderedDict` of tensors.
 /// Writes to a temporary file next to `path` and renames it, so a crash never leaves half a model.
 pub fn write_state_dict(path: &Path, sd: &StateDict) -> Result<(), ModelFileError> {
-    let wrap = |e: std::io::Error| ModelFileError { path: path.to_path_buf(), kind: ModelFileErrorKind::Io(e) };
+    let wrap =
+        |e: std::io::Error| ModelFileError { path: path.to_path_buf(), kind: ModelFileErrorKind::Io(e) };
     let bytes = state_dict_to_bytes(sd).map_err(wrap)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, &bytes).map_err(wrap)?;

@@ -99,7 +99,11 @@ impl Model {
     pub fn check_io(&self, nchan: i64, nout: i64, origin: &str) -> Result<(), ModelError> {
         let c = &self.net.config;
         if c.nchan() != nchan {
-            return Err(ModelError::ChannelMismatch { origin: origin.into(), model: c.nchan(), wanted: nchan });
+            return Err(ModelError::ChannelMismatch {
+                origin: origin.into(),
+                model: c.nchan(),
+                wanted: nchan,
+            });
         }
         if c.nout != nout {
             return Err(ModelError::OutputMismatch { origin: origin.into(), model: c.nout, wanted: nout });
@@ -228,7 +232,8 @@ fn leaf_rank(name: &str) -> usize {
 /// Registration order of CPnet's child modules; numbered children sort by their number.
 fn module_key(name: &str) -> (usize, u64, String) {
     const MODULES: [&str; 8] = ["downsample", "upsample", "output", "down", "up", "conv", "proj", "full"];
-    let digits: String = name.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
+    let digits: String =
+        name.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
     let stem = &name[..name.len() - digits.len()];
     let rank = MODULES.iter().position(|m| *m == stem).unwrap_or(MODULES.len());
     (rank, digits.parse().unwrap_or(0), stem.to_string())

@@ -146,7 +146,9 @@ impl<'a> Reader<'a> {
     /// `REDUCE`/`NEWOBJ`: dict types become dicts; any other allowed global is recorded as a call.
     fn call(&mut self, func: Value, args: Value) -> Result<(), PickleError> {
         let Value::Global(g) = func else {
-            return Err(self.err(format!("call of a {} (only allowed globals can be called)", func.type_name())));
+            return Err(
+                self.err(format!("call of a {} (only allowed globals can be called)", func.type_name()))
+            );
         };
         let args = args.as_seq().ok_or_else(|| self.err("call arguments are not a tuple"))?;
         let v = if is_dict_type(&g) {
@@ -175,7 +177,10 @@ impl<'a> Reader<'a> {
         }
         let pos = self.pos;
         let Value::Dict(d) = self.top()? else {
-            return Err(PickleError::Malformed { pos, msg: "SETITEM(S) on something that is not a dict".into() });
+            return Err(PickleError::Malformed {
+                pos,
+                msg: "SETITEM(S) on something that is not a dict".into(),
+            });
         };
         let mut d = d.borrow_mut();
         let mut it = items.into_iter();
@@ -188,7 +193,10 @@ impl<'a> Reader<'a> {
     fn append(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
         let pos = self.pos;
         let Value::List(l) = self.top()? else {
-            return Err(PickleError::Malformed { pos, msg: "APPEND(S) on something that is not a list".into() });
+            return Err(PickleError::Malformed {
+                pos,
+                msg: "APPEND(S) on something that is not a list".into(),
+            });
         };
         l.borrow_mut().extend(items);
         Ok(())
@@ -312,7 +320,8 @@ impl<'a> Reader<'a> {
                     self.stack.push(Value::Bytes(Rc::new(b)));
                 }
                 0x97 | 0x98 => {
-                    return Err(self.err("out-of-band buffers (NEXT_BUFFER) are not supported; send the array in-band"))
+                    return Err(self
+                        .err("out-of-band buffers (NEXT_BUFFER) are not supported; send the array in-band"))
                 }
                 b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
                 b't' => {
@@ -436,7 +445,9 @@ mod tests {
         // pickle.dumps(os.system) style: GLOBAL 'os\nsystem\n' STOP
         let data = b"\x80\x02cos\nsystem\nq\x00.";
         let err = read(data, &Allowed::default()).unwrap_err();
-        assert!(matches!(err, PickleError::DisallowedGlobal(ref g) if g.module == "os" && g.name == "system"));
+        assert!(
+            matches!(err, PickleError::DisallowedGlobal(ref g) if g.module == "os" && g.name == "system")
+        );
         assert!(err.to_string().contains("os.system"));
     }
 

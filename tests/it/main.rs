@@ -1,5 +1,18 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
-mod helpers;
 mod dynamics;
+mod girder_annotations;
+mod girder_cli;
+mod girder_contract;
+mod girder_files;
+mod girder_jobs;
+mod girder_numpy;
+mod girder_python;
+mod girder_seed;
+mod girder_tiles;
+mod helpers;
 mod metrics;
+mod model_files;
 mod npy;
+mod predict;
+mod train;
+mod train_golden;

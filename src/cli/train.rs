@@ -1,0 +1,325 @@
+//! `train`: fine-tune or train from scratch on a folder of images and masks, with cellpose's and
+//! Omnipose's flag names.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::common::{ChannelArgs, DeviceArg, ModelsDirArg};
+use crate::model::{CpnetConfig, Model};
+use crate::train::{
+    self, CancelToken, EpochInfo, OptimizerKind, PrepareOptions, StepInfo, TrainConfig, TrainHooks,
+};
+use crate::transforms::Normalize;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Folder of training images and their masks.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Folder of test images and masks (test loss at epoch 5 and every 10th).
+    #[arg(long)]
+    pub test_dir: Option<PathBuf>,
+    /// Only images whose name (without extension) ends with this.
+    #[arg(long, default_value = "")]
+    pub img_filter: String,
+    /// Masks are named <image base><mask filter>.tif/.tiff/.png.
+    #[arg(long, default_value = "_masks")]
+    pub mask_filter: String,
+    /// Also read images from the folder's subfolders.
+    #[arg(long)]
+    pub look_one_level_down: bool,
+    #[command(flatten)]
+    pub channels: ChannelArgs,
+    /// Accepted for cellpose compatibility: TIFF pages and colour samples are always read as channels.
+    #[arg(long, allow_hyphen_values = true)]
+    pub channel_axis: Option<i64>,
+    /// Base model: a file, a built-in name (cyto3, cyto2, nuclei, ...), a model in the models
+    /// folder, or None to train from scratch.
+    #[arg(long, default_value = "cyto3")]
+    pub pretrained_model: String,
+    /// Default: 0.2 with SGD (cellpose CLI), 0.005 with AdamW/RAdam (cellpose train_seg).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long, default_value_t = 1e-5)]
+    pub weight_decay: f64,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Same as --optimizer sgd (cellpose's flag).
+    #[arg(long = "SGD", alias = "sgd")]
+    pub sgd: bool,
+    /// Same as --optimizer radam (Omnipose's flag).
+    #[arg(long = "RAdam", alias = "radam")]
+    pub radam: bool,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 500)]
+    pub n_epochs: usize,
+    /// Training patch size (multiple of 16); Omnipose's --tyx takes "224,224".
+    #[arg(long, alias = "tyx", default_value = "224", value_parser = parse_bsize)]
+    pub bsize: usize,
+    #[arg(long, default_value_t = 5)]
+    pub min_train_masks: usize,
+    #[arg(long)]
+    pub nimg_per_epoch: Option<usize>,
+    #[arg(long)]
+    pub nimg_test_per_epoch: Option<usize>,
+    /// Save the model every N epochs (overwriting).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    /// Keep each periodic save as <model>_epoch_NNNN.
+    #[arg(long)]
+    pub save_each: bool,
+    /// Name of the saved model (in <dir>/models/). Default: cellpose_<unix time>.
+    #[arg(long, alias = "model-name-out")]
+    pub model_name: Option<String>,
+    /// Object diameter: unset = each image's median mask diameter; 0 = do not rescale; >0 = this
+    /// diameter for every image. Images are rescaled by diameter / diam_mean.
+    #[arg(long)]
+    pub diameter: Option<f64>,
+    /// diam_mean of a model trained from scratch.
+    #[arg(long, default_value_t = 30.0)]
+    pub diam_mean: f64,
+    /// Channels per level of a model trained from scratch (cellpose: 32,64,128,256).
+    #[arg(long, value_delimiter = ',', default_values_t = [32i64, 64, 128, 256])]
+    pub nbase: Vec<i64>,
+    /// Feed raw intensities (skip percentile normalisation).
+    #[arg(long)]
+    pub no_norm: bool,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// bfloat16 convolutions: auto = on CUDA only.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub mixed_precision: String,
+    /// Capture each training step as a CUDA graph: auto = on CUDA only.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub cuda_graphs: String,
+    /// Channels-last (NHWC) memory layout: auto = on CUDA only.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub channels_last: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the run's summary (losses, timings, paths) as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub models_dir: ModelsDirArg,
+}
+
+fn parse_bsize(s: &str) -> Result<usize, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    let nums: Result<Vec<usize>, _> = parts.iter().map(|p| p.parse::<usize>()).collect();
+    match nums.as_deref() {
+        Ok([b]) => Ok(*b),
+        Ok([y, x]) if y == x => Ok(*y),
+        Ok([y, x]) => Err(format!("only square patches are supported (got {y},{x})")),
+        _ => Err(format!("expected a number like 224 or 224,224 (got `{s}`)")),
+    }
+}
+
+impl TrainArgs {
+    fn optimizer(&self) -> anyhow::Result<OptimizerKind> {
+        let flags = [
+            self.sgd.then_some(OptimizerKind::Sgd),
+            self.radam.then_some(OptimizerKind::Radam),
+            self.optimizer,
+        ];
+        let chosen: Vec<OptimizerKind> = flags.into_iter().flatten().collect();
+        match chosen.as_slice() {
+            [] => Ok(OptimizerKind::Adamw),
+            [k] => Ok(*k),
+            [a, rest @ ..] if rest.iter().all(|r| r == a) => Ok(*a),
+            _ => bail!("conflicting optimizer flags (--SGD, --RAdam, --optimizer): choose one"),
+        }
+    }
+}
+
+/// Progress bar on stderr; one log line per logged epoch.
+struct BarHooks {
+    bar: ProgressBar,
+}
+
+impl TrainHooks for BarHooks {
+    fn on_step(&mut self, s: &StepInfo) {
+        self.bar.set_position((s.epoch * s.steps_per_epoch + s.step + 1) as u64);
+    }
+    fn on_epoch(
+        &mut self,
+        e: &EpochInfo,
+        _m: &Model,
+        _o: &train::Optimizer,
+    ) -> Result<(), train::TrainError> {
+        let test = e.test_loss.map(|t| format!(" test {t:.4}")).unwrap_or_default();
+        self.bar.set_message(format!("epoch {} loss {:.4}{test} lr {:.5}", e.epoch, e.train_loss, e.lr));
+        if e.epoch == 5 || e.epoch % 10 == 0 {
+            self.bar.suspend(|| {
+                tracing::info!(
+                    "{}, train_loss={:.4}, test_loss={}, LR={:.6}, time {:.2}s",
+                    e.epoch,
+                    e.train_loss,
+                    e.test_loss.map(|t| format!("{t:.4}")).unwrap_or_else(|| "-".into()),
+                    e.lr,
+                    e.elapsed_s
+                )
+            });
+        }
+        Ok(())
+    }
+    fn on_saved(&mut self, path: &Path, epoch: usize) {
+        self.bar.suspend(|| tracing::info!(epoch, path = %path.display(), "saved model"));
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let device = args.device.resolve()?;
+    let optimizer = args.optimizer()?;
+    let learning_rate =
+        args.learning_rate.unwrap_or(if optimizer == OptimizerKind::Sgd { 0.2 } else { 0.005 });
+    if let Some(d) = args.diameter {
+        anyhow::ensure!(d >= 0.0 && d.is_finite(), "--diameter must be >= 0 (got {d})");
+    }
+
+    let pairs = train::discover(&args.dir, &args.img_filter, &args.mask_filter, args.look_one_level_down)?;
+    let raw = train::load_pairs(&pairs)?;
+    let channels = args.channels.to_channels(raw[0].image.dim().0)?;
+    let normalize = Normalize { normalize: !args.no_norm, ..Default::default() };
+    let opts = PrepareOptions { channels, normalize, min_train_masks: args.min_train_masks };
+    let prepared = train::prepare(raw, &opts)?;
+    if !prepared.removed.is_empty() {
+        tracing::warn!(
+            "{} train images with number of masks less than min_train_masks ({}), removing from train set: {}",
+            prepared.removed.len(),
+            args.min_train_masks,
+            prepared.removed.iter().map(|(n, k)| format!("{n} ({k} masks)")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut examples = prepared.examples;
+    if let Some(d) = args.diameter.filter(|d| *d > 0.0) {
+        examples.iter_mut().for_each(|e| e.diameter = d);
+    }
+    let test = match &args.test_dir {
+        Some(dir) => {
+            let pairs = train::discover(dir, &args.img_filter, &args.mask_filter, args.look_one_level_down)?;
+            let topts = PrepareOptions { min_train_masks: 0, ..opts.clone() };
+            let mut t = train::prepare(train::load_pairs(&pairs)?, &topts)?.examples;
+            if let Some(d) = args.diameter.filter(|d| *d > 0.0) {
+                t.iter_mut().for_each(|e| e.diameter = d);
+            }
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
+
+    let nchan = channels.nchan() as i64;
+    let model = if ["none", "false", "0", "scratch"]
+        .contains(&args.pretrained_model.to_ascii_lowercase().as_str())
+    {
+        tch::manual_seed(args.seed as i64);
+        tracing::info!(">>>> training from scratch");
+        anyhow::ensure!(
+            !args.nbase.is_empty() && args.nbase.iter().all(|&c| c > 0),
+            "--nbase needs positive channel counts"
+        );
+        let nbase = [vec![nchan], args.nbase.clone()].concat();
+        Model::new(CpnetConfig { nbase, diam_mean: args.diam_mean, ..Default::default() }, device)
+    } else {
+        let loaded = crate::model::open_model(&args.pretrained_model, &args.models_dir.resolve(), device)?;
+        loaded.model.check_io(nchan, 3, &loaded.source.path.display().to_string())?;
+        if let Some(d) = loaded.source.builtin_diam_mean {
+            loaded.model.net.set_diam_mean(d);
+        }
+        tracing::info!(">>>> loading model {}", loaded.source.path.display());
+        loaded.model
+    };
+
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        format!(
+            "cellpose_{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        )
+    });
+    anyhow::ensure!(
+        !name.contains(['/', '\\']) && !name.is_empty(),
+        "--model-name must be a plain file name (got `{name}`)"
+    );
+    let models_out = args.dir.join("models");
+    std::fs::create_dir_all(&models_out)
+        .with_context(|| format!("failed to create {}", models_out.display()))?;
+    let save_path = models_out.join(&name);
+    let auto_flag = |v: &str| match v {
+        "on" => true,
+        "off" => false,
+        _ => device.is_cuda(),
+    };
+    let mixed = auto_flag(&args.mixed_precision);
+    let channels_last = auto_flag(&args.channels_last);
+    let cfg = TrainConfig {
+        learning_rate,
+        weight_decay: args.weight_decay,
+        optimizer,
+        n_epochs: args.n_epochs,
+        batch_size: args.batch_size,
+        bsize: args.bsize,
+        nimg_per_epoch: args.nimg_per_epoch,
+        nimg_test_per_epoch: args.nimg_test_per_epoch,
+        rescale: args.diameter != Some(0.0),
+        scale_range: None,
+        save_path: Some(save_path.clone()),
+        save_every: args.save_every,
+        save_each: args.save_each,
+        seed: args.seed,
+        device,
+        mixed_precision: mixed,
+        channels_last,
+        cudnn_benchmark: std::env::var_os("CPW_NO_CUDNN_BENCHMARK").is_none(),
+        cuda_graphs: auto_flag(&args.cuda_graphs),
+    };
+    tracing::info!(
+        ">>> n_epochs={}, n_train={}, n_test={}, {optimizer}, learning_rate={learning_rate}, weight_decay={}, device {}",
+        cfg.n_epochs,
+        examples.len(),
+        test.as_ref().map(|t| t.len()).unwrap_or(0),
+        cfg.weight_decay,
+        crate::device::describe(device)
+    );
+    let steps = cfg.n_epochs * cfg.nimg_per_epoch.unwrap_or(examples.len()).div_ceil(cfg.batch_size);
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut hooks = BarHooks { bar };
+    let train_count = examples.len();
+    let cancel = CancelToken::new();
+    let outcome = train::train_seg(&model, Arc::new(examples), test, &cfg, &mut hooks, &cancel, None)?;
+    hooks.bar.finish_and_clear();
+    if let Some(path) = &args.summary_json {
+        let doc = serde_json::json!({
+            "outcome": outcome,
+            "device": crate::device::describe(device),
+            "n_train": train_count,
+            "batch_size": cfg.batch_size,
+            "bsize": cfg.bsize,
+            "mixed_precision": cfg.mixed_precision,
+            "channels_last": cfg.channels_last,
+            "cuda_graphs": cfg.cuda_graphs,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    eprintln!(
+        ">>>> model trained and saved to {} (final train loss {:.4}, diam_labels {:.2}, {:.3} s/step)",
+        save_path.display(),
+        outcome.train_losses.last().copied().unwrap_or(f64::NAN),
+        outcome.diam_labels,
+        outcome.seconds_per_step
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,253 @@
+//! Worker settings, loaded once: defaults (the `Default` impls below), then a TOML file
+//! (`worker.toml`, or `--config FILE`), then environment variables `CPW_<SECTION>__<KEY>`
+//! (e.g. `CPW_QUEUE__LEASE_S=30`). The Girder API key comes only from the environment
+//! (`CPW_GIRDER__API_KEY`) and is wrapped so it never prints.
+//!
+//! `worker.toml` at the repository root documents every key with its default; a test checks
+//! that it parses to exactly these defaults, so the file and the code cannot drift apart.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::telemetry::LogFormat;
+
+/// A string that never appears in logs, `Debug` output or error messages.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub girder: GirderSettings,
+    pub queue: QueueSettings,
+    pub training: TrainingSettings,
+    pub paths: PathSettings,
+    pub log: LogSettings,
+    pub server: ServerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GirderSettings {
+    /// Base of the REST API, e.g. `https://nimbus.example.org/api/v1`.
+    pub api_url: String,
+    /// Service-account API key (environment only: `CPW_GIRDER__API_KEY`).
+    pub api_key: Option<Secret>,
+    /// Per-request timeout.
+    pub timeout_s: f64,
+    /// Retries of idempotent requests on connection errors, timeouts, 429 and 5xx.
+    pub max_retries: u32,
+}
+
+impl Default for GirderSettings {
+    fn default() -> Self {
+        GirderSettings {
+            api_url: "http://localhost:8080/api/v1".into(),
+            api_key: None,
+            timeout_s: 60.0,
+            max_retries: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Girder job type this worker runs.
+    pub job_type: String,
+    /// Seconds between polls for queued jobs (each poll jittered by up to 50%).
+    pub poll_interval_s: f64,
+    /// A running job's progress is updated at least this often.
+    pub heartbeat_s: f64,
+    /// A RUNNING job without a heartbeat for this long is taken over by another worker.
+    pub lease_s: f64,
+    /// On SIGTERM/SIGINT: time to checkpoint and hand the running job back before exiting.
+    pub shutdown_grace_s: f64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            job_type: "cellpose_train".into(),
+            poll_interval_s: 5.0,
+            heartbeat_s: 10.0,
+            lease_s: 120.0,
+            shutdown_grace_s: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSettings {
+    /// `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// Training patch size (multiple of 16). CPU-only deployments may lower it.
+    pub bsize: usize,
+    /// Allowed Epochs range (the interface's 100-2000 by default; a deployment may widen it).
+    pub min_epochs: usize,
+    pub max_epochs: usize,
+    /// Save a resumable checkpoint to Girder every N epochs.
+    pub checkpoint_every: usize,
+    /// Largest region (pixels) fetched and trained on; bigger regions are an error.
+    pub max_region_pixels: u64,
+    /// bfloat16 convolutions: `auto` (on CUDA), `on`, `off`.
+    pub mixed_precision: String,
+    pub batch_size: usize,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        TrainingSettings {
+            device: "auto".into(),
+            bsize: 224,
+            min_epochs: 100,
+            max_epochs: 2000,
+            checkpoint_every: 10,
+            max_region_pixels: 64 * 1024 * 1024,
+            mixed_precision: "auto".into(),
+            batch_size: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathSettings {
+    /// Built-in models (cyto3, nuclei, ...); unset = `$CELLPOSE_LOCAL_MODELS_PATH` or `~/.cellpose/models`.
+    pub models_dir: Option<PathBuf>,
+    /// Scratch space for downloads and model files before upload; unset = the system temp dir.
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Health and metrics endpoint; port 0 = any free port; empty = off.
+    pub listen: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            girder: GirderSettings::default(),
+            queue: QueueSettings::default(),
+            training: TrainingSettings::default(),
+            paths: PathSettings::default(),
+            log: LogSettings::default(),
+            server: ServerSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads `file` (if it exists; `worker.toml` by default) and `CPW_*` environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut b = config::Config::builder();
+        match file {
+            Some(f) => b = b.add_source(config::File::from(f).required(true)),
+            None => b = b.add_source(config::File::with_name("worker.toml").required(false)),
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("CPW").prefix_separator("_").separator("__").try_parsing(true),
+        );
+        let s: Settings = b.build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: String| Err(SettingsError::Invalid(m));
+        let t = &self.training;
+        if t.bsize == 0 || t.bsize % 16 != 0 {
+            return bad(format!("[training] bsize must be a positive multiple of 16 (got {})", t.bsize));
+        }
+        if t.min_epochs == 0 || t.min_epochs > t.max_epochs {
+            return bad(format!(
+                "[training] needs 1 <= min_epochs <= max_epochs (got {} and {})",
+                t.min_epochs, t.max_epochs
+            ));
+        }
+        if t.checkpoint_every == 0 {
+            return bad("[training] checkpoint_every must be at least 1".into());
+        }
+        let q = &self.queue;
+        for (k, v) in
+            [("poll_interval_s", q.poll_interval_s), ("heartbeat_s", q.heartbeat_s), ("lease_s", q.lease_s)]
+        {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("[queue] {k} must be positive (got {v})"));
+            }
+        }
+        if q.lease_s <= q.heartbeat_s {
+            return bad(format!(
+                "[queue] lease_s ({}) must be longer than heartbeat_s ({}), or healthy jobs would be taken over",
+                q.lease_s, q.heartbeat_s
+            ));
+        }
+        crate::device::parse_device_spec(&t.device)
+            .map_err(|e| SettingsError::Invalid(format!("[training] device: {e}")))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_toml_documents_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
+        let from_file: Settings = config::Config::builder()
+            .add_source(config::File::from(path))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("abc123");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,188 @@
+//! Typed Girder errors.
+//!
+//! Girder answers failures with `{"message": str, "type": "access"|"validation"|"rest", "field"?}`.
+//! Each becomes a [`GirderError`] that keeps the status and Girder's own message, plus the method and
+//! the path (never the query string: `POST /api_key/token?key=...` carries a secret there, and never
+//! a token). Callers branch on the variant: 401 means the token expired or is wrong, 403 means the
+//! user lacks access, [`GirderError::is_transient`] drives the retry policy.
+
+use std::time::Duration;
+
+/// A failed Girder call.
+#[derive(Debug, thiserror::Error)]
+pub enum GirderError {
+    /// 401: no token, or the token is invalid or expired.
+    #[error("{method} {path}: not authenticated (401): {message}; the Girder token expired or is wrong")]
+    Unauthorized { method: String, path: String, message: String },
+    /// 403: logged in, but not allowed (another user's folder or job, or a token scope).
+    #[error("{method} {path}: access denied (403): {message}")]
+    Forbidden { method: String, path: String, message: String },
+    /// Any other non-2xx answer.
+    #[error("{method} {path}: Girder answered {status}: {message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Http {
+        status: u16,
+        message: String,
+        /// Girder's `type`: `access`, `validation`, `rest`, ...
+        kind: Option<String>,
+        field: Option<String>,
+        method: String,
+        path: String,
+    },
+    /// `POST /api_key/token` refused the key.
+    #[error("Girder refused the API key ({message}); check the key and that it is active")]
+    InvalidApiKey { message: String },
+    /// No answer within the configured timeout.
+    #[error("{method} {path}: no answer from Girder within {after:?}")]
+    Timeout { method: String, path: String, after: Duration },
+    /// Connection refused or reset, DNS failure, a dropped connection.
+    #[error("{method} {path}: could not talk to Girder: {source}")]
+    Transport {
+        method: String,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer arrived but is not what the API documents.
+    #[error("{method} {path}: unexpected answer from Girder: {message}")]
+    Decode { method: String, path: String, message: String },
+    /// A region response that is not a decodable array.
+    #[error("{method} {path}: {source}")]
+    Array {
+        method: String,
+        path: String,
+        #[source]
+        source: crate::numpy::NumpyError,
+    },
+    /// A local file could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A dataset folder holds no large image item to read.
+    #[error("dataset folder {folder_id} has no large image item (neither meta.selectedLargeImageId nor an item with largeImage); upload an image to the dataset first")]
+    NoLargeImage { folder_id: String },
+    /// Something the client itself needs is missing from the answer or the request is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl GirderError {
+    /// True for failures worth retrying: timeouts, transport errors, 429 and 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GirderError::Timeout { .. } | GirderError::Transport { .. } => true,
+            GirderError::Http { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status Girder answered with, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GirderError::Unauthorized { .. } => Some(401),
+            GirderError::Forbidden { .. } => Some(403),
+            GirderError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Girder's own message, when it sent one.
+    pub fn girder_message(&self) -> Option<&str> {
+        match self {
+            GirderError::Unauthorized { message, .. }
+            | GirderError::Forbidden { message, .. }
+            | GirderError::Http { message, .. }
+            | GirderError::InvalidApiKey { message } => Some(message),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn decode(method: &str, path: &str, message: impl Into<String>) -> Self {
+        GirderError::Decode { method: method.to_string(), path: path.to_string(), message: message.into() }
+    }
+
+    pub(crate) fn transport(method: &str, path: &str, err: reqwest::Error, timeout: Duration) -> Self {
+        // reqwest puts the full URL, query included, in its Display; drop it.
+        let err = err.without_url();
+        if err.is_timeout() {
+            GirderError::Timeout { method: method.to_string(), path: path.to_string(), after: timeout }
+        } else {
+            GirderError::Transport { method: method.to_string(), path: path.to_string(), source: err }
+        }
+    }
+
+    /// Builds the error for a non-2xx answer from its status and body.
+    pub(crate) fn from_status(method: &str, path: &str, status: u16, body: &[u8]) -> Self {
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let get =
+            |k: &str| parsed.as_ref().and_then(|v| v.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+        // Girder sends JSON even under a wrong Content-Type (a tiles/region 400 says image/tiff);
+        // anything else (a proxy's HTML page) is summarised, not dumped.
+        let message = get("message").unwrap_or_else(|| summarize_body(body));
+        let (method, path) = (method.to_string(), path.to_string());
+        match status {
+            401 => GirderError::Unauthorized { method, path, message },
+            403 => GirderError::Forbidden { method, path, message },
+            _ => GirderError::Http { status, message, kind: get("type"), field: get("field"), method, path },
+        }
+    }
+}
+
+fn summarize_body(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "(empty body)".to_string()
+    } else if text.chars().count() > MAX {
+        format!("{}...", text.chars().take(MAX).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn girder_error_json_keeps_status_message_type_and_field() {
+        let body = br#"{"field":"status","message":"Invalid state transition to '3', Current state is '0'.","type":"validation"}"#;
+        let err = GirderError::from_status("PUT", "job/abc", 400, body);
+        let GirderError::Http { status, message, kind, field, .. } = &err else { panic!("{err:?}") };
+        assert_eq!((*status, kind.as_deref(), field.as_deref()), (400, Some("validation"), Some("status")));
+        assert_eq!(message, "Invalid state transition to '3', Current state is '0'.");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("PUT job/abc"), "{err}");
+    }
+
+    #[test]
+    fn unauthorized_and_forbidden_are_distinct() {
+        let a = GirderError::from_status("GET", "folder/x", 401, br#"{"message":"m","type":"access"}"#);
+        let f = GirderError::from_status("GET", "folder/x", 403, br#"{"message":"m","type":"access"}"#);
+        assert!(matches!(a, GirderError::Unauthorized { .. }));
+        assert!(matches!(f, GirderError::Forbidden { .. }));
+        assert!(a.to_string().contains("expired or is wrong"));
+    }
+
+    #[test]
+    fn server_errors_and_429_are_transient_but_400_is_not() {
+        for (status, transient) in [(500, true), (503, true), (429, true), (400, false), (404, false)] {
+            assert_eq!(
+                GirderError::from_status("GET", "p", status, b"<html>").is_transient(),
+                transient,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_json_body_is_summarised() {
+        let body = "x".repeat(1000);
+        let err = GirderError::from_status("GET", "p", 502, body.as_bytes());
+        assert!(err.girder_message().is_some_and(|m| m.len() < 210));
+    }
+}

@@ -1,0 +1,322 @@
+//! Turning the `workerInterface` values NimbusImage sends into checked [`JobParams`], reporting
+//! every problem at once (before any download or training) in words a user can act on.
+
+use serde_json::Value;
+
+use super::params::{Field, FieldKind, EPOCHS, LEARNING_RATE, WEIGHT_DECAY};
+use crate::model::registry;
+
+/// Validated job parameters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobParams {
+    pub base_model: String,
+    pub nuclear: bool,
+    pub output_name: String,
+    pub primary_channel: u32,
+    /// `None` when the user left it at -1 (or it equalled the primary channel).
+    pub secondary_channel: Option<u32>,
+    pub training_tags: Vec<String>,
+    pub region_tags: Vec<String>,
+    pub validation_tags: Vec<String>,
+    pub learning_rate: f64,
+    pub epochs: usize,
+    pub weight_decay: f64,
+}
+
+impl JobParams {
+    /// cellpose channels as the reference worker chooses them: nuclear -> [1,0]; cytoplasm with a
+    /// secondary channel -> [1,2]; without -> [1,0].
+    pub fn channels(&self) -> (usize, usize) {
+        if self.nuclear || self.secondary_channel.is_none() {
+            (1, 0)
+        } else {
+            (1, 2)
+        }
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found, shown as one message per line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
+pub struct ParamErrors(pub Vec<ParamError>);
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+}
+
+fn tags(v: Option<&Value>) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| t.as_str().map(str::to_string).ok_or_else(|| format!("tags must be strings (got {t})")))
+            .filter(|r| !matches!(r, Ok(s) if s.is_empty()))
+            .collect(),
+        Some(other) => Err(format!("expected a list of tags (got {other})")),
+    }
+}
+
+fn channel(v: Option<&Value>) -> Result<Option<u32>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match number(v) {
+            Some(n) if n == -1.0 => Ok(None),
+            Some(n) if n >= 0.0 && n.fract() == 0.0 && n < u32::MAX as f64 => Ok(Some(n as u32)),
+            _ => Err(format!("expected a channel number or -1 for none (got {v})")),
+        },
+    }
+}
+
+/// Checks an Output Model Name: it becomes a Girder item and a file name.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("is empty; give the retrained model a name".into());
+    }
+    if name.contains('/') || name.contains('\\') {
+        return Err(format!("`{name}` contains a slash; use a plain name such as my_cells_v2"));
+    }
+    if name.contains("..") {
+        return Err(format!("`{name}` contains `..`; use a plain name"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains control characters; use a plain name".into());
+    }
+    if name != name.trim() {
+        return Err(format!("`{name}` starts or ends with spaces"));
+    }
+    if registry::is_builtin(name) || super::params::BASE_MODELS.contains(&name) {
+        return Err(format!(
+            "`{name}` is a built-in model name; choose another name so the built-in model is not shadowed"
+        ));
+    }
+    if name.len() > 200 {
+        return Err("is longer than 200 characters".into());
+    }
+    Ok(())
+}
+
+/// Validates `values` (the `workerInterface` object) against the field table. `known_model`
+/// says whether a Base Model exists (built-in or in the user's Girder models). Returns the
+/// parameters and warnings to show the user.
+pub fn validate(
+    values: &Value,
+    fields: &[Field],
+    known_model: &dyn Fn(&str) -> bool,
+) -> Result<(JobParams, Vec<String>), ParamErrors> {
+    let mut errs: Vec<ParamError> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut err = |field: &str, message: String| errs.push(ParamError { field: field.into(), message });
+    let get = |k: &str| values.get(k);
+    if !values.is_object() {
+        return Err(ParamErrors(vec![ParamError {
+            field: "workerInterface".into(),
+            message: "missing or not an object".into(),
+        }]));
+    }
+
+    let num_field = |name: &str, err: &mut dyn FnMut(&str, String)| -> f64 {
+        let f = fields.iter().find(|f| f.name == name);
+        let (min, max, integer, default) = match f.map(|f| (f.kind, f.default.clone())) {
+            Some((FieldKind::Number { min, max, integer }, d)) => {
+                (min, max, integer, d.and_then(|d| number(&d)).unwrap_or(min))
+            }
+            _ => (f64::NEG_INFINITY, f64::INFINITY, false, 0.0),
+        };
+        match get(name) {
+            None | Some(Value::Null) => default,
+            Some(Value::String(s)) if s.trim().is_empty() => default,
+            Some(v) => match number(v) {
+                Some(n) if !n.is_finite() => {
+                    err(name, format!("must be a finite number (got {v})"));
+                    default
+                }
+                Some(n) if n < min || n > max => {
+                    err(name, format!("{n} is outside the allowed range {min}..{max}"));
+                    default
+                }
+                Some(n) if integer && n.fract() != 0.0 => {
+                    err(name, format!("must be a whole number (got {n})"));
+                    default
+                }
+                Some(n) => n,
+                None => {
+                    err(name, format!("is not a number (got {v})"));
+                    default
+                }
+            },
+        }
+    };
+    let learning_rate = num_field(LEARNING_RATE, &mut err);
+    let epochs = num_field(EPOCHS, &mut err) as usize;
+    let weight_decay = num_field(WEIGHT_DECAY, &mut err);
+
+    let base_model = match get("Base Model") {
+        None | Some(Value::Null) => "cyto3".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => {
+            err("Base Model", format!("expected a model name (got {v})"));
+            String::new()
+        }
+    };
+    if !base_model.is_empty() && !known_model(&base_model) {
+        err(
+            "Base Model",
+            format!(
+                "unknown model `{base_model}`: not a built-in model and not in your .cellpose/models folder"
+            ),
+        );
+    }
+    let nuclear = match get("Nuclear Model?") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+        Some(v) => {
+            err("Nuclear Model?", format!("expected true or false (got {v})"));
+            false
+        }
+    };
+    let output_name = match get("Output Model Name") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    };
+    if let Err(m) = check_model_name(&output_name) {
+        err("Output Model Name", m);
+    }
+    let primary = match channel(get("Primary Channel")) {
+        Ok(Some(c)) => Some(c),
+        Ok(None) => {
+            err("Primary Channel", "no primary channel selected; choose the channel to segment".into());
+            None
+        }
+        Err(m) => {
+            err("Primary Channel", m);
+            None
+        }
+    };
+    let mut secondary = channel(get("Secondary Channel")).unwrap_or_else(|m| {
+        err("Secondary Channel", m);
+        None
+    });
+    if secondary.is_some() && secondary == primary {
+        warnings.push("Secondary channel is the same as the primary channel; ignoring it (training on the primary channel only).".into());
+        secondary = None;
+    }
+    if nuclear && secondary.is_some() {
+        warnings.push("Nuclear model: the secondary channel is ignored.".into());
+    } else if !nuclear && secondary.is_none() {
+        warnings.push("No secondary (nucleus) channel selected for cytoplasm model training. Proceeding using primary channel only.".into());
+    }
+    let mut tag_field = |name: &str| {
+        tags(get(name)).unwrap_or_else(|m| {
+            err(name, m);
+            Vec::new()
+        })
+    };
+    let training_tags = tag_field("Training Tag");
+    let region_tags = tag_field("Training Region");
+    let validation_tags = tag_field("Validation Region");
+    if training_tags.is_empty() && !errs.iter().any(|e| e.field == "Training Tag") {
+        errs.push(ParamError {
+            field: "Training Tag".into(),
+            message: "no training tag selected; choose the tag of your training annotations".into(),
+        });
+    }
+    if let Some(t) = validation_tags.iter().find(|t| training_tags.contains(t) || region_tags.contains(t)) {
+        errs.push(ParamError {
+            field: "Validation Region".into(),
+            message: format!(
+                "tag `{t}` is also a training tag or region; validation must use regions not trained on"
+            ),
+        });
+    }
+    if !errs.is_empty() {
+        return Err(ParamErrors(errs));
+    }
+    let params = JobParams {
+        base_model,
+        nuclear,
+        output_name,
+        primary_channel: primary.unwrap_or(0),
+        secondary_channel: if nuclear { None } else { secondary },
+        training_tags,
+        region_tags,
+        validation_tags,
+        learning_rate,
+        epochs,
+        weight_decay,
+    };
+    Ok((params, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::params::fields;
+    use super::*;
+    use serde_json::json;
+
+    fn ok_values() -> Value {
+        json!({
+            "Base Model": "cyto3", "Nuclear Model?": false, "Output Model Name": "mine",
+            "Primary Channel": 0, "Secondary Channel": 1, "Training Tag": ["cell"],
+            "Training Region": ["region"], "Learning Rate": 0.01, "Epochs": 1000, "Weight Decay": 0.0001
+        })
+    }
+
+    #[test]
+    fn valid_values_parse_with_reference_channels() {
+        let (p, w) = validate(&ok_values(), &fields(), &|m| m == "cyto3").unwrap();
+        assert_eq!(p.channels(), (1, 2));
+        assert_eq!(p.epochs, 1000);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut v = ok_values();
+        v["Output Model Name"] = json!("../evil");
+        v["Learning Rate"] = json!(2.0);
+        v["Epochs"] = json!("lots");
+        v["Primary Channel"] = json!(-1);
+        v["Training Tag"] = json!([]);
+        v["Base Model"] = json!("nope");
+        let e = validate(&v, &fields(), &|m| m == "cyto3").unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|e| e.field.as_str()).collect();
+        for f in
+            ["Output Model Name", "Learning Rate", "Epochs", "Primary Channel", "Training Tag", "Base Model"]
+        {
+            assert!(fields.contains(&f), "{f} not reported: {e}");
+        }
+    }
+
+    #[test]
+    fn model_names_that_would_escape_or_shadow_are_refused() {
+        for bad in ["", "a/b", "a\\b", "..", "x\u{7}y", "cyto3", "nuclei", " pad"] {
+            assert!(check_model_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_model_name("my cells v2").is_ok());
+    }
+
+    #[test]
+    fn secondary_equal_to_primary_is_ignored_with_a_warning() {
+        let mut v = ok_values();
+        v["Secondary Channel"] = json!(0);
+        let (p, w) = validate(&v, &fields(), &|_| true).unwrap();
+        assert_eq!(p.secondary_channel, None);
+        assert_eq!(p.channels(), (1, 0));
+        assert!(w.iter().any(|w| w.contains("same as the primary")));
+    }
+}
