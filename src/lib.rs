@@ -8,8 +8,10 @@
 //! - [`transforms`]: cellpose preprocessing (channels, percentile normalisation, resize).
 //! - [`predict`]: tiled network inference (cellpose `run_net`).
 //! - [`device`]: `auto|cpu|cuda[:N]`.
+//! - [`annotations`]: NimbusImage annotation documents -> validated polygons/rectangles, tags, locations.
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`telemetry`]: tracing set-up.
+pub mod annotations;
 pub mod cli;
 pub mod device;
 pub mod imageio;
