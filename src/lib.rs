@@ -9,6 +9,7 @@
 //! - [`predict`]: tiled network inference (cellpose `run_net`).
 //! - [`device`]: `auto|cpu|cuda[:N]`.
 //! - [`annotations`]: NimbusImage annotation documents -> validated polygons/rectangles, tags, locations.
+//! - [`rasterize`]: annotations -> label masks (skimage `polygon2mask` pixels), region crops.
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`telemetry`]: tracing set-up.
 pub mod annotations;
@@ -18,5 +19,6 @@ pub mod imageio;
 pub mod model;
 pub mod pickle;
 pub mod predict;
+pub mod rasterize;
 pub mod telemetry;
 pub mod transforms;

@@ -3,3 +3,4 @@ mod annotations;
 mod helpers;
 mod model_files;
 mod predict;
+mod rasterize;
