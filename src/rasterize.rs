@@ -238,10 +238,14 @@ struct Crossing {
     right: bool,
 }
 
-/// Reusable crossing buffer, so rasterizing many polygons allocates once.
+/// Reusable buffers, so rasterizing many polygons allocates once.
 #[derive(Debug, Default)]
 struct Scanline {
     crossings: Vec<Crossing>,
+    /// Counting-sort output, swapped with `crossings`.
+    sorted: Vec<Crossing>,
+    /// Counting-sort cursors, one per row.
+    cursors: Vec<usize>,
 }
 
 impl Scanline {
@@ -261,14 +265,19 @@ impl Scanline {
         let (row1, col1) = (row0 + rows as i64, col0 + cols as i64);
 
         self.collect_crossings(points, row0, row1);
-        // Sorting by (row, col) groups rows; the order of flips at one column does not matter.
-        self.crossings.sort_unstable_by_key(|c| (c.row, c.col));
+        self.sort_crossings();
 
         let mut fill_span = |row: i64, from: i64, to: i64| {
             let (a, b) = (from.max(col0), to.min(col1));
             if a < b {
-                let r = (row - row0) as usize;
-                labels.slice_mut(s![r, (a - col0) as usize..(b - col0) as usize]).fill(label);
+                let (r, a, b) = ((row - row0) as usize, (a - col0) as usize, (b - col0) as usize);
+                let mut line = labels.row_mut(r);
+                // A contiguous row (any standard-layout array) fills as a slice: ndarray's
+                // general slicing costs as much as the fill itself for cell-sized spans.
+                match line.as_slice_mut() {
+                    Some(px) => px[a..b].fill(label),
+                    None => line.slice_mut(s![a..b]).fill(label),
+                }
             }
         };
         let mut k = 0;
@@ -309,6 +318,37 @@ impl Scanline {
                 }
             }
         }
+    }
+
+    /// Orders crossings by (row, col): a counting sort by row (rows span the polygon's height),
+    /// then a sort of each row's few crossings (a general sort of all of them cost as much as
+    /// the fill). The order of flips at one column does not matter.
+    fn sort_crossings(&mut self) {
+        let Some(lo) = self.crossings.iter().map(|c| c.row).min() else { return };
+        let hi = self.crossings.iter().map(|c| c.row).max().unwrap_or(lo);
+        let rows = (hi - lo + 1) as usize;
+        self.cursors.clear();
+        self.cursors.resize(rows + 1, 0);
+        for c in &self.crossings {
+            self.cursors[(c.row - lo) as usize + 1] += 1;
+        }
+        for i in 0..rows {
+            self.cursors[i + 1] += self.cursors[i];
+        }
+        self.sorted.clear();
+        self.sorted.resize(self.crossings.len(), Crossing { row: 0, col: 0, right: false });
+        // After placement cursors[i] is the end of row i, i.e. the start of row i + 1.
+        for c in &self.crossings {
+            let at = &mut self.cursors[(c.row - lo) as usize];
+            self.sorted[*at] = *c;
+            *at += 1;
+        }
+        let mut start = 0;
+        for &end in &self.cursors[..rows] {
+            self.sorted[start..end].sort_unstable_by_key(|c| c.col);
+            start = end;
+        }
+        std::mem::swap(&mut self.crossings, &mut self.sorted);
     }
 
     /// For every edge and every integer row `r` in `[row0, row1)` it may cross, the columns where

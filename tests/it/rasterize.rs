@@ -25,7 +25,7 @@ fn decode_rle(rle: &Value, shape: (usize, usize)) -> Array2<Label> {
     let flat: Vec<u64> = rle.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     let mut out = Vec::with_capacity(shape.0 * shape.1);
     for pair in flat.chunks(2) {
-        out.extend(std::iter::repeat(pair[0] as Label).take(pair[1] as usize));
+        out.extend(std::iter::repeat_n(pair[0] as Label, pair[1] as usize));
     }
     Array2::from_shape_vec(shape, out).expect("RLE length equals the mask size")
 }
