@@ -1,4 +1,5 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
+mod annotations;
 mod girder_annotations;
 mod girder_cli;
 mod girder_contract;
@@ -11,5 +12,6 @@ mod girder_tiles;
 mod helpers;
 mod model_files;
 mod predict;
+mod rasterize;
 mod train;
 mod train_golden;
