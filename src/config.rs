@@ -12,26 +12,7 @@ use serde::Deserialize;
 
 use crate::telemetry::LogFormat;
 
-/// A string that never appears in logs, `Debug` output or error messages.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::girder::Secret;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -248,6 +229,6 @@ mod tests {
     #[test]
     fn secret_never_prints() {
         let s = Secret::new("abc123");
-        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(format!("{s:?}"), "***");
     }
 }

@@ -12,8 +12,11 @@
 //! - [`girder`]: async Girder REST client (jobs, files, annotations, large_image tiles).
 //! - [`numpy`]: numpy region pickles: safe decode to a typed 2-D array, protocol-5 encode.
 //! - [`mock_girder`]: an in-process mock Girder 5 server for tests and the demo.
+//! - [`annotations`]: NimbusImage annotation documents -> validated polygons/rectangles, tags, locations.
+//! - [`rasterize`]: annotations -> label masks (skimage `polygon2mask` pixels), region crops.
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`telemetry`]: tracing set-up.
+pub mod annotations;
 pub mod cli;
 pub mod config;
 pub mod device;
@@ -25,6 +28,7 @@ pub mod model;
 pub mod numpy;
 pub mod pickle;
 pub mod predict;
+pub mod rasterize;
 pub mod report;
 pub mod segment;
 pub mod synthetic;

@@ -152,6 +152,7 @@ impl TrainHooks for BarHooks {
         e: &EpochInfo,
         _m: &Model,
         _o: &train::Optimizer,
+        _s: &train::TrainState,
     ) -> Result<(), train::TrainError> {
         let test = e.test_loss.map(|t| format!(" test {t:.4}")).unwrap_or_default();
         self.bar.set_message(format!("epoch {} loss {:.4}{test} lr {:.5}", e.epoch, e.train_loss, e.lr));

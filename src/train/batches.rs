@@ -118,30 +118,30 @@ fn host_tensor(shape: &[i64], pin_for: Option<tch::Device>) -> Tensor {
 pub const TRAIN_STREAM: u64 = 1;
 pub const TEST_STREAM: u64 = 2;
 
-/// Starts the producer for epochs `start..end`; dropping the receiver stops it.
+/// Starts the producer at batch `start_step` of epoch `start` and runs to the end of epoch
+/// `end - 1`; dropping the receiver stops it.
 pub fn spawn_train_batches(
     examples: Arc<Vec<Example>>,
     plan: BatchPlan,
     start: usize,
+    start_step: usize,
     end: usize,
-) -> (Receiver<Batch>, JoinHandle<()>) {
+) -> std::io::Result<(Receiver<Batch>, JoinHandle<()>)> {
     let (tx, rx) = sync_channel::<Batch>(2);
-    let handle = std::thread::Builder::new()
-        .name("batches".into())
-        .spawn(move || {
-            for epoch in start..end {
-                let order = epoch_order(examples.len(), plan.per_epoch, plan.seed, TRAIN_STREAM, epoch);
-                for (index, inds) in order.chunks(plan.batch_size.max(1)).enumerate() {
-                    let rng = rng_for(plan.seed, TRAIN_STREAM, epoch, index);
-                    let batch = make_batch(&examples, inds, &plan, rng, epoch, index);
-                    if tx.send(batch).is_err() {
-                        return; // trainer stopped (done, cancelled or failed)
-                    }
+    let handle = std::thread::Builder::new().name("batches".into()).spawn(move || {
+        for epoch in start..end {
+            let order = epoch_order(examples.len(), plan.per_epoch, plan.seed, TRAIN_STREAM, epoch);
+            let skip = if epoch == start { start_step } else { 0 };
+            for (index, inds) in order.chunks(plan.batch_size.max(1)).enumerate().skip(skip) {
+                let rng = rng_for(plan.seed, TRAIN_STREAM, epoch, index);
+                let batch = make_batch(&examples, inds, &plan, rng, epoch, index);
+                if tx.send(batch).is_err() {
+                    return; // trainer stopped (done, cancelled or failed)
                 }
             }
-        })
-        .expect("spawning the batch thread");
-    (rx, handle)
+        }
+    })?;
+    Ok((rx, handle))
 }
 
 /// Test batches are the same at every evaluation (cellpose seeds numpy with 42 each time).

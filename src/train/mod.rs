@@ -4,6 +4,7 @@
 //! ([`loss`]), optimizers ([`optim`]), the LR schedule ([`schedule`]) and the epoch loop ([`trainer`]).
 pub mod augment;
 pub mod batches;
+pub mod checkpoint;
 pub mod cuda_graph;
 pub mod data;
 pub mod diameters;
@@ -19,5 +20,5 @@ pub use data::{discover, load_pairs, prepare, Example, Pair, PrepareOptions, Pre
 pub use optim::{Optimizer, OptimizerKind};
 pub use trainer::{
     train_seg, CancelToken, EpochInfo, NoHooks, Resume, StepInfo, TrainConfig, TrainError, TrainHooks,
-    TrainOutcome,
+    TrainOutcome, TrainState,
 };

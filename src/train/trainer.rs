@@ -85,6 +85,8 @@ pub enum TrainError {
     NoData,
     #[error("training was cancelled during epoch {epoch}")]
     Cancelled { epoch: usize },
+    #[error("training was stopped on request before step {step} of epoch {epoch} (state saved)")]
+    Interrupted { epoch: usize, step: usize },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("the training loss became {value} at epoch {epoch}; lower the learning rate")]
@@ -141,25 +143,51 @@ pub struct EpochInfo {
 /// What the caller can observe and do during training.
 pub trait TrainHooks {
     fn on_step(&mut self, _info: &StepInfo) {}
-    /// Called after each epoch with the model, e.g. to checkpoint. An error stops training.
-    fn on_epoch(&mut self, _info: &EpochInfo, _model: &Model, _optim: &Optimizer) -> Result<(), TrainError> {
+    /// Called after each epoch with the model and the state to resume from after it (e.g. to
+    /// checkpoint). An error stops training.
+    fn on_epoch(
+        &mut self,
+        _info: &EpochInfo,
+        _model: &Model,
+        _optim: &Optimizer,
+        _state: &TrainState,
+    ) -> Result<(), TrainError> {
         Ok(())
     }
     /// Called when the trainer saved the model file.
     fn on_saved(&mut self, _path: &std::path::Path, _epoch: usize) {}
+    /// Polled before every step: true stops training cleanly (worker shutdown), after
+    /// [`TrainHooks::on_interrupt`] has seen the state to save.
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+    /// Called once when stopping on request, with everything needed to resume exactly.
+    fn on_interrupt(&mut self, _model: &Model, _optim: &Optimizer, _state: &TrainState) {}
 }
 
 /// No-op hooks.
 pub struct NoHooks;
 impl TrainHooks for NoHooks {}
 
-/// Where to start: a fresh run, or a resumed one with optimizer state.
-pub struct Resume {
-    pub start_epoch: usize,
+/// Where a run stands: enough, with the weights and optimizer state, to continue it exactly
+/// (batches are a pure function of seed, epoch and step).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// The next epoch to run.
+    pub epoch: usize,
+    /// The next step within that epoch (0 at an epoch boundary).
+    pub step: usize,
     pub optimizer_steps: i64,
-    pub optimizer_state: Vec<(String, Tensor)>,
+    /// Sum of loss x batch size over the steps of `epoch` already done.
+    pub partial_epoch_loss: f64,
     pub train_losses: Vec<f64>,
     pub test_losses: Vec<Option<f64>>,
+}
+
+/// Continue from a saved state (the model's weights must already be loaded).
+pub struct Resume {
+    pub state: TrainState,
+    pub optimizer_state: Vec<(String, Tensor)>,
 }
 
 /// Result of a run.
@@ -245,18 +273,27 @@ pub fn train_seg(
         to_channels_last(model);
     }
     let mut optim = Optimizer::new(cfg.optimizer, model.vs.trainable_variables(), cfg.weight_decay);
-    let (start, mut train_losses, mut test_losses) = match resume {
+    let (start, start_step, partial, mut train_losses, mut test_losses) = match resume {
         Some(r) => {
-            optim.load_state_tensors(&r.optimizer_state, r.optimizer_steps);
-            (r.start_epoch, r.train_losses, r.test_losses)
+            optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
+            let s = r.state;
+            (s.epoch, s.step, s.partial_epoch_loss, s.train_losses, s.test_losses)
         }
-        None => (0, Vec::new(), Vec::new()),
+        None => (0, 0, 0.0, Vec::new(), Vec::new()),
     };
+    if start >= cfg.n_epochs {
+        return Err(TrainError::Config(format!(
+            "resume point epoch {start} is past the last epoch ({})",
+            cfg.n_epochs
+        )));
+    }
     train_losses.resize(cfg.n_epochs, 0.0);
     test_losses.resize(cfg.n_epochs, None);
     let compute = if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float };
     let steps_per_epoch = plan.per_epoch.div_ceil(cfg.batch_size);
-    let (rx, producer) = batches::spawn_train_batches(train.clone(), plan.clone(), start, cfg.n_epochs);
+    let (rx, producer) =
+        batches::spawn_train_batches(train.clone(), plan.clone(), start, start_step, cfg.n_epochs)
+            .map_err(|e| TrainError::Config(format!("could not start the batch thread: {e}")))?;
     let mut steps_done = 0usize;
     let mut steady: Option<(Instant, usize)> = None;
     let mut data_wait = 0.0f64;
@@ -268,15 +305,28 @@ pub fn train_seg(
         tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
     }
     let train_t0 = Instant::now();
-    let total_steps = (cfg.n_epochs - start) * steps_per_epoch;
+    let total_steps = (cfg.n_epochs - start) * steps_per_epoch - start_step;
 
     let result = (|| -> Result<(), TrainError> {
         for epoch in start..cfg.n_epochs {
             let lr_e = lr[epoch];
-            let _ = stepper.epoch_loss.zero_();
-            for step in 0..steps_per_epoch {
+            let _ = stepper.epoch_loss.fill_(if epoch == start { partial } else { 0.0 });
+            let first_step = if epoch == start { start_step } else { 0 };
+            for step in first_step..steps_per_epoch {
                 if cancel.is_cancelled() {
                     return Err(TrainError::Cancelled { epoch });
+                }
+                if hooks.stop_requested() {
+                    let state = TrainState {
+                        epoch,
+                        step,
+                        optimizer_steps: optim.steps,
+                        partial_epoch_loss: stepper.epoch_loss.double_value(&[]),
+                        train_losses: train_losses[..epoch].to_vec(),
+                        test_losses: test_losses[..epoch].to_vec(),
+                    };
+                    hooks.on_interrupt(model, &optim, &state);
+                    return Err(TrainError::Interrupted { epoch, step });
                 }
                 let wait_t0 = Instant::now();
                 let batch = rx
@@ -324,7 +374,15 @@ pub fn train_seg(
                 seconds_per_step: per_step,
             };
             tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr = lr_e, "epoch done");
-            hooks.on_epoch(&info, model, &optim)?;
+            let state = TrainState {
+                epoch: epoch + 1,
+                step: 0,
+                optimizer_steps: optim.steps,
+                partial_epoch_loss: 0.0,
+                train_losses: train_losses[..=epoch].to_vec(),
+                test_losses: test_losses[..=epoch].to_vec(),
+            };
+            hooks.on_epoch(&info, model, &optim, &state)?;
             let last = epoch == cfg.n_epochs - 1;
             if let Some(path) = &cfg.save_path {
                 if !last && epoch % cfg.save_every == 0 && epoch != 0 {

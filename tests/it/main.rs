@@ -1,4 +1,5 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
+mod annotations;
 mod dynamics;
 mod girder_annotations;
 mod girder_cli;
@@ -14,5 +15,6 @@ mod metrics;
 mod model_files;
 mod npy;
 mod predict;
+mod rasterize;
 mod train;
 mod train_golden;

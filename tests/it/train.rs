@@ -268,3 +268,54 @@ fn bad_training_folders_name_the_file() {
     let e = run(&d.join("e"));
     assert!(e.contains("broken") && e.contains("unreadable"), "{e}");
 }
+
+/// Hooks that stop training at a given global step and keep the checkpoint bytes.
+struct StopAt {
+    at: usize,
+    seen: usize,
+    saved: Option<Vec<u8>>,
+}
+
+impl train::TrainHooks for StopAt {
+    fn on_step(&mut self, _s: &train::StepInfo) {
+        self.seen += 1;
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.seen >= self.at
+    }
+    fn on_interrupt(&mut self, model: &Model, optim: &train::Optimizer, state: &train::TrainState) {
+        self.saved = Some(train::checkpoint::encode(model, optim, state).unwrap());
+    }
+}
+
+#[test]
+fn interrupted_then_resumed_training_equals_an_uninterrupted_run() {
+    // 5 images, batch 2: 3 steps per epoch, so stopping after 4 steps is mid-epoch (epoch 1, step 1)
+    let data = Arc::new(synthetic_examples(5, 72));
+    let mut cfg = quick_config(4);
+    cfg.batch_size = 2;
+    cfg.optimizer = OptimizerKind::Sgd;
+    let fresh = || {
+        tch::manual_seed(11);
+        Model::new(tiny_config(), Device::Cpu)
+    };
+    let straight = fresh();
+    let full = train::train_seg(&straight, data.clone(), None, &cfg, &mut NoHooks, &CancelToken::new(), None)
+        .unwrap();
+
+    let first = fresh();
+    let mut stop = StopAt { at: 4, seen: 0, saved: None };
+    let err =
+        train::train_seg(&first, data.clone(), None, &cfg, &mut stop, &CancelToken::new(), None).unwrap_err();
+    assert!(matches!(err, train::TrainError::Interrupted { epoch: 1, step: 1 }), "{err}");
+    let ckpt = train::checkpoint::decode(&stop.saved.expect("checkpoint written"), "memory").unwrap();
+    assert_eq!((ckpt.state.epoch, ckpt.state.step), (1, 1));
+
+    // a new process: fresh model, weights and optimizer state from the checkpoint
+    let second = Model::from_state_dict(&ckpt.model, Device::Cpu, "checkpoint").unwrap();
+    let resume = train::Resume { state: ckpt.state, optimizer_state: ckpt.optimizer };
+    let resumed =
+        train::train_seg(&second, data, None, &cfg, &mut NoHooks, &CancelToken::new(), Some(resume)).unwrap();
+    assert_eq!(resumed.train_losses, full.train_losses);
+    assert!(second.state_dict() == straight.state_dict(), "resumed model differs from the uninterrupted one");
+}

@@ -1,0 +1,223 @@
+//! Fetch and rasterize: the dataset's annotations become training (and validation) examples.
+//!
+//! As NimbusImage's reference worker: all polygons and rectangles of the dataset; training
+//! annotations are those with any Training Tag, regions those with any Training Region tag;
+//! per location (Time, Z, XY) the primary (and secondary) frame is read, each training annotation
+//! becomes a label (later ones overwrite earlier ones), and each region's bounding box is a sample.
+//! Unlike the reference, only each region's box is fetched (losslessly, numpy pickle) and
+//! rasterized, so cost follows the regions and polygons, not the frames.
+
+use std::collections::BTreeMap;
+
+use ndarray::{s, Array3};
+
+use super::error::JobError;
+use super::events::Events;
+use super::validate::JobParams;
+use crate::annotations::{self, Annotation, Location};
+use crate::girder::{AnnotationQuery, FrameMap, GirderClient, Window};
+use crate::rasterize::{self, Region};
+use crate::train::RawExample;
+
+/// The dataset's image: its large-image item, frame map and frame size.
+pub struct DatasetImage {
+    pub item_id: String,
+    pub frames: FrameMap,
+    /// (height, width) of a frame.
+    pub frame_shape: (usize, usize),
+}
+
+/// Finds the dataset's large image and reads its frame list.
+pub async fn open_dataset(client: &GirderClient, dataset_id: &str) -> Result<DatasetImage, JobError> {
+    let item = client.tiles().dataset_image(dataset_id).await.map_err(|e| match e {
+        crate::girder::GirderError::NoLargeImage { .. } => JobError::Dataset {
+            dataset: dataset_id.into(),
+            detail: "the dataset folder has no large image (no item with `largeImage`); upload the image first".into(),
+        },
+        other => other.into(),
+    })?;
+    let meta = client.tiles().metadata(&item.id).await?;
+    Ok(DatasetImage { item_id: item.id, frames: meta.frame_map(), frame_shape: (meta.size_y as usize, meta.size_x as usize) })
+}
+
+/// Checks the chosen channels exist in the dataset.
+pub fn check_channels(img: &DatasetImage, params: &JobParams) -> Result<(), JobError> {
+    let channels = img.frames.channels();
+    let list = || channels.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    if !channels.contains(&params.primary_channel) {
+        return Err(JobError::Channel(format!(
+            "Primary Channel {} is not in the dataset (its channels are {}).",
+            params.primary_channel,
+            list()
+        )));
+    }
+    if let Some(c) = params.secondary_channel {
+        if !channels.contains(&c) {
+            return Err(JobError::Channel(format!("Secondary Channel {c} is not in the dataset (its channels are {}).", list())));
+        }
+    }
+    Ok(())
+}
+
+/// All trainable annotations of a dataset (polygons and rectangles, cursor-paged); points and lines
+/// are counted and skipped.
+pub async fn load_annotations(client: &GirderClient, dataset_id: &str) -> Result<(Vec<Annotation>, usize), JobError> {
+    let mut docs = Vec::new();
+    for shape in ["polygon", "rectangle"] {
+        let q = AnnotationQuery { shape: Some(shape.into()), ..Default::default() };
+        docs.extend(client.annotations().list(dataset_id, &q).await?);
+    }
+    let parsed = annotations::parse_trainable(docs.iter())?;
+    Ok((parsed.annotations, docs.len()))
+}
+
+/// Training and validation examples from the annotations.
+pub struct Samples {
+    pub train: Vec<RawExample>,
+    pub validation: Vec<RawExample>,
+}
+
+/// A region to cut out of a frame, with where it came from.
+struct Cut {
+    region: Region,
+    name: String,
+    validation: bool,
+}
+
+fn describe(l: &Location) -> String {
+    format!("Time {}, Z {}, XY {}", l.time, l.z, l.xy)
+}
+
+/// Builds the examples: per location, each region (or the whole frame) becomes one sample.
+pub async fn collect_samples(
+    client: &GirderClient,
+    img: &DatasetImage,
+    params: &JobParams,
+    all: &[Annotation],
+    max_region_pixels: u64,
+    events: &Events,
+) -> Result<Samples, JobError> {
+    let training = annotations::with_any_tag(all, &params.training_tags);
+    if training.is_empty() {
+        return Err(JobError::NoTrainingAnnotations { tags: params.training_tags.clone(), total: all.len() });
+    }
+    let regions = annotations::with_any_tag(all, &params.region_tags);
+    if params.region_tags.is_empty() {
+        events.warning("No training regions selected.", "Training will be performed on entire image that the annotations are in.");
+    } else if regions.is_empty() {
+        events.warning(
+            "No region annotations found.",
+            "No annotations with the training region tag were found; training on entire images.",
+        );
+    }
+    let validation = annotations::with_any_tag(all, &params.validation_tags);
+    if !params.validation_tags.is_empty() && validation.is_empty() {
+        events.warning("No validation region annotations found.", "The model is trained but not scored on held-out regions.");
+    }
+    let by_loc = |v: &[&Annotation]| {
+        let mut m: BTreeMap<Location, Vec<&Annotation>> = BTreeMap::new();
+        for a in v {
+            m.entry(a.location).or_default().push(a);
+        }
+        m
+    };
+    let (train_at, region_at, val_at) = (by_loc(&training), by_loc(&regions), by_loc(&validation));
+    let use_regions = !regions.is_empty();
+    let mut locations: Vec<Location> = train_at.keys().copied().collect();
+    locations.extend(val_at.keys().copied());
+    locations.sort();
+    locations.dedup();
+
+    let mut out = Samples { train: Vec::new(), validation: Vec::new() };
+    let (mut dropped, mut dropped_val) = (0usize, 0usize);
+    for loc in locations {
+        let labels_from: Vec<&Annotation> = train_at.get(&loc).cloned().unwrap_or_default();
+        let mut cuts = Vec::new();
+        if train_at.contains_key(&loc) {
+            if use_regions {
+                for r in region_at.get(&loc).map(Vec::as_slice).unwrap_or_default() {
+                    let region = Region::from_annotation(r, img.frame_shape)?;
+                    region.check_budget(&r.id, max_region_pixels)?;
+                    cuts.push(Cut { region, name: format!("{}, region {}", describe(&loc), r.id), validation: false });
+                }
+            } else {
+                let region = Region::full(img.frame_shape);
+                region.check_budget(&format!("(whole frame at {})", describe(&loc)), max_region_pixels)?;
+                cuts.push(Cut { region, name: format!("{}, whole frame", describe(&loc)), validation: false });
+                if val_at.contains_key(&loc) {
+                    events.warning(
+                        format!("Validation regions at {} lie inside a whole-frame training image.", describe(&loc)),
+                        "Use Training Region tags so that training and validation areas are separate.",
+                    );
+                }
+            }
+        }
+        for r in val_at.get(&loc).map(Vec::as_slice).unwrap_or_default() {
+            let region = Region::from_annotation(r, img.frame_shape)?;
+            region.check_budget(&r.id, max_region_pixels)?;
+            cuts.push(Cut { region, name: format!("{}, validation region {}", describe(&loc), r.id), validation: true });
+        }
+        for cut in cuts {
+            let image = fetch_region(client, img, params, &loc, &cut.region).await?;
+            let labels = rasterize::rasterize_region(&cut.region, &labels_from)?;
+            if labels.iter().all(|&l| l == 0) {
+                if cut.validation { dropped_val += 1 } else { dropped += 1 }
+                continue;
+            }
+            let ex = RawExample { name: cut.name, image, labels };
+            if cut.validation { out.validation.push(ex) } else { out.train.push(ex) }
+        }
+    }
+    if dropped > 0 {
+        events.warning(
+            format!("{dropped} training sample(s) had no training annotation and were dropped."),
+            "Regions without annotated cells teach nothing; draw regions around annotated cells.",
+        );
+    }
+    if dropped_val > 0 {
+        events.warning(
+            format!("{dropped_val} validation region(s) contain no annotated cell and are not scored."),
+            "Annotate the cells inside validation regions with the training tag.",
+        );
+    }
+    if out.train.is_empty() {
+        return Err(JobError::NoSamples { dropped });
+    }
+    Ok(out)
+}
+
+/// Reads the primary (and secondary, else zeros) channel of one region as `[2, h, w]`.
+async fn fetch_region(
+    client: &GirderClient,
+    img: &DatasetImage,
+    params: &JobParams,
+    loc: &Location,
+    region: &Region,
+) -> Result<Array3<f32>, JobError> {
+    let window = Window { left: region.x0 as u32, top: region.y0 as u32, right: region.x1 as u32, bottom: region.y1 as u32 };
+    let whole = *region == Region::full(img.frame_shape);
+    let frame_of = |channel: u32| {
+        img.frames.frame(channel, loc.time, loc.z, loc.xy).ok_or_else(|| JobError::Dataset {
+            dataset: img.item_id.clone(),
+            detail: format!("no frame for channel {channel} at {}; the annotation refers to a frame the image does not have", describe(loc)),
+        })
+    };
+    let (h, w) = region.shape();
+    let mut out = Array3::<f32>::zeros((2, h, w));
+    let mut channels = vec![(0usize, params.primary_channel)];
+    if let (Some(c), false) = (params.secondary_channel, params.nuclear) {
+        channels.push((1, c));
+    }
+    for (slot, channel) in channels {
+        let frame = frame_of(channel)?;
+        let arr = client.tiles().region(&img.item_id, frame, (!whole).then_some(window)).await?.to_f32();
+        if arr.dim() != (h, w) {
+            return Err(JobError::Dataset {
+                dataset: img.item_id.clone(),
+                detail: format!("the server returned a {:?} region for a {h}x{w} request (frame {frame})", arr.dim()),
+            });
+        }
+        out.slice_mut(s![slot, .., ..]).assign(&arr);
+    }
+    Ok(out)
+}

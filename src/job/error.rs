@@ -1,0 +1,101 @@
+//! Why a job failed, in words for the user (`message`) and a hint (`info`), as NimbusImage shows
+//! them; `is_retryable` tells the queue worker whether another attempt could succeed.
+
+use crate::annotations::AnnotationError;
+use crate::girder::GirderError;
+use crate::model::{ModelError, OpenModelError};
+use crate::rasterize::RasterizeError;
+use crate::train::TrainError;
+
+use super::validate::ParamErrors;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("Invalid parameters: {0}")]
+    Params(#[from] ParamErrors),
+    #[error("Girder rejected the token (it is expired or wrong): {0}")]
+    Token(GirderError),
+    #[error("Access denied: {0}")]
+    Forbidden(GirderError),
+    #[error("Girder request failed: {0}")]
+    Girder(GirderError),
+    #[error("Dataset {dataset}: {detail}")]
+    Dataset { dataset: String, detail: String },
+    #[error("{0}")]
+    Channel(String),
+    #[error(transparent)]
+    Annotation(#[from] AnnotationError),
+    #[error("No training annotations found.")]
+    NoTrainingAnnotations { tags: Vec<String>, total: usize },
+    #[error("No training samples left: every region or image had no training annotation in it ({dropped} dropped).")]
+    NoSamples { dropped: usize },
+    #[error(transparent)]
+    Rasterize(#[from] RasterizeError),
+    #[error("Base model: {0}")]
+    Model(#[from] OpenModelError),
+    #[error("Model: {0}")]
+    ModelFile(#[from] ModelError),
+    #[error("Training failed: {0}")]
+    Train(TrainError),
+    #[error("The job was cancelled.")]
+    Cancelled,
+    #[error("The worker is shutting down; the job was handed back after epoch {epoch}.")]
+    Interrupted { epoch: usize },
+    #[error("Uploading the model failed: {0}")]
+    Upload(GirderError),
+    #[error("Local file error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<GirderError> for JobError {
+    fn from(e: GirderError) -> Self {
+        match e {
+            GirderError::Unauthorized { .. } => JobError::Token(e),
+            GirderError::Forbidden { .. } => JobError::Forbidden(e),
+            other => JobError::Girder(other),
+        }
+    }
+}
+
+impl From<TrainError> for JobError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            TrainError::Cancelled { .. } => JobError::Cancelled,
+            other => JobError::Train(other),
+        }
+    }
+}
+
+impl JobError {
+    /// A hint for the `info` field of the error line.
+    pub fn info(&self) -> String {
+        match self {
+            JobError::Params(_) => "Correct the highlighted fields and run the tool again.".into(),
+            JobError::Token(_) => "Log in to NimbusImage again and resubmit the job.".into(),
+            JobError::Forbidden(_) => "You need read access to the dataset and write access to your Private folder.".into(),
+            JobError::Girder(e) if e.is_transient() => "The server had a temporary problem; try again in a few minutes.".into(),
+            JobError::Girder(_) | JobError::Upload(_) => "See the worker log for the failed request.".into(),
+            JobError::Dataset { .. } => "Check that the dataset has an image and that its frames exist.".into(),
+            JobError::Channel(_) => "Choose channels that exist in the dataset.".into(),
+            JobError::Annotation(_) => "Fix or delete that annotation and run the tool again.".into(),
+            JobError::NoTrainingAnnotations { tags, total } => format!(
+                "No polygon or rectangle annotation has any of the tags {} ({} annotations in the dataset).",
+                tags.join(", "),
+                total
+            ),
+            JobError::NoSamples { .. } => "Draw training regions around annotated cells, or annotate cells inside the regions.".into(),
+            JobError::Rasterize(_) => "Use smaller regions or check the region annotations.".into(),
+            JobError::Model(_) | JobError::ModelFile(_) => "Choose another base model, or ask the administrator to install it.".into(),
+            JobError::Train(TrainError::Diverged { .. }) => "Lower the Learning Rate and try again.".into(),
+            JobError::Train(_) => "See the worker log.".into(),
+            JobError::Cancelled => "Nothing was uploaded.".into(),
+            JobError::Interrupted { .. } => "Another worker resumes it from the last checkpoint.".into(),
+            JobError::Io(_) => "The worker's disk may be full or not writable.".into(),
+        }
+    }
+
+    /// Whether running the same job again later could succeed (server or transfer trouble).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Girder(e) | JobError::Upload(e) if e.is_transient())
+    }
+}

@@ -1,0 +1,166 @@
+//! What a running job tells the outside world, and the JSON lines NimbusImage's worker client
+//! prints (`annotation_client.utils.sendProgress/sendWarning/sendError`), byte for byte: Python's
+//! `json.dumps` layout (`", "` and `": "` separators, non-ASCII escaped).
+
+use std::fmt::Write as _;
+
+use crate::train::EpochInfo;
+
+/// An event from a job. Training runs on its own thread; events reach the async side (stdout in
+/// one-shot mode, the Girder job in `serve`) through a channel.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// Fraction done (0..=1), a short title and a detail line.
+    Progress { fraction: f64, title: String, info: String },
+    /// Something the user should know that does not stop the job.
+    Warning { message: String, info: String },
+    /// An epoch finished (metrics history, heartbeats).
+    Epoch(EpochInfo),
+    /// A resumable checkpoint (see [`crate::job::checkpoint`]) after `epoch`.
+    Checkpoint { epoch: usize, bytes: Vec<u8> },
+}
+
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<JobEvent>;
+
+/// Sends events; a closed receiver is ignored (the job must not fail because nobody listens).
+#[derive(Clone)]
+pub struct Events(Option<EventSender>);
+
+impl Events {
+    pub fn new(tx: EventSender) -> Self {
+        Events(Some(tx))
+    }
+    /// Events that go nowhere (tests, library use without a listener).
+    pub fn none() -> Self {
+        Events(None)
+    }
+    pub fn send(&self, e: JobEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(e);
+        }
+    }
+    pub fn progress(&self, fraction: f64, title: &str, info: impl Into<String>) {
+        self.send(JobEvent::Progress { fraction, title: title.into(), info: info.into() });
+    }
+    pub fn warning(&self, message: impl Into<String>, info: impl Into<String>) {
+        let (message, info) = (message.into(), info.into());
+        tracing::warn!("{message} {info}");
+        self.send(JobEvent::Warning { message, info });
+    }
+}
+
+/// Python `json.dumps` of a string (ensure_ascii=True).
+fn py_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Python `repr` of a float as `json.dumps` writes it (serde's shortest round-trip form matches).
+fn py_float(v: f64, out: &mut String) {
+    if v.fract() == 0.0 && v.abs() < 1e16 {
+        let _ = write!(out, "{v:.1}");
+    } else {
+        let _ = write!(out, "{}", serde_json::Number::from_f64(v).map(|n| n.to_string()).unwrap_or_else(|| "NaN".into()));
+    }
+}
+
+fn object(fields: &[(&str, Option<&str>, Option<f64>)]) -> String {
+    let mut out = String::from("{");
+    for (i, (k, s, f)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        py_str(k, &mut out);
+        out.push_str(": ");
+        match (s, f) {
+            (Some(s), _) => py_str(s, &mut out),
+            (None, Some(f)) => py_float(*f, &mut out),
+            (None, None) => out.push_str("null"),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// `{"progress": p, "title": t, "info": i}`
+pub fn progress_line(fraction: f64, title: &str, info: &str) -> String {
+    object(&[("progress", None, Some(fraction)), ("title", Some(title), None), ("info", Some(info), None)])
+}
+
+/// `{"warning": m, "title": "Warning", "info": i, "type": "warning"}`
+pub fn warning_line(message: &str, info: &str) -> String {
+    object(&[("warning", Some(message), None), ("title", Some("Warning"), None), ("info", Some(info), None), ("type", Some("warning"), None)])
+}
+
+/// `{"error": m, "title": "Error", "info": i, "type": "error"}`
+pub fn error_line(message: &str, info: &str) -> String {
+    object(&[("error", Some(message), None), ("title", Some("Error"), None), ("info", Some(info), None), ("type", Some("error"), None)])
+}
+
+/// The NimbusImage line for an event, if it has one.
+pub fn line_for(e: &JobEvent) -> Option<String> {
+    match e {
+        JobEvent::Progress { fraction, title, info } => Some(progress_line(*fraction, title, info)),
+        JobEvent::Warning { message, info } => Some(warning_line(message, info)),
+        JobEvent::Epoch(_) | JobEvent::Checkpoint { .. } => None,
+    }
+}
+
+/// Human-readable duration for progress messages ("1h 02m", "3m 20s", "12s").
+pub fn fmt_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m {sec:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_match_python_json_dumps() {
+        // json.dumps({"progress": 0.1, "title": "Loading annotations", "info": "Retrieving annotations from server"})
+        assert_eq!(
+            progress_line(0.1, "Loading annotations", "Retrieving annotations from server"),
+            r#"{"progress": 0.1, "title": "Loading annotations", "info": "Retrieving annotations from server"}"#
+        );
+        assert_eq!(progress_line(1.0, "Done", ""), r#"{"progress": 1.0, "title": "Done", "info": ""}"#);
+        // json.dumps({"error": "Bad \"x\"", ...}) with a non-ASCII character
+        assert_eq!(
+            error_line("Bad \"x\" µm", "i"),
+            r#"{"error": "Bad \"x\" \u00b5m", "title": "Error", "info": "i", "type": "error"}"#
+        );
+        assert_eq!(
+            warning_line("w", "i"),
+            r#"{"warning": "w", "title": "Warning", "info": "i", "type": "warning"}"#
+        );
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(fmt_duration(5.2), "5s");
+        assert_eq!(fmt_duration(200.0), "3m 20s");
+        assert_eq!(fmt_duration(3725.0), "1h 02m");
+    }
+}
