@@ -278,3 +278,31 @@ pub fn write_image_u16(path: &Path, data: &Array3<f32>) -> Result<(), ImageError
     }
     Ok(())
 }
+
+/// Encodes `[C, H, W]` uint16 planes as an OME-TIFF (one page per channel, OME-XML with
+/// `DimensionOrder="XYCZT"` in the first page's ImageDescription), the layout NimbusImage
+/// datasets are uploaded in and large_image's `ometiff` source reads as channels.
+pub fn ome_tiff_bytes(planes: &Array3<u16>, channel_names: &[&str]) -> Result<Vec<u8>, tiff::TiffError> {
+    let (c, h, w) = planes.dim();
+    let mut channels = String::new();
+    for i in 0..c {
+        let name = channel_names.get(i).copied().unwrap_or("channel");
+        channels.push_str(&format!(r#"<Channel ID="Channel:0:{i}" SamplesPerPixel="1" Name="{name}"><LightPath/></Channel>"#));
+    }
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0" Name="Image0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="{w}" SizeY="{h}" SizeC="{c}" SizeZ="1" SizeT="1">{channels}<TiffData IFD="0" PlaneCount="{c}"/></Pixels></Image></OME>"#
+    );
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut enc = TiffEncoder::new(&mut out)?;
+        for (i, plane) in planes.axis_iter(Axis(0)).enumerate() {
+            let data: Vec<u16> = plane.iter().copied().collect();
+            let mut img = enc.new_image::<colortype::Gray16>(w as u32, h as u32)?;
+            if i == 0 {
+                img.encoder().write_tag(tiff::tags::Tag::ImageDescription, xml.as_str())?;
+            }
+            img.write_data(&data)?;
+        }
+    }
+    Ok(out.into_inner())
+}

@@ -19,7 +19,9 @@
 pub mod annotations;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod device;
+pub mod evaluate;
 pub mod girder;
 pub mod imageio;
 pub mod job;

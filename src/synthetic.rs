@@ -25,17 +25,43 @@ impl Default for SynthSpec {
     }
 }
 
-struct Cell {
-    cy: f64,
-    cx: f64,
-    ry: f64,
-    rx: f64,
+/// One synthetic cell: an ellipse.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub cy: f64,
+    pub cx: f64,
+    pub ry: f64,
+    pub rx: f64,
     cos: f64,
     sin: f64,
     brightness: f64,
 }
 
 impl Cell {
+    /// The outline as `n` polygon vertices `(x, y)` (what an annotator would draw).
+    pub fn polygon(&self, n: usize) -> Vec<(f64, f64)> {
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / n as f64 * std::f64::consts::TAU;
+                let (u, v) = (self.rx * t.cos(), self.ry * t.sin());
+                (self.cx + u * self.cos - v * self.sin, self.cy + u * self.sin + v * self.cos)
+            })
+            .collect()
+    }
+
+    /// Axis-aligned bounding box `(x0, y0, x1, y1)`.
+    pub fn bbox(&self) -> (f64, f64, f64, f64) {
+        let p = self.polygon(64);
+        let xs = p.iter().map(|q| q.0);
+        let ys = p.iter().map(|q| q.1);
+        (
+            xs.clone().fold(f64::INFINITY, f64::min),
+            ys.clone().fold(f64::INFINITY, f64::min),
+            xs.fold(f64::NEG_INFINITY, f64::max),
+            ys.fold(f64::NEG_INFINITY, f64::max),
+        )
+    }
+
     /// Squared normalised ellipse distance (< 1 inside), `k` shrinks the ellipse (nucleus).
     fn dist2(&self, y: f64, x: f64, k: f64) -> f64 {
         let (dy, dx) = (y - self.cy, x - self.cx);
@@ -47,6 +73,20 @@ impl Cell {
 
 /// One image `[2, H, W]` (cytoplasm, nuclei; uint16-like intensities) and its labels.
 pub fn synth_image(spec: &SynthSpec) -> (Array3<f32>, Array2<u32>) {
+    let s = synth_scene(spec);
+    (s.image, s.labels)
+}
+
+/// A synthetic image with the cells that made it.
+pub struct Scene {
+    pub image: Array3<f32>,
+    pub labels: Array2<u32>,
+    /// Cells in label order (label i+1 is `cells[i]`); cells that ended up with no pixel are absent.
+    pub cells: Vec<Cell>,
+}
+
+/// [`synth_image`], also returning the cell geometry (for annotations).
+pub fn synth_scene(spec: &SynthSpec) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let (h, w) = (spec.height, spec.width);
     let mut cells: Vec<Cell> = Vec::new();
@@ -118,7 +158,9 @@ pub fn synth_image(spec: &SynthSpec) -> (Array3<f32>, Array2<u32>) {
         let n = map.len() as u32 + 1;
         *l = *map.entry(*l).or_insert(n);
     }
-    (img, labels)
+    let mut ordered: Vec<(u32, Cell)> = map.iter().map(|(&old, &new)| (new, cells[old as usize - 1])).collect();
+    ordered.sort_by_key(|(n, _)| *n);
+    Scene { image: img, labels, cells: ordered.into_iter().map(|(_, c)| c).collect() }
 }
 
 /// Writes `n` images as `img_NNN.tif` (2-page uint16) and `img_NNN_masks.tif` into `dir`.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod common;
 mod mock_girder;
 mod model;
+mod oneshot;
 mod predict;
 mod synth;
 mod train;
@@ -22,8 +23,11 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Pretty)]
     pub log_format: crate::telemetry::LogFormat,
+    /// NimbusImage's worker-container contract (used when no subcommand is given).
+    #[command(flatten)]
+    pub oneshot: oneshot::OneShotArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,11 +48,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Model(args) => model::run(args),
-        Command::MockGirder(args) => mock_girder::run(args),
-        Command::Predict(args) => predict::run(args),
-        Command::Train(args) => train::run(args),
-        Command::Synth(args) => synth::run(args),
+        None if cli.oneshot.requested() => oneshot::run(cli.oneshot),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+        Some(command) => run_command(command),
     };
     match result {
         Ok(code) => code,
@@ -59,5 +65,15 @@ pub fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Model(args) => model::run(args),
+        Command::MockGirder(args) => mock_girder::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }

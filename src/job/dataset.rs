@@ -77,6 +77,14 @@ pub struct Samples {
     pub validation: Vec<RawExample>,
 }
 
+fn by_location<'a>(v: &[&'a Annotation]) -> BTreeMap<Location, Vec<&'a Annotation>> {
+    let mut m: BTreeMap<Location, Vec<&'a Annotation>> = BTreeMap::new();
+    for a in v {
+        m.entry(a.location).or_default().push(*a);
+    }
+    m
+}
+
 /// A region to cut out of a frame, with where it came from.
 struct Cut {
     region: Region,
@@ -114,14 +122,7 @@ pub async fn collect_samples(
     if !params.validation_tags.is_empty() && validation.is_empty() {
         events.warning("No validation region annotations found.", "The model is trained but not scored on held-out regions.");
     }
-    let by_loc = |v: &[&Annotation]| {
-        let mut m: BTreeMap<Location, Vec<&Annotation>> = BTreeMap::new();
-        for a in v {
-            m.entry(a.location).or_default().push(a);
-        }
-        m
-    };
-    let (train_at, region_at, val_at) = (by_loc(&training), by_loc(&regions), by_loc(&validation));
+    let (train_at, region_at, val_at) = (by_location(&training), by_location(&regions), by_location(&validation));
     let use_regions = !regions.is_empty();
     let mut locations: Vec<Location> = train_at.keys().copied().collect();
     locations.extend(val_at.keys().copied());

@@ -169,6 +169,8 @@ pub struct Example {
     /// Median mask diameter, floored at 5 (cellpose `diam_train`).
     pub diameter: f64,
     pub nmasks: usize,
+    /// The label image (ground truth for validation scoring).
+    pub labels: Array2<u32>,
 }
 
 /// The prepared set and what the `min_train_masks` filter removed.
@@ -194,7 +196,7 @@ pub fn prepare(raw: Vec<RawExample>, opts: &PrepareOptions) -> Result<Prepared, 
             let d = super::diameters::diameters(relabelled.view());
             let flows = targets.slice(s![1.., .., ..]).to_owned();
             let diameter = super::diameters::train_diameter(d.median);
-            Ok(Example { name: r.name, image, flows, diameter, nmasks: d.per_mask.len() })
+            Ok(Example { name: r.name, image, flows, diameter, nmasks: d.per_mask.len(), labels: r.labels })
         })
         .collect::<Result<_, DataError>>()?;
     let (examples, dropped): (Vec<_>, Vec<_>) =

@@ -1,0 +1,2 @@
+//! The embedded demo: a mock Girder seeded with a synthetic NimbusImage dataset ([`seed`]).
+pub mod seed;

@@ -1,0 +1,181 @@
+//! Segmentation and scoring: image -> network -> masks (cellpose `eval`), and masks against ground
+//! truth as average precision at IoU 0.5/0.75/0.9 (cellpose `metrics.average_precision`, after
+//! relabelling both images consecutively, since cellpose counts objects by the largest label).
+
+use std::collections::BTreeMap;
+
+use ndarray::{Array2, Array3};
+use tch::Device;
+
+use crate::model::Model;
+use crate::predict::{self, PredictOptions, Prediction};
+use crate::segment::{self, MaskParams, MatchCounts};
+use crate::train::Example;
+use crate::transforms::{Channels, Normalize};
+
+/// IoU thresholds reported everywhere.
+pub const THRESHOLDS: [f64; 3] = [0.5, 0.75, 0.9];
+
+/// Mask settings as cellpose `eval` flags (`niter: None` = 200 scaled by 1/rescale).
+#[derive(Debug, Clone)]
+pub struct MaskOptions {
+    pub flow_threshold: f64,
+    pub cellprob_threshold: f32,
+    pub min_size: i64,
+    pub niter: Option<u32>,
+}
+
+impl Default for MaskOptions {
+    fn default() -> Self {
+        MaskOptions { flow_threshold: 0.4, cellprob_threshold: 0.0, min_size: 15, niter: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    #[error(transparent)]
+    Transform(#[from] crate::transforms::TransformError),
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
+    #[error(transparent)]
+    Metrics(#[from] segment::MetricsError),
+}
+
+/// Network output and masks for one image.
+pub struct Segmentation {
+    pub prediction: Prediction,
+    pub masks: Array2<u32>,
+}
+
+/// cellpose `CellposeModel.eval` for one 2-D image `[C, H, W]`.
+pub fn segment_image(
+    model: &Model,
+    diam_mean: f64,
+    raw: &Array3<f32>,
+    predict_opts: &PredictOptions,
+    masks: &MaskOptions,
+    device: Device,
+) -> Result<Segmentation, EvaluateError> {
+    let prediction = predict::predict(model, diam_mean, raw, predict_opts, device)?;
+    let params = MaskParams {
+        niter: segment::eval_niter(masks.niter, prediction.rescale, predict_opts.resample),
+        cellprob_threshold: masks.cellprob_threshold,
+        flow_threshold: masks.flow_threshold,
+        min_size: masks.min_size,
+        ..Default::default()
+    };
+    let m = segment::compute_masks(prediction.dp.view(), prediction.cellprob.view(), &params, device)?;
+    Ok(Segmentation { prediction, masks: m })
+}
+
+/// Scores of one image.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ImageScore {
+    pub name: String,
+    pub n_true: usize,
+    pub n_pred: usize,
+    /// cellpose's per-image AP = TP / (TP + FP + FN) at each threshold.
+    pub ap: Vec<f64>,
+    pub tp: Vec<u64>,
+    pub fp: Vec<u64>,
+    #[serde(rename = "fn")]
+    pub fn_: Vec<u64>,
+}
+
+/// Scores over a set of images.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ApSummary {
+    pub thresholds: Vec<f64>,
+    /// Mean over images of the per-image AP (images with nothing to match are left out).
+    pub ap: Vec<f64>,
+    /// Precision, recall and F1 from the TP/FP/FN summed over all images.
+    pub precision: Vec<f64>,
+    pub recall: Vec<f64>,
+    pub f1: Vec<f64>,
+    pub n_images: usize,
+    pub n_true: usize,
+    pub n_pred: usize,
+    pub per_image: Vec<ImageScore>,
+}
+
+impl ApSummary {
+    /// AP at IoU 0.5.
+    pub fn ap50(&self) -> f64 {
+        self.ap.first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// `{"0.5": .., "0.75": .., "0.9": ..}`
+    pub fn by_threshold(&self) -> BTreeMap<String, f64> {
+        self.thresholds.iter().zip(&self.ap).map(|(t, a)| (format!("{t}"), *a)).collect()
+    }
+
+    /// Aggregates per-image scores.
+    pub fn from_images(per_image: Vec<ImageScore>) -> ApSummary {
+        let k = THRESHOLDS.len();
+        let mut ap = vec![0.0; k];
+        let mut n_scored = vec![0usize; k];
+        let (mut tp, mut fp, mut fn_) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+        for s in &per_image {
+            for i in 0..k {
+                if s.ap[i].is_finite() {
+                    ap[i] += s.ap[i];
+                    n_scored[i] += 1;
+                }
+                tp[i] += s.tp[i];
+                fp[i] += s.fp[i];
+                fn_[i] += s.fn_[i];
+            }
+        }
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let totals: Vec<MatchCounts> =
+            (0..k).map(|i| MatchCounts { threshold: THRESHOLDS[i], tp: tp[i], fp: fp[i], fn_: fn_[i] }).collect();
+        ApSummary {
+            thresholds: THRESHOLDS.to_vec(),
+            ap: (0..k).map(|i| div(ap[i], n_scored[i] as f64)).collect(),
+            precision: totals.iter().map(MatchCounts::precision).collect(),
+            recall: totals.iter().map(MatchCounts::recall).collect(),
+            f1: totals.iter().map(MatchCounts::f1).collect(),
+            n_images: per_image.len(),
+            n_true: per_image.iter().map(|s| s.n_true).sum(),
+            n_pred: per_image.iter().map(|s| s.n_pred).sum(),
+            per_image,
+        }
+    }
+}
+
+/// Scores predicted masks against ground truth (both relabelled consecutively first).
+pub fn score_masks(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Result<ImageScore, EvaluateError> {
+    let t = segment::relabel_consecutive(truth.view());
+    let p = segment::relabel_consecutive(pred.view());
+    let counts = segment::average_precision(t.view(), p.view(), &THRESHOLDS)?;
+    let n_true = t.iter().copied().max().unwrap_or(0) as usize;
+    let n_pred = p.iter().copied().max().unwrap_or(0) as usize;
+    Ok(ImageScore {
+        name: name.to_string(),
+        n_true,
+        n_pred,
+        ap: counts.iter().map(MatchCounts::average_precision).collect(),
+        tp: counts.iter().map(|c| c.tp).collect(),
+        fp: counts.iter().map(|c| c.fp).collect(),
+        fn_: counts.iter().map(|c| c.fn_).collect(),
+    })
+}
+
+/// Segments prepared examples (already channel-converted and normalised) with `model` at each
+/// example's annotated median diameter, and scores them against their labels. Used for
+/// validation before and after training: both models see the same images at the same scale, so
+/// the comparison is about segmentation, not size estimation.
+pub fn score_examples(model: &Model, diam_mean: f64, examples: &[Example], device: Device) -> Result<ApSummary, EvaluateError> {
+    let mut scores = Vec::with_capacity(examples.len());
+    for e in examples {
+        let opts = PredictOptions {
+            channels: Channels::All { nchan: e.image.dim().0 },
+            normalize: Normalize { normalize: false, ..Default::default() },
+            diameter: Some(e.diameter),
+            ..Default::default()
+        };
+        let seg = segment_image(model, diam_mean, &e.image, &opts, &MaskOptions::default(), device)?;
+        scores.push(score_masks(&e.name, &e.labels, &seg.masks)?);
+    }
+    Ok(ApSummary::from_images(scores))
+}

@@ -1,0 +1,105 @@
+//! The training report picture: loss curves (train and test), learning rate, and validation AP
+//! before and after training, drawn with plotters into a PNG (fonts embedded: DejaVu Sans).
+
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+/// What the picture shows.
+pub struct PlotData<'a> {
+    pub title: &'a str,
+    pub train_loss: &'a [(usize, f64)],
+    pub test_loss: &'a [(usize, f64)],
+    pub lr: &'a [(usize, f64)],
+    /// (threshold, AP before, AP after) rows.
+    pub ap: &'a [(f64, Option<f64>, Option<f64>)],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the report: {0}")]
+pub struct PlotError(pub String);
+
+fn err<E: std::fmt::Display>(e: E) -> PlotError {
+    PlotError(e.to_string())
+}
+
+static FONT: Once = Once::new();
+
+/// Renders `data` as a 1500x450 PNG.
+pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
+    FONT.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+    let (w, h) = (1500u32, 450u32);
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(data.title, ("sans-serif", 22)).map_err(err)?;
+        let panels = root.split_evenly((1, 3));
+
+        let n = data.train_loss.iter().chain(data.test_loss).map(|p| p.0).max().unwrap_or(1).max(1) as f64;
+        let ymax = data.train_loss.iter().chain(data.test_loss).map(|p| p.1).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
+        let mut c = ChartBuilder::on(&panels[0])
+            .caption("Loss", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..n, 0f64..ymax)
+            .map_err(err)?;
+        c.configure_mesh().x_desc("epoch").draw().map_err(err)?;
+        c.draw_series(LineSeries::new(data.train_loss.iter().map(|&(e, v)| (e as f64, v)), &BLUE))
+            .map_err(err)?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        if !data.test_loss.is_empty() {
+            c.draw_series(LineSeries::new(data.test_loss.iter().map(|&(e, v)| (e as f64, v)), &RED))
+                .map_err(err)?
+                .label("test")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+        }
+        c.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(err)?;
+
+        let lmax = data.lr.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05;
+        let mut c = ChartBuilder::on(&panels[1])
+            .caption("Learning rate", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(65)
+            .build_cartesian_2d(0f64..n, 0f64..lmax)
+            .map_err(err)?;
+        c.configure_mesh().x_desc("epoch").draw().map_err(err)?;
+        c.draw_series(LineSeries::new(data.lr.iter().map(|&(e, v)| (e as f64, v)), &BLACK)).map_err(err)?;
+
+        let mut c = ChartBuilder::on(&panels[2])
+            .caption("Validation AP (before / after)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0f64..(data.ap.len().max(1) as f64), 0f64..1.0)
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_labels(data.ap.len().max(1))
+            .x_label_formatter(&|x| data.ap.get(x.floor() as usize).map(|r| format!("IoU {}", r.0)).unwrap_or_default())
+            .draw()
+            .map_err(err)?;
+        for (i, (_, before, after)) in data.ap.iter().enumerate() {
+            let x = i as f64;
+            if let Some(b) = before {
+                c.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.48, *b)], RGBColor(150, 150, 150).filled())))
+                    .map_err(err)?;
+            }
+            if let Some(a) = after {
+                c.draw_series(std::iter::once(Rectangle::new([(x + 0.52, 0.0), (x + 0.85, *a)], BLUE.filled()))).map_err(err)?;
+            }
+        }
+        if data.ap.is_empty() {
+            panels[2].draw_text("no validation regions", &("sans-serif", 16).into_text_style(&panels[2]), (140, 200)).map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| PlotError("bad buffer size".into()))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(err)?;
+    Ok(png)
+}
