@@ -64,3 +64,14 @@ pub fn describe(d: Device) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// Runs a tiny computation on `d`: whether the device works right now (health checks).
+pub fn probe(d: Device) -> Result<String, String> {
+    let t = tch::Tensor::f_ones([8], (tch::Kind::Float, d)).map_err(|e| e.to_string())?;
+    let s = t.f_sum(tch::Kind::Float).and_then(|s| s.f_double_value(&[])).map_err(|e| e.to_string())?;
+    if s == 8.0 {
+        Ok(describe(d))
+    } else {
+        Err(format!("{} computed 8 ones to sum {s}", describe(d)))
+    }
+}

@@ -37,3 +37,4 @@ pub mod synthetic;
 pub mod telemetry;
 pub mod train;
 pub mod transforms;
+pub mod worker;

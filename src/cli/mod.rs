@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod common;
+mod demo;
 mod mock_girder;
 mod model;
 mod oneshot;
 mod predict;
+mod serve;
 mod synth;
 mod train;
 
@@ -20,9 +22,9 @@ mod train;
     about = "Fine-tune and run Cellpose models; NimbusImage/Girder training worker"
 )]
 pub struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = crate::telemetry::LogFormat::Pretty)]
-    pub log_format: crate::telemetry::LogFormat,
+    /// Log format on stderr (default: pretty; for `serve`, `[log] format` of the settings).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::telemetry::LogFormat>,
     /// NimbusImage's worker-container contract (used when no subcommand is given).
     #[command(flatten)]
     pub oneshot: oneshot::OneShotArgs,
@@ -32,6 +34,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The embedded demo: mock Girder, synthetic dataset, a training job through the queue.
+    Demo(demo::DemoArgs),
+    /// Long-running worker: pull training jobs from the Girder job queue.
+    Serve(serve::ServeArgs),
     /// Create or inspect model files (PyTorch state_dicts that Python cellpose loads).
     Model(model::ModelArgs),
     /// Run the mock Girder server (tests, demos) until Ctrl-C.
@@ -46,15 +52,26 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.log_format);
     let result = match cli.command {
-        None if cli.oneshot.requested() => oneshot::run(cli.oneshot),
-        None => {
-            use clap::CommandFactory;
-            let _ = Cli::command().print_help();
-            return ExitCode::from(2);
+        Some(Command::Serve(args)) => match serve::load_settings(&args) {
+            Ok(settings) => {
+                crate::telemetry::init(cli.log_format.unwrap_or(settings.log.format));
+                serve::run(args, settings)
+            }
+            Err(e) => Err(e),
+        },
+        command => {
+            crate::telemetry::init(cli.log_format.unwrap_or_default());
+            match command {
+                None if cli.oneshot.requested() => oneshot::run(cli.oneshot),
+                None => {
+                    use clap::CommandFactory;
+                    let _ = Cli::command().print_help();
+                    return ExitCode::from(2);
+                }
+                Some(command) => run_command(command),
+            }
         }
-        Some(command) => run_command(command),
     };
     match result {
         Ok(code) => code,
@@ -70,6 +87,8 @@ pub fn main() -> ExitCode {
 
 fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Demo(args) => demo::run(args),
+        Command::Serve(_) => unreachable!("serve is dispatched in main"),
         Command::Model(args) => model::run(args),
         Command::MockGirder(args) => mock_girder::run(args),
         Command::Predict(args) => predict::run(args),

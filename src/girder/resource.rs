@@ -26,6 +26,12 @@ impl GirderClient {
     pub fn resources(&self) -> Resources<'_> {
         Resources { client: self }
     }
+
+    /// `GET /system/version`: the server's release; a cheap reachability check (health probes).
+    pub async fn system_version(&self) -> Result<String, GirderError> {
+        let v: Value = self.json(Call::get("system/version").anonymous()).await?;
+        Ok(v.get("release").and_then(Value::as_str).unwrap_or("unknown").to_string())
+    }
 }
 
 impl Resources<'_> {

@@ -1,0 +1,76 @@
+//! Resumable checkpoints of a running job, kept in Girder under the job owner's
+//! `Private/.cellpose/checkpoints/<jobId>` so that any worker on any machine can resume the job.
+//!
+//! Each checkpoint is a new item `epoch-NNNNNN` holding one file; older items are removed only
+//! after the new one is stored, so a crash mid-upload leaves the previous checkpoint usable.
+
+use bytes::Bytes;
+
+use crate::girder::{GirderClient, GirderError, Item};
+use crate::job::store::cellpose_folder;
+
+const MIME: &str = "application/octet-stream";
+
+fn item_name(epoch: usize) -> String {
+    format!("epoch-{epoch:06}")
+}
+
+fn epoch_of(item: &Item) -> Option<usize> {
+    item.name.strip_prefix("epoch-")?.parse().ok()
+}
+
+/// The checkpoint folder of `job_id` for `user_id`, created when missing.
+async fn folder(client: &GirderClient, user_id: &str, job_id: &str) -> Result<crate::girder::Folder, GirderError> {
+    cellpose_folder(client, user_id, &["checkpoints", job_id]).await
+}
+
+/// Stores `bytes` as the checkpoint after `epoch`, then removes older ones.
+pub async fn save(client: &GirderClient, user_id: &str, job_id: &str, epoch: usize, bytes: Vec<u8>) -> Result<(), GirderError> {
+    let folder = folder(client, user_id, job_id).await?;
+    let name = item_name(epoch);
+    let old = client.items().list(&folder.id).await?;
+    let size = bytes.len() as u64;
+    let item = client.items().create(&folder.id, &format!("{name}.partial"), None).await?;
+    let stored = client.files().upload_to_item(&item.id, "checkpoint.cpwt", Bytes::from(bytes), MIME).await;
+    match stored {
+        Ok(f) if f.size == size => {}
+        Ok(f) => {
+            let _ = client.items().delete(&item.id).await;
+            return Err(GirderError::Invalid(format!("checkpoint upload stored {} of {size} bytes", f.size)));
+        }
+        Err(e) => {
+            let _ = client.items().delete(&item.id).await;
+            return Err(e);
+        }
+    }
+    client.items().rename(&item.id, &name).await?;
+    for stale in old {
+        client.items().delete(&stale.id).await?;
+    }
+    Ok(())
+}
+
+/// The newest stored checkpoint of `job_id` and its epoch, if any.
+pub async fn latest(client: &GirderClient, user_id: &str, job_id: &str) -> Result<Option<(usize, Bytes)>, GirderError> {
+    let folder = folder(client, user_id, job_id).await?;
+    let items = client.items().list(&folder.id).await?;
+    let Some((epoch, item)) = items.iter().filter_map(|i| epoch_of(i).map(|e| (e, i))).max_by_key(|(e, _)| *e) else {
+        return Ok(None);
+    };
+    Ok(Some((epoch, client.items().download(&item.id).await?)))
+}
+
+/// Removes the job's checkpoint folder (the job has ended).
+pub async fn remove(client: &GirderClient, user_id: &str, job_id: &str) -> Result<(), GirderError> {
+    let private = client.folders().user_folder(user_id, "Private").await?;
+    let Some(cellpose) = client.folders().find(crate::girder::ParentType::Folder, &private.id, ".cellpose").await? else {
+        return Ok(());
+    };
+    let Some(checkpoints) = client.folders().find(crate::girder::ParentType::Folder, &cellpose.id, "checkpoints").await? else {
+        return Ok(());
+    };
+    if let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await? {
+        client.folders().delete(&f.id).await?;
+    }
+    Ok(())
+}
