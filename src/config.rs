@@ -162,13 +162,33 @@ pub enum SettingsError {
 impl Settings {
     /// Loads `file` (if it exists; `worker.toml` by default) and `CPW_*` environment overrides.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Settings::load_with_env(file, None)
+    }
+
+    /// [`Settings::load`] with the `CPW_*` variables taken from `env` instead of the process
+    /// environment when given (tests, and checks of deployment files, without touching globals).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
+        // Only `CPW_<SECTION>__<KEY>` names are settings; other `CPW_` variables (the test
+        // suite's CPW_PYTHON, say) are not ours to refuse.
+        let env: std::collections::HashMap<String, String> = env
+            .unwrap_or_else(|| std::env::vars().collect())
+            .into_iter()
+            .filter(|(k, _)| k.strip_prefix("CPW_").is_some_and(|rest| rest.contains("__")))
+            .collect();
         let mut b = config::Config::builder();
         match file {
             Some(f) => b = b.add_source(config::File::from(f).required(true)),
             None => b = b.add_source(config::File::with_name("worker.toml").required(false)),
         }
         b = b.add_source(
-            config::Environment::with_prefix("CPW").prefix_separator("_").separator("__").try_parsing(true),
+            config::Environment::with_prefix("CPW")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
         );
         let s: Settings = b.build()?.try_deserialize()?;
         s.validate()?;
@@ -224,6 +244,34 @@ mod tests {
             .try_deserialize()
             .unwrap();
         assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_the_key_never_prints() {
+        let env: std::collections::HashMap<String, String> = [
+            ("CPW_QUEUE__LEASE_S", "30"),
+            ("CPW_TRAINING__BSIZE", "128"),
+            ("CPW_GIRDER__API_KEY", "topsecretkey"),
+            ("OTHER_VAR", "ignored"),
+            ("CPW_PYTHON", "not a setting: no section"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
+        let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
+        assert_eq!(s.queue.lease_s, 30.0);
+        assert_eq!(s.training.bsize, 128);
+        assert_eq!(s.girder.api_key.as_ref().map(|k| k.expose().to_string()), Some("topsecretkey".into()));
+        assert!(!format!("{s:?}").contains("topsecretkey"));
+    }
+
+    #[test]
+    fn invalid_settings_name_the_key() {
+        let env = std::collections::HashMap::from([("CPW_TRAINING__BSIZE".to_string(), "100".to_string())]);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
+        let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
+        assert!(err.contains("[training] bsize") && err.contains("100"), "{err}");
     }
 
     #[test]

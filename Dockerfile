@@ -1,0 +1,61 @@
+# syntax=docker/dockerfile:1
+# cellpose-train-worker as a NimbusImage worker image.
+#
+#   docker build -t cellpose-train-worker:latest .
+#   (put built-in weights such as cyto3, cytotorch_0, nucleitorch_0 into docker/models/ first:
+#    they are copied into the image; nothing is downloaded at run time)
+#
+# ENTRYPOINT is NimbusImage's one-shot worker contract
+#   (--apiUrl URL --token T --request interface|compute --parameters JSON --datasetId ID);
+# the long-running queue worker is the `serve` subcommand:
+#   docker run --gpus all -e CPW_GIRDER__API_URL=... -e CPW_GIRDER__API_KEY=... cellpose-train-worker serve
+# docker/compose.yml runs `serve` next to the mock Girder.
+
+# ---- build: the Rust binary against libtorch from PyPI's torch wheel (pinned with tch 0.24.0) ----
+FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+# The same absolute venv path in both stages: the binary's rpath points into it.
+ENV VENV=/opt/venv
+RUN python3 -m venv $VENV && $VENV/bin/pip install --no-cache-dir torch==2.11.0 nvidia-cuda-crt==13.0.88
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo .cargo
+COPY csrc csrc
+COPY src src
+COPY bench bench
+COPY tests tests
+RUN ln -sfn "$($VENV/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')" /opt/libtorch \
+    && LIBTORCH=/opt/libtorch cargo build --release --locked --bin cellpose-train-worker \
+    && cp target/release/cellpose-train-worker /usr/local/bin/cellpose-train-worker
+
+# ---- runtime: the binary, libtorch (+ the CUDA libraries the wheel ships), built-in weights ----
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+# libtorch and the nvidia-* wheels keep their site-packages layout (their rpaths are relative).
+COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
+COPY --from=build /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
+COPY --from=build /usr/local/bin/cellpose-train-worker /usr/local/bin/cellpose-train-worker
+COPY docker/models/ /models/
+COPY worker.toml /etc/cellpose-train-worker/worker.toml
+ENV CELLPOSE_LOCAL_MODELS_PATH=/models \
+    CPW_PATHS__MODELS_DIR=/models \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+WORKDIR /var/lib/cellpose-train-worker
+
+# The labels NimbusImage reads to list a worker image in its UI.
+LABEL isUPennContrastWorker="" \
+      isAnnotationWorker="" \
+      isGPUWorker="" \
+      com.nvidia.volumes.needed="nvidia_driver" \
+      interfaceName="Cellpose retrain" \
+      interfaceCategory="Cellpose" \
+      description="Fine-tunes a Cellpose model on the tagged annotations of this dataset (Rust, libtorch)" \
+      advancedOptionsPanel="False" \
+      annotationConfigurationPanel="False" \
+      defaultToolName="Cellpose retrain" \
+      annotationShape="polygon"
+
+ENTRYPOINT ["/usr/local/bin/cellpose-train-worker"]
