@@ -1,8 +1,20 @@
 //! Segmentation and scoring: image -> network -> masks (cellpose `eval`), and masks against ground
 //! truth as average precision at IoU 0.5/0.75/0.9 (cellpose `metrics.average_precision`, after
 //! relabelling both images consecutively, since cellpose counts objects by the largest label).
+//! Files and folders (the `segment` and `eval` subcommands) are in [`files`]; the printed table
+//! and JSON document in [`table`].
+
+mod files;
+mod table;
+
+pub use files::{
+    evaluate_folder, flow_pages, output_paths, segment_file, write_outputs, Folder, OutputPaths,
+    SegmentSettings,
+};
+pub use table::{summary_json, summary_table};
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use ndarray::{Array2, Array3};
 use tch::Device;
@@ -39,6 +51,22 @@ pub enum EvaluateError {
     Segment(#[from] segment::SegmentError),
     #[error(transparent)]
     Metrics(#[from] segment::MetricsError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Image(#[from] crate::imageio::ImageError),
+    #[error(transparent)]
+    Data(#[from] crate::train::data::DataError),
+    /// A step after reading failed; the file it was working on.
+    #[error("failed to segment {}", path.display())]
+    File { path: PathBuf, source: Box<EvaluateError> },
+}
+
+impl EvaluateError {
+    /// Names the file this error happened on.
+    pub fn in_file(self, path: &std::path::Path) -> EvaluateError {
+        EvaluateError::File { path: path.to_path_buf(), source: Box::new(self) }
+    }
 }
 
 /// Network output and masks for one image.
@@ -127,8 +155,9 @@ impl ApSummary {
             }
         }
         let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-        let totals: Vec<MatchCounts> =
-            (0..k).map(|i| MatchCounts { threshold: THRESHOLDS[i], tp: tp[i], fp: fp[i], fn_: fn_[i] }).collect();
+        let totals: Vec<MatchCounts> = (0..k)
+            .map(|i| MatchCounts { threshold: THRESHOLDS[i], tp: tp[i], fp: fp[i], fn_: fn_[i] })
+            .collect();
         ApSummary {
             thresholds: THRESHOLDS.to_vec(),
             ap: (0..k).map(|i| div(ap[i], n_scored[i] as f64)).collect(),
@@ -165,7 +194,12 @@ pub fn score_masks(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Resul
 /// example's annotated median diameter, and scores them against their labels. Used for
 /// validation before and after training: both models see the same images at the same scale, so
 /// the comparison is about segmentation, not size estimation.
-pub fn score_examples(model: &Model, diam_mean: f64, examples: &[Example], device: Device) -> Result<ApSummary, EvaluateError> {
+pub fn score_examples(
+    model: &Model,
+    diam_mean: f64,
+    examples: &[Example],
+    device: Device,
+) -> Result<ApSummary, EvaluateError> {
     let mut scores = Vec::with_capacity(examples.len());
     for e in examples {
         let opts = PredictOptions {

@@ -61,3 +61,75 @@ impl ModelsDirArg {
         crate::model::registry::models_dir(self.models_dir.as_deref())
     }
 }
+
+/// Model and mask flags shared by `segment` and `eval` (cellpose `eval` arguments).
+#[derive(Args, Debug, Clone)]
+pub struct SegmentFlags {
+    /// Model: a file, a built-in name (cyto3, nuclei, ...) or a model in the models directory.
+    #[arg(long)]
+    pub model: String,
+    #[command(flatten)]
+    pub channels: ChannelArgs,
+    /// Object diameter in pixels (0 = use the model's diam_labels).
+    #[arg(long, default_value_t = 0.0)]
+    pub diameter: f64,
+    /// Drop masks whose flows disagree with the network's by more than this (0 = keep all).
+    #[arg(long, default_value_t = 0.4)]
+    pub flow_threshold: f64,
+    /// Pixels with a cell probability logit above this are followed to a mask.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub cellprob_threshold: f32,
+    /// Masks smaller than this (pixels) are removed.
+    #[arg(long, default_value_t = 15, allow_hyphen_values = true)]
+    pub min_size: i64,
+    /// Euler steps (default: 200, scaled by the resize factor as cellpose does).
+    #[arg(long)]
+    pub niter: Option<u32>,
+    /// Feed raw intensities (skip 1-99 percentile normalisation).
+    #[arg(long)]
+    pub no_normalize: bool,
+    /// Invert intensities after normalising (dark objects).
+    #[arg(long)]
+    pub invert: bool,
+    /// Tiles per network batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: i64,
+    #[command(flatten)]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub models_dir: ModelsDirArg,
+}
+
+impl SegmentFlags {
+    /// Opens the model; with `--all-channels` and no `--nchan` the model's input channel count is used.
+    pub fn open(
+        &self,
+    ) -> anyhow::Result<(crate::model::LoadedModel, crate::evaluate::SegmentSettings, tch::Device)> {
+        anyhow::ensure!(
+            self.diameter >= 0.0 && self.diameter.is_finite(),
+            "--diameter must be >= 0 (got {})",
+            self.diameter
+        );
+        anyhow::ensure!(
+            self.flow_threshold >= 0.0,
+            "--flow-threshold must be >= 0 (got {})",
+            self.flow_threshold
+        );
+        anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        let device = self.device.resolve()?;
+        let loaded = crate::model::open_model(&self.model, &self.models_dir.resolve(), device)?;
+        let channels = self.channels.to_channels(loaded.model.net.config.nbase[0] as usize)?;
+        let mut predict =
+            crate::predict::PredictOptions { channels, diameter: Some(self.diameter), ..Default::default() };
+        predict.normalize.normalize = !self.no_normalize;
+        predict.normalize.invert = self.invert;
+        predict.tiles.batch_size = self.batch_size;
+        let masks = crate::evaluate::MaskOptions {
+            flow_threshold: self.flow_threshold,
+            cellprob_threshold: self.cellprob_threshold,
+            min_size: self.min_size,
+            niter: self.niter,
+        };
+        Ok((loaded, crate::evaluate::SegmentSettings { predict, masks }, device))
+    }
+}

@@ -7,10 +7,12 @@ use clap::{Parser, Subcommand};
 
 pub mod common;
 mod demo;
+mod eval;
 mod mock_girder;
 mod model;
 mod oneshot;
 mod predict;
+mod segment;
 mod serve;
 mod synth;
 mod train;
@@ -44,6 +46,10 @@ pub enum Command {
     MockGirder(mock_girder::MockGirderArgs),
     /// Run the network on one image: writes dY, dX, cellprob as a float32 TIFF.
     Predict(predict::PredictArgs),
+    /// Segment images: writes <base>_masks.tif (and <base>_flows.tif with --save-flows).
+    Segment(segment::SegmentArgs),
+    /// Segment a folder with ground truth and print average precision at IoU 0.5/0.75/0.9.
+    Eval(eval::EvalArgs),
     /// Train a model on a folder of images and masks (cellpose train_seg semantics).
     Train(train::TrainArgs),
     /// Write synthetic 2-channel cell images with masks.
@@ -92,6 +98,8 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Model(args) => model::run(args),
         Command::MockGirder(args) => mock_girder::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Segment(args) => segment::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
         Command::Synth(args) => synth::run(args),
     }

@@ -57,9 +57,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let pred = predict::predict(&loaded.model, loaded.diam_mean(), &raw, &opts, device)
         .with_context(|| format!("failed to prepare {}", args.image.display()))?;
     let (_, h, w) = pred.dp.dim();
-    let mut out = ndarray::Array3::<f32>::zeros((3, h, w));
-    out.slice_mut(ndarray::s![0..2, .., ..]).assign(&pred.dp);
-    out.index_axis_mut(ndarray::Axis(0), 2).assign(&pred.cellprob);
+    let out = crate::evaluate::flow_pages(&pred);
     crate::imageio::write_tiff_f32(&args.out, &out)?;
     eprintln!(
         "wrote {} (dY, dX, cellprob; {}x{}; rescale {:.3}; device {})",

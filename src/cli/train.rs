@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::common::{ChannelArgs, DeviceArg, ModelsDirArg};
 use crate::model::{CpnetConfig, Model};
+use crate::report::{RunRecorder, Validation};
 use crate::train::{
     self, CancelToken, EpochInfo, OptimizerKind, PrepareOptions, StepInfo, TrainConfig, TrainHooks,
 };
@@ -21,9 +22,16 @@ pub struct TrainArgs {
     /// Folder of training images and their masks.
     #[arg(long)]
     pub dir: PathBuf,
-    /// Folder of test images and masks (test loss at epoch 5 and every 10th).
+    /// Folder of test images and masks: test loss at epoch 5 and every 10th, and AP at IoU
+    /// 0.5/0.75/0.9 of the base model before and the trained model after training.
     #[arg(long)]
     pub test_dir: Option<PathBuf>,
+    /// With --test-dir: also score AP after every N-th epoch.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Write TensorBoard event files (loss, test loss, lr, AP) into this folder.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
     /// Only images whose name (without extension) ends with this.
     #[arg(long, default_value = "")]
     pub img_filter: String,
@@ -138,9 +146,10 @@ impl TrainArgs {
     }
 }
 
-/// Progress bar on stderr; one log line per logged epoch.
+/// Progress bar on stderr; one log line per logged epoch; the metrics history.
 struct BarHooks {
     bar: ProgressBar,
+    recorder: RunRecorder,
 }
 
 impl TrainHooks for BarHooks {
@@ -150,7 +159,7 @@ impl TrainHooks for BarHooks {
     fn on_epoch(
         &mut self,
         e: &EpochInfo,
-        _m: &Model,
+        model: &Model,
         _o: &train::Optimizer,
         _s: &train::TrainState,
     ) -> Result<(), train::TrainError> {
@@ -167,6 +176,10 @@ impl TrainHooks for BarHooks {
                     e.elapsed_s
                 )
             });
+        }
+        if let Err(err) = self.recorder.epoch(e, model) {
+            // the metrics history is a report, not the product: training goes on
+            self.bar.suspend(|| tracing::warn!(error = %err, "could not record epoch {}", e.epoch));
         }
         Ok(())
     }
@@ -296,11 +309,34 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut hooks = BarHooks { bar };
+    anyhow::ensure!(args.eval_every != Some(0), "--eval-every must be at least 1");
+    let validation = test.clone().map(|examples| Validation {
+        examples,
+        diam_mean: model.net.diam_mean(),
+        device,
+        every: args.eval_every,
+    });
+    let mut recorder = RunRecorder::create(&save_path, args.log_dir.as_deref(), validation)?;
+    if let Some(ap) = recorder.before(&model)? {
+        tracing::info!(">>>> test set AP before training: {}", fmt_ap(ap));
+    }
+    let mut hooks = BarHooks { bar, recorder };
     let train_count = examples.len();
     let cancel = CancelToken::new();
     let outcome = train::train_seg(&model, Arc::new(examples), test, &cfg, &mut hooks, &cancel, None)?;
     hooks.bar.finish_and_clear();
+    let mut recorder = hooks.recorder;
+    if let Some(ap) = recorder.after(&model, cfg.n_epochs)? {
+        tracing::info!(">>>> test set AP after training: {}", fmt_ap(ap));
+    }
+    let report = RunRecorder::report_path(&save_path);
+    let title = format!(
+        "{name} (from {}, {} epochs, {train_count} training images)",
+        args.pretrained_model, cfg.n_epochs
+    );
+    if let Err(err) = recorder.write_png(&report, &title) {
+        tracing::warn!(error = %err, "could not draw the training report");
+    }
     if let Some(path) = &args.summary_json {
         let doc = serde_json::json!({
             "outcome": outcome,
@@ -311,6 +347,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "mixed_precision": cfg.mixed_precision,
             "channels_last": cfg.channels_last,
             "cuda_graphs": cfg.cuda_graphs,
+            "ap_before": recorder.ap_before,
+            "ap_after": recorder.ap_after,
+            "metrics": RunRecorder::metrics_path(&save_path),
+            "tensorboard": recorder.tensorboard_path(),
+            "report": report,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("failed to write {}", path.display()))?;
@@ -323,4 +364,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         outcome.seconds_per_step
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn fmt_ap(ap: &crate::evaluate::ApSummary) -> String {
+    let parts: Vec<String> =
+        ap.thresholds.iter().zip(&ap.ap).map(|(t, a)| format!("AP@{t} {a:.3}")).collect();
+    format!("{} ({} images, {} objects)", parts.join(", "), ap.n_images, ap.n_true)
 }

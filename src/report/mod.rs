@@ -1,9 +1,14 @@
 //! Training outputs: metrics history as JSON lines, TensorBoard scalars ([`tensorboard`]), and a
-//! report picture ([`plot`]); [`JobReport`] bundles them for the worker's report item.
+//! report picture ([`plot`]); [`RunRecorder`] keeps them during a CLI training run with a test
+//! set, [`JobReport`] bundles them for the worker's report item.
 
 pub mod plot;
+mod recorder;
 pub mod tensorboard;
 
+pub use recorder::{RecordError, RunRecorder, Validation};
+
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -14,17 +19,62 @@ use serde::Serialize;
 use crate::evaluate::ApSummary;
 use crate::train::schedule::lr_schedule;
 
-/// One logged epoch.
+/// Which part of a run a metrics line describes.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The base model on the test set, before any training.
+    Before,
+    /// One training epoch.
+    Train,
+    /// The trained model (what was saved) on the test set.
+    After,
+}
+
+/// One line of `<model>.metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct MetricsLine {
+    pub stage: Stage,
+    /// Epochs completed when the line was written: 0 before training, 1.. for training epochs,
+    /// the number of epochs after training. Also the TensorBoard step.
     pub epoch: usize,
-    pub train_loss: f64,
+    pub train_loss: Option<f64>,
+    /// cellpose's test loss (epoch 5 and every 10th, 0-based, as `train_seg` computes it).
     pub test_loss: Option<f64>,
-    pub lr: f64,
+    pub lr: Option<f64>,
+    /// Seconds since the run started.
     pub seconds: f64,
-    /// Average precision by IoU threshold ("0.5", "0.75", "0.9") when computed this epoch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ap: Option<std::collections::BTreeMap<String, f64>>,
+    /// Average precision by IoU threshold ("0.5", "0.75", "0.9") when computed for this line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ap: Option<BTreeMap<String, f64>>,
+}
+
+impl MetricsLine {
+    /// A training epoch's line from the trainer's summary (`info.epoch` is 0-based).
+    pub fn train(info: &crate::train::EpochInfo, seconds: f64) -> MetricsLine {
+        MetricsLine {
+            stage: Stage::Train,
+            epoch: info.epoch + 1,
+            train_loss: Some(info.train_loss),
+            test_loss: info.test_loss,
+            lr: Some(info.lr),
+            seconds,
+            ap: None,
+        }
+    }
+
+    /// A before/after line carrying validation AP.
+    pub fn validation(stage: Stage, epoch: usize, seconds: f64, ap: &ApSummary) -> MetricsLine {
+        MetricsLine {
+            stage,
+            epoch,
+            train_loss: None,
+            test_loss: None,
+            lr: None,
+            seconds,
+            ap: Some(ap.by_threshold()),
+        }
+    }
 }
 
 /// Writes `<model>.metrics.jsonl` and, when asked, TensorBoard events.
@@ -38,40 +88,91 @@ pub struct MetricsLog {
 impl MetricsLog {
     pub fn create(path: &Path, tensorboard_dir: Option<&Path>) -> std::io::Result<MetricsLog> {
         let tb = tensorboard_dir.map(tensorboard::EventWriter::create).transpose()?;
-        Ok(MetricsLog { jsonl: BufWriter::new(File::create(path)?), path: path.to_path_buf(), tb, lines: Vec::new() })
+        Ok(MetricsLog {
+            jsonl: BufWriter::new(File::create(path)?),
+            path: path.to_path_buf(),
+            tb,
+            lines: Vec::new(),
+        })
     }
 
     pub fn tensorboard_path(&self) -> Option<&Path> {
         self.tb.as_ref().map(|t| t.path())
     }
 
+    /// Appends `line` (flushed, so a crashed run keeps its history) and its TensorBoard scalars
+    /// `loss/train`, `loss/test`, `lr`, `ap/iou_<threshold>` at step `line.epoch`.
     pub fn write(&mut self, line: MetricsLine) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.jsonl, &line)?;
         self.jsonl.write_all(b"\n")?;
         self.jsonl.flush()?;
         if let Some(tb) = &mut self.tb {
-            let mut scalars: Vec<(String, f64)> = vec![("loss/train".into(), line.train_loss), ("lr".into(), line.lr)];
-            if let Some(t) = line.test_loss {
-                scalars.push(("loss/test".into(), t));
-            }
+            let mut scalars: Vec<(String, f64)> = Vec::new();
+            let named = [("loss/train", line.train_loss), ("loss/test", line.test_loss), ("lr", line.lr)];
+            scalars.extend(named.iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
             for (k, v) in line.ap.iter().flatten() {
                 scalars.push((format!("ap/iou_{k}"), *v));
             }
-            let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            tb.scalars(line.epoch as i64, &refs)?;
+            if !scalars.is_empty() {
+                let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                tb.scalars(line.epoch as i64, &refs)?;
+            }
         }
         self.lines.push(line);
         Ok(())
     }
 }
 
-/// AP rows for the picture: (threshold, before, after).
-pub fn ap_rows(before: Option<&ApSummary>, after: Option<&ApSummary>) -> Vec<(f64, Option<f64>, Option<f64>)> {
-    let th = before.or(after).map(|a| a.thresholds.clone()).unwrap_or_default();
-    th.iter()
-        .enumerate()
-        .map(|(i, &t)| (t, before.and_then(|b| b.ap.get(i).copied()), after.and_then(|a| a.ap.get(i).copied())))
-        .collect()
+/// The metrics history of a run that only kept its losses (the worker's job): before, one line
+/// per epoch, after.
+pub fn history_lines(
+    train_losses: &[f64],
+    lr: &[f64],
+    before: Option<&ApSummary>,
+    after: Option<&ApSummary>,
+) -> Vec<MetricsLine> {
+    let mut lines: Vec<MetricsLine> =
+        before.map(|b| MetricsLine::validation(Stage::Before, 0, 0.0, b)).into_iter().collect();
+    lines.extend(train_losses.iter().enumerate().map(|(e, &l)| MetricsLine {
+        stage: Stage::Train,
+        epoch: e + 1,
+        train_loss: Some(l),
+        test_loss: None,
+        lr: lr.get(e).copied(),
+        seconds: 0.0,
+        ap: None,
+    }));
+    lines.extend(after.map(|a| MetricsLine::validation(Stage::After, train_losses.len(), 0.0, a)));
+    lines
+}
+
+/// The report picture for a metrics history: train and test loss and lr by epoch, AP of the
+/// `before` and `after` lines by threshold.
+pub fn history_png(title: &str, lines: &[MetricsLine]) -> Result<Vec<u8>, plot::PlotError> {
+    let train: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.train_loss.map(|v| (l.epoch, v))).collect();
+    let test: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.test_loss.map(|v| (l.epoch, v))).collect();
+    let lrs: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.lr.map(|v| (l.epoch, v))).collect();
+    let ap_of = |stage: Stage| lines.iter().rev().find(|l| l.stage == stage).and_then(|l| l.ap.clone());
+    let (before, after) = (ap_of(Stage::Before), ap_of(Stage::After));
+    let mut keys: Vec<(f64, String)> = before
+        .iter()
+        .chain(after.iter())
+        .flat_map(|m| m.keys())
+        .filter_map(|k| k.parse::<f64>().ok().map(|t| (t, k.clone())))
+        .collect();
+    keys.sort_by(|a, b| a.0.total_cmp(&b.0));
+    keys.dedup_by(|a, b| a.1 == b.1);
+    let rows: Vec<(f64, Option<f64>, Option<f64>)> = keys
+        .iter()
+        .map(|(t, k)| {
+            (
+                *t,
+                before.as_ref().and_then(|m| m.get(k).copied()),
+                after.as_ref().and_then(|m| m.get(k).copied()),
+            )
+        })
+        .collect();
+    plot::render_png(&plot::PlotData { title, train_loss: &train, test_loss: &test, lr: &lrs, ap: &rows })
 }
 
 /// What the worker stores next to a trained model.
@@ -96,21 +197,17 @@ impl JobReport {
     pub fn files(&self) -> Result<Vec<(String, Bytes, &'static str)>, plot::PlotError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| plot::PlotError(e.to_string()))?;
         let lr = lr_schedule(self.learning_rate, self.epochs);
+        let lines = history_lines(&self.train_losses, &lr, self.ap_before.as_ref(), self.ap_after.as_ref());
         let mut jsonl = Vec::new();
-        for (e, &l) in self.train_losses.iter().enumerate() {
-            let line = MetricsLine { epoch: e, train_loss: l, test_loss: None, lr: lr[e], seconds: 0.0, ap: None };
-            let _ = serde_json::to_writer(&mut jsonl, &line);
+        for line in &lines {
+            serde_json::to_writer(&mut jsonl, line).map_err(|e| plot::PlotError(e.to_string()))?;
             jsonl.push(b'\n');
         }
-        let train: Vec<(usize, f64)> = self.train_losses.iter().copied().enumerate().collect();
-        let lrs: Vec<(usize, f64)> = lr.iter().copied().enumerate().collect();
-        let png = plot::render_png(&plot::PlotData {
-            title: &format!("{} (from {}, {} epochs, {} training images)", self.model_name, self.base_model, self.epochs, self.n_train),
-            train_loss: &train,
-            test_loss: &[],
-            lr: &lrs,
-            ap: &ap_rows(self.ap_before.as_ref(), self.ap_after.as_ref()),
-        })?;
+        let title = format!(
+            "{} (from {}, {} epochs, {} training images)",
+            self.model_name, self.base_model, self.epochs, self.n_train
+        );
+        let png = history_png(&title, &lines)?;
         Ok(vec![
             ("report.json".into(), Bytes::from(json), "application/json"),
             ("metrics.jsonl".into(), Bytes::from(jsonl), "application/x-ndjson"),

@@ -46,15 +46,15 @@ pub struct Pair {
     pub mask: PathBuf,
 }
 
-/// Finds training pairs the way cellpose's CLI does: images named `*<img_filter>.<ext>` (not ending
-/// in a mask/flow suffix), masks at `<base without img_filter><mask_filter>.<tif|tiff|png>`.
-/// Sorted by path so runs are reproducible.
-pub fn discover(
+/// Finds images the way cellpose's CLI does (`io.get_image_files`): files named
+/// `*<img_filter>.<tif|tiff|png>` that do not end in a mask, flow or output suffix (nor
+/// `mask_filter`), sorted by path so runs are reproducible.
+pub fn find_images(
     dir: &Path,
     img_filter: &str,
     mask_filter: &str,
     look_one_level_down: bool,
-) -> Result<Vec<Pair>, DataError> {
+) -> Result<Vec<PathBuf>, DataError> {
     let mut folders = vec![dir.to_path_buf()];
     if look_one_level_down {
         let rd = std::fs::read_dir(dir).map_err(|e| DataError::Folder(dir.into(), e))?;
@@ -94,6 +94,18 @@ pub fn discover(
             mask_filter: mask_filter.into(),
         });
     }
+    Ok(images)
+}
+
+/// Finds training pairs the way cellpose's CLI does: images as [`find_images`], masks at
+/// `<base without img_filter><mask_filter>.<tif|tiff|png>`.
+pub fn discover(
+    dir: &Path,
+    img_filter: &str,
+    mask_filter: &str,
+    look_one_level_down: bool,
+) -> Result<Vec<Pair>, DataError> {
+    let images = find_images(dir, img_filter, mask_filter, look_one_level_down)?;
     images
         .into_iter()
         .map(|image| {

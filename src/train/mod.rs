@@ -16,7 +16,9 @@ pub mod schedule;
 mod step;
 pub mod trainer;
 
-pub use data::{discover, load_pairs, prepare, Example, Pair, PrepareOptions, Prepared, RawExample};
+pub use data::{
+    discover, find_images, load_pairs, prepare, Example, Pair, PrepareOptions, Prepared, RawExample,
+};
 pub use optim::{Optimizer, OptimizerKind};
 pub use trainer::{
     train_seg, CancelToken, EpochInfo, NoHooks, Resume, StepInfo, TrainConfig, TrainError, TrainHooks,

@@ -16,5 +16,6 @@ mod model_files;
 mod npy;
 mod predict;
 mod rasterize;
+mod segment_cli;
 mod train;
 mod train_golden;

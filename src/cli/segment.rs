@@ -1,0 +1,65 @@
+//! `segment`: images -> `<base>_masks.tif` (and `<base>_flows.tif`) with a model, as cellpose's
+//! CLI `--save_tif` does for a folder or one image.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cli::common::SegmentFlags;
+use crate::evaluate::{self, output_paths};
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["dir", "image"]))]
+pub struct SegmentArgs {
+    /// Folder of images (mask and flow outputs in it are skipped).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// One image (TIFF or PNG).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Output folder (default: next to each image).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write `<base>_flows.tif`: float32 pages dY, dX, cellprob.
+    #[arg(long)]
+    pub save_flows: bool,
+    /// With --dir: only images whose name (without extension) ends with this.
+    #[arg(long, default_value = "")]
+    pub img_filter: String,
+    /// With --dir: files whose name ends with this are masks, not images.
+    #[arg(long, default_value = "_masks")]
+    pub mask_filter: String,
+    /// With --dir: also segment images in its subfolders.
+    #[arg(long)]
+    pub look_one_level_down: bool,
+    #[command(flatten)]
+    pub flags: SegmentFlags,
+}
+
+pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
+    let (loaded, settings, device) = args.flags.open()?;
+    let images = match (&args.dir, &args.image) {
+        (Some(dir), _) => {
+            crate::train::find_images(dir, &args.img_filter, &args.mask_filter, args.look_one_level_down)?
+        }
+        (None, Some(image)) => vec![image.clone()],
+        (None, None) => anyhow::bail!("give --dir or --image"),
+    };
+    for image in &images {
+        let seg = evaluate::segment_file(&loaded, image, &settings, device)?;
+        let paths = output_paths(image, args.dir.as_deref(), args.out.as_deref());
+        evaluate::write_outputs(&seg, &paths, args.save_flows)
+            .with_context(|| format!("failed to write the outputs for {}", image.display()))?;
+        let n = seg.masks.iter().copied().max().unwrap_or(0);
+        eprintln!("{}: {n} masks -> {}", image.display(), paths.masks.display());
+    }
+    eprintln!(
+        "segmented {} image(s) with {} (device {})",
+        images.len(),
+        loaded.source.path.display(),
+        crate::device::describe(device)
+    );
+    Ok(ExitCode::SUCCESS)
+}
