@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use ndarray::{s, Array3};
+use serde_json::Value;
 
 use super::error::JobError;
 use super::events::Events;
@@ -32,12 +33,18 @@ pub async fn open_dataset(client: &GirderClient, dataset_id: &str) -> Result<Dat
     let item = client.tiles().dataset_image(dataset_id).await.map_err(|e| match e {
         crate::girder::GirderError::NoLargeImage { .. } => JobError::Dataset {
             dataset: dataset_id.into(),
-            detail: "the dataset folder has no large image (no item with `largeImage`); upload the image first".into(),
+            detail:
+                "the dataset folder has no large image (no item with `largeImage`); upload the image first"
+                    .into(),
         },
         other => other.into(),
     })?;
     let meta = client.tiles().metadata(&item.id).await?;
-    Ok(DatasetImage { item_id: item.id, frames: meta.frame_map(), frame_shape: (meta.size_y as usize, meta.size_x as usize) })
+    Ok(DatasetImage {
+        item_id: item.id,
+        frames: meta.frame_map(),
+        frame_shape: (meta.size_y as usize, meta.size_x as usize),
+    })
 }
 
 /// Checks the chosen channels exist in the dataset.
@@ -53,21 +60,35 @@ pub fn check_channels(img: &DatasetImage, params: &JobParams) -> Result<(), JobE
     }
     if let Some(c) = params.secondary_channel {
         if !channels.contains(&c) {
-            return Err(JobError::Channel(format!("Secondary Channel {c} is not in the dataset (its channels are {}).", list())));
+            return Err(JobError::Channel(format!(
+                "Secondary Channel {c} is not in the dataset (its channels are {}).",
+                list()
+            )));
         }
     }
     Ok(())
 }
 
-/// All trainable annotations of a dataset (polygons and rectangles, cursor-paged); points and lines
-/// are counted and skipped.
-pub async fn load_annotations(client: &GirderClient, dataset_id: &str) -> Result<(Vec<Annotation>, usize), JobError> {
+/// The trainable annotations of a dataset (polygons and rectangles, cursor-paged) that carry any
+/// of `tags` (the training, region and validation tags), and how many documents were listed.
+/// Documents without such a tag are not parsed: a malformed annotation the job does not use must
+/// not fail it (the reference worker never looks at them either).
+pub async fn load_annotations(
+    client: &GirderClient,
+    dataset_id: &str,
+    tags: &[String],
+) -> Result<(Vec<Annotation>, usize), JobError> {
     let mut docs = Vec::new();
     for shape in ["polygon", "rectangle"] {
         let q = AnnotationQuery { shape: Some(shape.into()), ..Default::default() };
         docs.extend(client.annotations().list(dataset_id, &q).await?);
     }
-    let parsed = annotations::parse_trainable(docs.iter())?;
+    let wanted = |doc: &&Value| {
+        doc.get("tags")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().filter_map(Value::as_str).any(|t| tags.iter().any(|w| w == t)))
+    };
+    let parsed = annotations::parse_trainable(docs.iter().filter(wanted))?;
     Ok((parsed.annotations, docs.len()))
 }
 
@@ -111,7 +132,10 @@ pub async fn collect_samples(
     }
     let regions = annotations::with_any_tag(all, &params.region_tags);
     if params.region_tags.is_empty() {
-        events.warning("No training regions selected.", "Training will be performed on entire image that the annotations are in.");
+        events.warning(
+            "No training regions selected.",
+            "Training will be performed on entire image that the annotations are in.",
+        );
     } else if regions.is_empty() {
         events.warning(
             "No region annotations found.",
@@ -120,34 +144,49 @@ pub async fn collect_samples(
     }
     let validation = annotations::with_any_tag(all, &params.validation_tags);
     if !params.validation_tags.is_empty() && validation.is_empty() {
-        events.warning("No validation region annotations found.", "The model is trained but not scored on held-out regions.");
+        events.warning(
+            "No validation region annotations found.",
+            "The model is trained but not scored on held-out regions.",
+        );
     }
-    let (train_at, region_at, val_at) = (by_location(&training), by_location(&regions), by_location(&validation));
+    let (train_at, region_at, val_at) =
+        (by_location(&training), by_location(&regions), by_location(&validation));
     let use_regions = !regions.is_empty();
     let mut locations: Vec<Location> = train_at.keys().copied().collect();
     locations.extend(val_at.keys().copied());
     locations.sort();
     locations.dedup();
 
-    let mut out = Samples { train: Vec::new(), validation: Vec::new() };
-    let (mut dropped, mut dropped_val) = (0usize, 0usize);
+    // plan every cut (regions, pixel budget, frames) before fetching anything, so that a bad
+    // region or a missing frame fails the job before any download
+    let mut plan: Vec<(Location, Vec<(usize, u32)>, Vec<Cut>)> = Vec::new();
     for loc in locations {
-        let labels_from: Vec<&Annotation> = train_at.get(&loc).cloned().unwrap_or_default();
         let mut cuts = Vec::new();
         if train_at.contains_key(&loc) {
             if use_regions {
                 for r in region_at.get(&loc).map(Vec::as_slice).unwrap_or_default() {
                     let region = Region::from_annotation(r, img.frame_shape)?;
                     region.check_budget(&r.id, max_region_pixels)?;
-                    cuts.push(Cut { region, name: format!("{}, region {}", describe(&loc), r.id), validation: false });
+                    cuts.push(Cut {
+                        region,
+                        name: format!("{}, region {}", describe(&loc), r.id),
+                        validation: false,
+                    });
                 }
             } else {
                 let region = Region::full(img.frame_shape);
                 region.check_budget(&format!("(whole frame at {})", describe(&loc)), max_region_pixels)?;
-                cuts.push(Cut { region, name: format!("{}, whole frame", describe(&loc)), validation: false });
+                cuts.push(Cut {
+                    region,
+                    name: format!("{}, whole frame", describe(&loc)),
+                    validation: false,
+                });
                 if val_at.contains_key(&loc) {
                     events.warning(
-                        format!("Validation regions at {} lie inside a whole-frame training image.", describe(&loc)),
+                        format!(
+                            "Validation regions at {} lie inside a whole-frame training image.",
+                            describe(&loc)
+                        ),
                         "Use Training Region tags so that training and validation areas are separate.",
                     );
                 }
@@ -156,17 +195,38 @@ pub async fn collect_samples(
         for r in val_at.get(&loc).map(Vec::as_slice).unwrap_or_default() {
             let region = Region::from_annotation(r, img.frame_shape)?;
             region.check_budget(&r.id, max_region_pixels)?;
-            cuts.push(Cut { region, name: format!("{}, validation region {}", describe(&loc), r.id), validation: true });
+            cuts.push(Cut {
+                region,
+                name: format!("{}, validation region {}", describe(&loc), r.id),
+                validation: true,
+            });
         }
+        if !cuts.is_empty() {
+            plan.push((loc, frames_at(img, params, &loc)?, cuts));
+        }
+    }
+
+    let mut out = Samples { train: Vec::new(), validation: Vec::new() };
+    let (mut dropped, mut dropped_val) = (0usize, 0usize);
+    for (loc, frames, cuts) in plan {
+        let labels_from: Vec<&Annotation> = train_at.get(&loc).cloned().unwrap_or_default();
         for cut in cuts {
-            let image = fetch_region(client, img, params, &loc, &cut.region).await?;
+            let image = fetch_region(client, img, &frames, &cut.region).await?;
             let labels = rasterize::rasterize_region(&cut.region, &labels_from)?;
             if labels.iter().all(|&l| l == 0) {
-                if cut.validation { dropped_val += 1 } else { dropped += 1 }
+                if cut.validation {
+                    dropped_val += 1
+                } else {
+                    dropped += 1
+                }
                 continue;
             }
             let ex = RawExample { name: cut.name, image, labels };
-            if cut.validation { out.validation.push(ex) } else { out.train.push(ex) }
+            if cut.validation {
+                out.validation.push(ex)
+            } else {
+                out.train.push(ex)
+            }
         }
     }
     if dropped > 0 {
@@ -187,35 +247,53 @@ pub async fn collect_samples(
     Ok(out)
 }
 
-/// Reads the primary (and secondary, else zeros) channel of one region as `[2, h, w]`.
-async fn fetch_region(
-    client: &GirderClient,
-    img: &DatasetImage,
-    params: &JobParams,
-    loc: &Location,
-    region: &Region,
-) -> Result<Array3<f32>, JobError> {
-    let window = Window { left: region.x0 as u32, top: region.y0 as u32, right: region.x1 as u32, bottom: region.y1 as u32 };
-    let whole = *region == Region::full(img.frame_shape);
-    let frame_of = |channel: u32| {
-        img.frames.frame(channel, loc.time, loc.z, loc.xy).ok_or_else(|| JobError::Dataset {
-            dataset: img.item_id.clone(),
-            detail: format!("no frame for channel {channel} at {}; the annotation refers to a frame the image does not have", describe(loc)),
-        })
-    };
-    let (h, w) = region.shape();
-    let mut out = Array3::<f32>::zeros((2, h, w));
+/// The frames to read at `loc` as `(slot, frame)`: slot 0 the primary channel, slot 1 the
+/// secondary (cytoplasm models with a secondary channel only; otherwise slot 1 stays zeros).
+fn frames_at(img: &DatasetImage, params: &JobParams, loc: &Location) -> Result<Vec<(usize, u32)>, JobError> {
     let mut channels = vec![(0usize, params.primary_channel)];
     if let (Some(c), false) = (params.secondary_channel, params.nuclear) {
         channels.push((1, c));
     }
-    for (slot, channel) in channels {
-        let frame = frame_of(channel)?;
+    channels
+        .into_iter()
+        .map(|(slot, channel)| {
+            let frame = img.frames.frame(channel, loc.time, loc.z, loc.xy).ok_or_else(|| JobError::Dataset {
+                dataset: img.item_id.clone(),
+                detail: format!(
+                    "no frame for channel {channel} at {}; annotations refer to a frame the image does not have (move or delete them)",
+                    describe(loc)
+                ),
+            })?;
+            Ok((slot, frame))
+        })
+        .collect()
+}
+
+/// Reads the planned frames of one region as `[2, h, w]` (a missing secondary stays zeros).
+async fn fetch_region(
+    client: &GirderClient,
+    img: &DatasetImage,
+    frames: &[(usize, u32)],
+    region: &Region,
+) -> Result<Array3<f32>, JobError> {
+    let window = Window {
+        left: region.x0 as u32,
+        top: region.y0 as u32,
+        right: region.x1 as u32,
+        bottom: region.y1 as u32,
+    };
+    let whole = *region == Region::full(img.frame_shape);
+    let (h, w) = region.shape();
+    let mut out = Array3::<f32>::zeros((2, h, w));
+    for &(slot, frame) in frames {
         let arr = client.tiles().region(&img.item_id, frame, (!whole).then_some(window)).await?.to_f32();
         if arr.dim() != (h, w) {
             return Err(JobError::Dataset {
                 dataset: img.item_id.clone(),
-                detail: format!("the server returned a {:?} region for a {h}x{w} request (frame {frame})", arr.dim()),
+                detail: format!(
+                    "the server returned a {:?} region for a {h}x{w} request (frame {frame})",
+                    arr.dim()
+                ),
             });
         }
         out.slice_mut(s![slot, .., ..]).assign(&arr);

@@ -72,10 +72,16 @@ impl JobError {
         match self {
             JobError::Params(_) => "Correct the highlighted fields and run the tool again.".into(),
             JobError::Token(_) => "Log in to NimbusImage again and resubmit the job.".into(),
-            JobError::Forbidden(_) => "You need read access to the dataset and write access to your Private folder.".into(),
-            JobError::Girder(e) if e.is_transient() => "The server had a temporary problem; try again in a few minutes.".into(),
+            JobError::Forbidden(_) => {
+                "You need read access to the dataset and write access to your Private folder.".into()
+            }
+            JobError::Girder(e) if e.is_transient() => {
+                "The server had a temporary problem; try again in a few minutes.".into()
+            }
             JobError::Girder(_) | JobError::Upload(_) => "See the worker log for the failed request.".into(),
-            JobError::Dataset { .. } => "Check that the dataset has an image and that its frames exist.".into(),
+            JobError::Dataset { .. } => {
+                "Check that the dataset has an image and that its frames exist.".into()
+            }
             JobError::Channel(_) => "Choose channels that exist in the dataset.".into(),
             JobError::Annotation(_) => "Fix or delete that annotation and run the tool again.".into(),
             JobError::NoTrainingAnnotations { tags, total } => format!(
@@ -83,9 +89,13 @@ impl JobError {
                 tags.join(", "),
                 total
             ),
-            JobError::NoSamples { .. } => "Draw training regions around annotated cells, or annotate cells inside the regions.".into(),
+            JobError::NoSamples { .. } => {
+                "Draw training regions around annotated cells, or annotate cells inside the regions.".into()
+            }
             JobError::Rasterize(_) => "Use smaller regions or check the region annotations.".into(),
-            JobError::Model(_) | JobError::ModelFile(_) => "Choose another base model, or ask the administrator to install it.".into(),
+            JobError::Model(_) | JobError::ModelFile(_) => {
+                "Choose another base model, or ask the administrator to install it.".into()
+            }
             JobError::Train(TrainError::Diverged { .. }) => "Lower the Learning Rate and try again.".into(),
             JobError::Train(_) => "See the worker log.".into(),
             JobError::Cancelled => "Nothing was uploaded.".into(),

@@ -78,7 +78,11 @@ fn py_float(v: f64, out: &mut String) {
     if v.fract() == 0.0 && v.abs() < 1e16 {
         let _ = write!(out, "{v:.1}");
     } else {
-        let _ = write!(out, "{}", serde_json::Number::from_f64(v).map(|n| n.to_string()).unwrap_or_else(|| "NaN".into()));
+        let _ = write!(
+            out,
+            "{}",
+            serde_json::Number::from_f64(v).map(|n| n.to_string()).unwrap_or_else(|| "NaN".into())
+        );
     }
 }
 
@@ -107,12 +111,22 @@ pub fn progress_line(fraction: f64, title: &str, info: &str) -> String {
 
 /// `{"warning": m, "title": "Warning", "info": i, "type": "warning"}`
 pub fn warning_line(message: &str, info: &str) -> String {
-    object(&[("warning", Some(message), None), ("title", Some("Warning"), None), ("info", Some(info), None), ("type", Some("warning"), None)])
+    object(&[
+        ("warning", Some(message), None),
+        ("title", Some("Warning"), None),
+        ("info", Some(info), None),
+        ("type", Some("warning"), None),
+    ])
 }
 
 /// `{"error": m, "title": "Error", "info": i, "type": "error"}`
 pub fn error_line(message: &str, info: &str) -> String {
-    object(&[("error", Some(message), None), ("title", Some("Error"), None), ("info", Some(info), None), ("type", Some("error"), None)])
+    object(&[
+        ("error", Some(message), None),
+        ("title", Some("Error"), None),
+        ("info", Some(info), None),
+        ("type", Some("error"), None),
+    ])
 }
 
 /// The NimbusImage line for an event, if it has one.

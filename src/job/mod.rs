@@ -4,8 +4,8 @@
 pub mod dataset;
 pub mod error;
 pub mod events;
-pub mod run;
 pub mod params;
+pub mod run;
 pub mod store;
 pub mod validate;
 

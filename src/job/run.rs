@@ -19,7 +19,9 @@ use crate::config::Settings;
 use crate::evaluate::{self, ApSummary};
 use crate::girder::{GirderClient, Item};
 use crate::model::{registry, torch_file, Model};
-use crate::train::{self, checkpoint, CancelToken, EpochInfo, OptimizerKind, PrepareOptions, TrainConfig, TrainState};
+use crate::train::{
+    self, checkpoint, CancelToken, EpochInfo, OptimizerKind, PrepareOptions, TrainConfig, TrainState,
+};
 use crate::transforms::{Channels, Normalize};
 
 /// Everything a job needs to run.
@@ -73,7 +75,8 @@ async fn load_base(ctx: &JobContext, params: &JobParams, user_models: &[Item]) -
     let name = &params.base_model;
     if let Some(item) = user_models.iter().find(|i| &i.name == name) {
         let bytes = store::download_model(&ctx.client, item).await?;
-        let sd = torch_file::read_state_dict_bytes(&bytes, &format!("your model `{name}`")).map_err(crate::model::ModelError::from)?;
+        let sd = torch_file::read_state_dict_bytes(&bytes, &format!("your model `{name}`"))
+            .map_err(crate::model::ModelError::from)?;
         let model = Model::from_state_dict(&sd, ctx.device, &format!("your model `{name}`"))?;
         let diam_mean = model.net.diam_mean();
         return Ok(Base { model, diam_mean });
@@ -93,12 +96,24 @@ struct JobHooks {
 }
 
 impl train::TrainHooks for JobHooks {
-    fn on_epoch(&mut self, e: &EpochInfo, model: &Model, optim: &train::Optimizer, state: &TrainState) -> Result<(), train::TrainError> {
+    fn on_epoch(
+        &mut self,
+        e: &EpochInfo,
+        model: &Model,
+        optim: &train::Optimizer,
+        state: &TrainState,
+    ) -> Result<(), train::TrainError> {
         let test = e.test_loss.map(|t| format!(", test loss {t:.4}")).unwrap_or_default();
         self.events.progress(
             0.4 + 0.55 * (e.epoch + 1) as f64 / e.n_epochs as f64,
             "Training model",
-            format!("Epoch {}/{}: loss {:.4}{test}, ETA {}", e.epoch + 1, e.n_epochs, e.train_loss, fmt_duration(e.eta_s)),
+            format!(
+                "Epoch {}/{}: loss {:.4}{test}, ETA {}",
+                e.epoch + 1,
+                e.n_epochs,
+                e.train_loss,
+                fmt_duration(e.eta_s)
+            ),
         );
         self.events.send(JobEvent::Epoch(e.clone()));
         let last = e.epoch + 1 == e.n_epochs;
@@ -133,7 +148,9 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
     let me = client.users().me().await?;
     let user_models = store::list_user_models(client, &me.id).await?;
     let fields = fields_with_limits(tr.min_epochs, tr.max_epochs);
-    let known = |m: &str| BASE_MODELS.contains(&m) || registry::is_builtin(m) || user_models.iter().any(|i| i.name == m);
+    let known = |m: &str| {
+        BASE_MODELS.contains(&m) || registry::is_builtin(m) || user_models.iter().any(|i| i.name == m)
+    };
     let (params, warnings) = validate(&ctx.values, &fields, &known)?;
     for w in warnings {
         events.warning(w, "");
@@ -144,22 +161,33 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
     base.model.check_io(2, 3, &params.base_model)?;
 
     events.progress(0.1, "Loading annotations", "Retrieving annotations from server");
-    let (annotations, total) = dataset::load_annotations(client, &ctx.dataset_id).await?;
+    let tags: Vec<String> = [&params.training_tags, &params.region_tags, &params.validation_tags]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let (annotations, total) = dataset::load_annotations(client, &ctx.dataset_id, &tags).await?;
     tracing::info!(trainable = annotations.len(), total, "annotations loaded");
     events.progress(0.2, "Processing annotations", "Grouping annotations by location");
     if controls.cancel.is_cancelled() {
         return Err(JobError::Cancelled);
     }
     events.progress(0.3, "Loading training data", "Loading training images");
-    let samples = dataset::collect_samples(client, &image, &params, &annotations, tr.max_region_pixels, events).await?;
+    let samples =
+        dataset::collect_samples(client, &image, &params, &annotations, tr.max_region_pixels, events).await?;
     let (chan, chan2) = params.channels();
-    let prep = PrepareOptions { channels: Channels::Pair { chan, chan2 }, normalize: Normalize::default(), min_train_masks: 1 };
+    let prep = PrepareOptions {
+        channels: Channels::Pair { chan, chan2 },
+        normalize: Normalize::default(),
+        min_train_masks: 1,
+    };
     let (train_set, validation) = {
         let prep = prep.clone();
         let samples = samples;
         tokio::task::spawn_blocking(move || -> Result<_, crate::train::data::DataError> {
             let t = train::prepare(samples.train, &prep)?.examples;
-            let v = train::prepare(samples.validation, &PrepareOptions { min_train_masks: 0, ..prep })?.examples;
+            let v =
+                train::prepare(samples.validation, &PrepareOptions { min_train_masks: 0, ..prep })?.examples;
             Ok((t, v))
         })
         .await
@@ -175,7 +203,8 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
     let mut resume = None;
     let mut resumed_from_epoch = None;
     if let Some(bytes) = &ctx.resume {
-        let ck = checkpoint::decode(bytes, "checkpoint").map_err(|e| JobError::Dataset { dataset: ctx.job_tag.clone(), detail: e.to_string() })?;
+        let ck = checkpoint::decode(bytes, "checkpoint")
+            .map_err(|e| JobError::Dataset { dataset: ctx.job_tag.clone(), detail: e.to_string() })?;
         model.copy_from(&ck.model, "checkpoint")?;
         resumed_from_epoch = Some(ck.state.epoch);
         events.warning(
@@ -206,7 +235,11 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         cuda_graphs: ctx.device.is_cuda(),
         ..Default::default()
     };
-    let mut hooks = JobHooks { events: events.clone(), stop: controls.stop.clone(), checkpoint_every: tr.checkpoint_every };
+    let mut hooks = JobHooks {
+        events: events.clone(),
+        stop: controls.stop.clone(),
+        checkpoint_every: tr.checkpoint_every,
+    };
     let cancel = controls.cancel.clone();
     let train_arc = Arc::new(train_set);
     let (model, outcome) = tokio::task::spawn_blocking(move || {
@@ -263,7 +296,11 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         (Some(b), Some(a)) => format!(" Validation AP@0.5: {:.3} before, {:.3} after.", b.ap50(), a.ap50()),
         _ => String::new(),
     };
-    events.progress(1.0, "Done", format!("Model {} saved to your .cellpose/models folder.{summary}", params.output_name));
+    events.progress(
+        1.0,
+        "Done",
+        format!("Model {} saved to your .cellpose/models folder.{summary}", params.output_name),
+    );
     Ok(JobOutcome {
         model_name: params.output_name,
         model_item_id: item.id,
@@ -288,7 +325,12 @@ fn auto(flag: &str, device: Device) -> bool {
 
 /// Scores `model` on the validation examples; CPU/GPU-heavy, so the async runtime is told to
 /// move other tasks off this thread while it runs.
-fn score(model: &Model, diam_mean: f64, validation: &[train::Example], device: Device) -> Result<ApSummary, JobError> {
+fn score(
+    model: &Model,
+    diam_mean: f64,
+    validation: &[train::Example],
+    device: Device,
+) -> Result<ApSummary, JobError> {
     tokio::task::block_in_place(|| evaluate::score_examples(model, diam_mean, validation, device))
         .map_err(|e| JobError::Dataset { dataset: "validation regions".into(), detail: e.to_string() })
 }

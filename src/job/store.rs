@@ -16,7 +16,11 @@ const MODEL_MIME: &str = "application/octet-stream";
 const UPLOADING: &str = ".uploading-";
 
 /// `Private/.cellpose/<sub...>` of the user, created when missing.
-pub async fn cellpose_folder(client: &GirderClient, user_id: &str, sub: &[&str]) -> Result<Folder, GirderError> {
+pub async fn cellpose_folder(
+    client: &GirderClient,
+    user_id: &str,
+    sub: &[&str],
+) -> Result<Folder, GirderError> {
     let private = client.folders().user_folder(user_id, "Private").await?;
     let mut path = vec![".cellpose"];
     path.extend_from_slice(sub);
@@ -35,7 +39,12 @@ pub async fn download_model(client: &GirderClient, item: &Item) -> Result<Bytes,
     let files = client.items().files(&item.id).await?;
     let file = match files.as_slice() {
         [one] => one,
-        [] => return Err(JobError::Dataset { dataset: item.id.clone(), detail: format!("model item `{}` has no file", item.name) }),
+        [] => {
+            return Err(JobError::Dataset {
+                dataset: item.id.clone(),
+                detail: format!("model item `{}` has no file", item.name),
+            })
+        }
         many => many.iter().max_by_key(|f| f.size).unwrap_or(&many[0]),
     };
     Ok(client.files().download(&file.id).await?)
@@ -43,7 +52,13 @@ pub async fn download_model(client: &GirderClient, item: &Item) -> Result<Bytes,
 
 /// Uploads `bytes` as model `name`, replacing an older model of that name only once the new file
 /// is stored. `tag` makes the temporary name unique (the job id).
-pub async fn upload_model(client: &GirderClient, user_id: &str, name: &str, bytes: Bytes, tag: &str) -> Result<Item, JobError> {
+pub async fn upload_model(
+    client: &GirderClient,
+    user_id: &str,
+    name: &str,
+    bytes: Bytes,
+    tag: &str,
+) -> Result<Item, JobError> {
     let folder = cellpose_folder(client, user_id, &["models"]).await?;
     let items = client.items().list(&folder.id).await?;
     // leftovers of an interrupted earlier upload of this model
@@ -70,7 +85,8 @@ pub async fn upload_model(client: &GirderClient, user_id: &str, name: &str, byte
         ))));
     }
     // the new model is safely stored: now the old one may go
-    if let Some(old) = items.iter().find(|i| i.name == name) {
+    // (every item of that name: the model folder must end with exactly one)
+    for old in items.iter().filter(|i| i.name == name) {
         client.items().delete(&old.id).await.map_err(JobError::Upload)?;
     }
     let renamed = client.items().rename(&item.id, name).await.map_err(|e| {

@@ -212,10 +212,10 @@ pub fn validate(
         None
     });
     if secondary.is_some() && secondary == primary {
+        // one warning for one cause: this replaces the "no secondary channel" one below
         warnings.push("Secondary channel is the same as the primary channel; ignoring it (training on the primary channel only).".into());
         secondary = None;
-    }
-    if nuclear && secondary.is_some() {
+    } else if nuclear && secondary.is_some() {
         warnings.push("Nuclear model: the secondary channel is ignored.".into());
     } else if !nuclear && secondary.is_none() {
         warnings.push("No secondary (nucleus) channel selected for cytoplasm model training. Proceeding using primary channel only.".into());
@@ -264,7 +264,7 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::params::fields;
+    use super::super::params::{fields, fields_with_limits};
     use super::*;
     use serde_json::json;
 
@@ -317,6 +317,68 @@ mod tests {
         let (p, w) = validate(&v, &fields(), &|_| true).unwrap();
         assert_eq!(p.secondary_channel, None);
         assert_eq!(p.channels(), (1, 0));
-        assert!(w.iter().any(|w| w.contains("same as the primary")));
+        assert_eq!(w, ["Secondary channel is the same as the primary channel; ignoring it (training on the primary channel only)."]);
+    }
+
+    fn error_of(v: &Value, field: &str) -> String {
+        let e = validate(v, &fields_with_limits(100, 2000), &|_| true).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].field, field, "{e}");
+        e.0[0].message.clone()
+    }
+
+    #[test]
+    fn numbers_outside_the_ui_ranges_or_not_numbers_say_what_is_allowed() {
+        for (field, bad, want) in [
+            (LEARNING_RATE, json!(0.00001), "0.00001 is outside the allowed range 0.0001..0.5"),
+            (LEARNING_RATE, json!("0.6"), "0.6 is outside the allowed range 0.0001..0.5"),
+            (LEARNING_RATE, json!("inf"), "must be a finite number"),
+            (LEARNING_RATE, json!([0.1]), "is not a number (got [0.1])"),
+            (EPOCHS, json!(99), "99 is outside the allowed range 100..2000"),
+            (EPOCHS, json!(2001), "2001 is outside the allowed range 100..2000"),
+            (EPOCHS, json!(150.5), "must be a whole number (got 150.5)"),
+            (EPOCHS, json!({"n": 1}), "is not a number"),
+            (WEIGHT_DECAY, json!(0.02), "0.02 is outside the allowed range 0..0.01"),
+            (WEIGHT_DECAY, json!(-1), "outside the allowed range"),
+            (WEIGHT_DECAY, json!("NaN"), "must be a finite number"),
+        ] {
+            let mut v = ok_values();
+            v[field] = bad.clone();
+            let m = error_of(&v, field);
+            assert!(m.contains(want), "{field} = {bad}: {m}");
+        }
+        // numbers as text and blanks (the default) are accepted, as NimbusImage sends them
+        let mut v = ok_values();
+        v[LEARNING_RATE] = json!("0.2");
+        v[EPOCHS] = json!("");
+        let (p, _) = validate(&v, &fields(), &|_| true).unwrap();
+        assert_eq!((p.learning_rate, p.epochs), (0.2, 1000));
+    }
+
+    #[test]
+    fn a_deployment_may_widen_the_epoch_range() {
+        let mut v = ok_values();
+        v[EPOCHS] = json!(3);
+        assert!(validate(&v, &fields(), &|_| true).is_err());
+        let (p, _) = validate(&v, &fields_with_limits(1, 5000), &|_| true).unwrap();
+        assert_eq!(p.epochs, 3);
+    }
+
+    #[test]
+    fn channels_must_be_whole_numbers_and_the_primary_is_required() {
+        for (bad, want) in [
+            (json!(null), "no primary channel selected"),
+            (json!(-1), "no primary channel"),
+            (json!(1.5), "expected a channel number"),
+            (json!("x"), "(got \"x\")"),
+        ] {
+            let mut v = ok_values();
+            v["Primary Channel"] = bad.clone();
+            let m = error_of(&v, "Primary Channel");
+            assert!(m.contains(want), "{bad}: {m}");
+        }
+        let mut v = ok_values();
+        v["Secondary Channel"] = json!(-2);
+        assert!(error_of(&v, "Secondary Channel").contains("-1 for none"));
     }
 }

@@ -11,6 +11,8 @@ mod girder_python;
 mod girder_seed;
 mod girder_tiles;
 mod helpers;
+mod job;
+mod job_inputs;
 mod metrics;
 mod model_files;
 mod npy;
