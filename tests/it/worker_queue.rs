@@ -18,7 +18,13 @@ use super::helpers::{bin, tempdir};
 /// A small dataset and a small base network so that jobs take seconds on 2 cores.
 async fn world() -> (MockHandle, DemoWorld) {
     let mock = spawn_mock(MockConfig::default()).await.unwrap();
-    let spec = DemoSpec { size: 192, cells: 24, seed: 3, base_nbase: vec![8, 16, 32, 64], base_model_name: "tiny-base".into() };
+    let spec = DemoSpec {
+        size: 192,
+        cells: 24,
+        seed: 3,
+        base_nbase: vec![8, 16, 32, 64],
+        base_model_name: "tiny-base".into(),
+    };
     let world = seed(GirderConfig::new(mock.api_url.clone()), &spec).await.unwrap();
     (mock, world)
 }
@@ -30,9 +36,19 @@ async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job {
         "token": world.user_token.expose(),
         "parameters": {"workerInterface": interface_values(&world.base_model, name, epochs)}
     });
-    let new = NewJob { title: name.into(), job_type: "cellpose_train".into(), kwargs: Some(kwargs), ..Default::default() };
+    let new = NewJob {
+        title: name.into(),
+        job_type: "cellpose_train".into(),
+        kwargs: Some(kwargs),
+        ..Default::default()
+    };
     let job = world.user.jobs().create(&new).await.unwrap();
-    world.user.jobs().update(&job.id, &JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() }).await.unwrap();
+    world
+        .user
+        .jobs()
+        .update(&job.id, &JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() })
+        .await
+        .unwrap();
     job
 }
 
@@ -138,13 +154,19 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
         jobs.push(submit(&world, n, 40).await);
     }
     // Girder hiccups through the run: 5xx on job updates and reads, dropped connections
-    fault(&mock, json!({"method": "PUT", "path": "^/api/v1/job/[0-9a-f]+$", "count": 6, "status": 503})).await;
+    fault(&mock, json!({"method": "PUT", "path": "^/api/v1/job/[0-9a-f]+$", "count": 6, "status": 503}))
+        .await;
     fault(&mock, json!({"method": "GET", "path": "^/api/v1/job/[0-9a-f]+$", "count": 4, "drop": true})).await;
     fault(&mock, json!({"method": "GET", "path": "^/api/v1/job/all$", "count": 3, "status": 502})).await;
     fault(&mock, json!({"method": "GET", "path": "tiles/region$", "count": 2, "status": 500})).await;
-    fault(&mock, json!({"method": "PUT", "path": "^/api/v1/job/[0-9a-f]+$", "count": 2, "drop": true, "after": true})).await;
+    fault(
+        &mock,
+        json!({"method": "PUT", "path": "^/api/v1/job/[0-9a-f]+$", "count": 2, "drop": true, "after": true}),
+    )
+    .await;
 
-    let mut workers: Vec<Worker> = ["w0", "w1", "w2"].iter().map(|id| start_worker(&mock, &world, id, dir.path())).collect();
+    let mut workers: Vec<Worker> =
+        ["w0", "w1", "w2"].iter().map(|id| start_worker(&mock, &world, id, dir.path())).collect();
 
     let mut killed: Option<(String, String)> = None; // (job id, worker)
     let mut canceled: Option<String> = None;
@@ -154,7 +176,11 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
         for w in workers.iter_mut() {
             let was_killed = killed.as_ref().is_some_and(|(_, k)| k == &w.id);
             if !was_killed && w.child.try_wait().unwrap().is_some() {
-                panic!("worker {} exited early:\n{}", w.id, std::fs::read_to_string(&w.log).unwrap_or_default());
+                panic!(
+                    "worker {} exited early:\n{}",
+                    w.id,
+                    std::fs::read_to_string(&w.log).unwrap_or_default()
+                );
             }
         }
         let mut all_done = true;
@@ -198,14 +224,29 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
         assert_eq!(job.status, JobStatus::SUCCESS, "job {name}: {log:?}");
         let uploads = log.iter().filter(|l| l.starts_with(&format!("Model {name} uploaded"))).count();
         assert_eq!(uploads, 1, "job {name} finished {uploads} times: {log:?}");
-        assert_eq!(models.iter().filter(|(n, _)| n == name).map(|(_, f)| *f).collect::<Vec<_>>(), vec![1], "{name}: one item, one file");
-        let last_progress: Value = log.iter().rev().find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v.get("progress").is_some())).unwrap();
+        assert_eq!(
+            models.iter().filter(|(n, _)| n == name).map(|(_, f)| *f).collect::<Vec<_>>(),
+            vec![1],
+            "{name}: one item, one file"
+        );
+        let last_progress: Value = log
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok().filter(|v| v.get("progress").is_some()))
+            .unwrap();
         assert_eq!(last_progress["progress"], json!(1.0));
         if j.id == killed_job {
             let owners = round_owners(&job);
-            assert!(owners.len() >= 2 && owners[0].1 == killed_worker, "no takeover: {owners:?} {:?}", claims(&job));
+            assert!(
+                owners.len() >= 2 && owners[0].1 == killed_worker,
+                "no takeover: {owners:?} {:?}",
+                claims(&job)
+            );
             assert_ne!(owners.last().unwrap().1, killed_worker);
-            let resumed = log.iter().find(|l| l.starts_with("Resuming from the checkpoint after epoch")).expect("no resume line");
+            let resumed = log
+                .iter()
+                .find(|l| l.starts_with("Resuming from the checkpoint after epoch"))
+                .expect("no resume line");
             let epoch: usize = resumed.split_whitespace().nth(6).unwrap().parse().unwrap();
             assert!(epoch >= 2 && epoch < 40, "resumed at epoch {epoch}");
         } else {
@@ -214,16 +255,33 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
             assert_eq!(owners.len(), 1, "job {name} changed hands without a takeover: {owners:?}");
         }
     }
-    // checkpoints are removed when jobs end
+    // checkpoints are removed when jobs end (just after the final status is recorded)
     let ck = store::cellpose_folder(user, &world.user_id, &["checkpoints"]).await.unwrap();
-    let left = user.folders().list(cellpose_train_worker::girder::ParentType::Folder, &ck.id).await.unwrap();
-    assert!(left.is_empty(), "checkpoint folders left: {:?}", left.iter().map(|f| &f.name).collect::<Vec<_>>());
+    let t1 = Instant::now();
+    let left = loop {
+        let left = user.folders().list(cellpose_train_worker::girder::ParentType::Folder, &ck.id).await.unwrap();
+        if left.is_empty() || t1.elapsed() > Duration::from_secs(10) {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        left.is_empty(),
+        "checkpoint folders left: {:?}",
+        left.iter().map(|f| &f.name).collect::<Vec<_>>()
+    );
 
     // idle workers stop on SIGTERM with status 0
     for w in workers.iter_mut().filter(|w| w.id != killed_worker) {
         sigterm(&w.child);
-        let status = wait_exit(&mut w.child, Duration::from_secs(15)).expect("worker did not stop on SIGTERM");
-        assert!(status.success(), "{} exited {status}: {}", w.id, std::fs::read_to_string(&w.log).unwrap_or_default());
+        let status =
+            wait_exit(&mut w.child, Duration::from_secs(15)).expect("worker did not stop on SIGTERM");
+        assert!(
+            status.success(),
+            "{} exited {status}: {}",
+            w.id,
+            std::fs::read_to_string(&w.log).unwrap_or_default()
+        );
     }
     // every log line of a job carries the job span
     let logs: String = workers.iter().map(|w| std::fs::read_to_string(&w.log).unwrap()).collect();
@@ -245,7 +303,11 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
     loop {
         if t0.elapsed() > Duration::from_secs(90) || first.child.try_wait().unwrap().is_some() {
             let j = world.user.jobs().get(&job.id).await.unwrap();
-            panic!("never checkpointed: {:?}\n{}", log_of(&j), std::fs::read_to_string(&first.log).unwrap_or_default());
+            panic!(
+                "never checkpointed: {:?}\n{}",
+                log_of(&j),
+                std::fs::read_to_string(&first.log).unwrap_or_default()
+            );
         }
         let j = world.user.jobs().get(&job.id).await.unwrap();
         if log_of(&j).iter().any(|l| l.starts_with("Checkpoint saved after epoch")) {
@@ -254,10 +316,14 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sigterm(&first.child);
-    let status = wait_exit(&mut first.child, Duration::from_secs(12)).expect("no exit within shutdown_grace_s");
+    let status =
+        wait_exit(&mut first.child, Duration::from_secs(12)).expect("no exit within shutdown_grace_s");
     assert!(status.success(), "exit {status}: {}", std::fs::read_to_string(&first.log).unwrap_or_default());
     let j = world.user.jobs().get(&job.id).await.unwrap();
-    let release = log_of(&j).into_iter().find(|l| l.contains("[cellpose-train-worker] release round=1 worker=first")).expect("no release line");
+    let release = log_of(&j)
+        .into_iter()
+        .find(|l| l.contains("[cellpose-train-worker] release round=1 worker=first"))
+        .expect("no release line");
     assert!(release.contains("checkpoint_epoch="), "{release}");
     assert_eq!(j.status, JobStatus::RUNNING, "a handed-back job waits for the next worker");
     assert!(models(&world).await.iter().all(|(n, _)| n != "handed-back"));
@@ -302,8 +368,13 @@ async fn serve_runs_a_job_and_the_ops_endpoint_reports_health_and_metrics() {
     metrics.finished("success");
     metrics.step_seconds.observe(0.25);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let admin = GirderClient::new(GirderConfig::new(mock.api_url.clone()), cellpose_train_worker::girder::Auth::Anonymous).unwrap();
-    let addr = worker::http::start("127.0.0.1:0", admin, tch::Device::Cpu, metrics, shutdown.clone()).await.unwrap();
+    let admin = GirderClient::new(
+        GirderConfig::new(mock.api_url.clone()),
+        cellpose_train_worker::girder::Auth::Anonymous,
+    )
+    .unwrap();
+    let addr =
+        worker::http::start("127.0.0.1:0", admin, tch::Device::Cpu, metrics, shutdown.clone()).await.unwrap();
     let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     let body: Value = health.json().await.unwrap();
