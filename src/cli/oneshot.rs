@@ -44,11 +44,28 @@ impl OneShotArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
 }
 
-/// Runs the requested action; on error the error line is printed before exiting non-zero.
+/// Runs the requested action; on error the error line is printed before exiting non-zero. A
+/// `compute` that cannot even start (bad flags, settings or `--parameters`) prints one too, so
+/// NimbusImage shows the user why instead of a job that silently failed.
 pub fn run(args: OneShotArgs) -> anyhow::Result<ExitCode> {
+    let compute = args.request.as_deref() == Some("compute");
+    run_request(args).inspect_err(|e| {
+        if compute {
+            println!(
+                "{}",
+                error_line(&format!("{e:#}"), "The worker could not start the job; see the worker log.")
+            );
+        }
+    })
+}
+
+fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
     let api_url = args.api_url.clone().context("--apiUrl is required")?;
     let token = Secret::new(args.token.clone().context("--token is required")?);
@@ -56,6 +73,7 @@ pub fn run(args: OneShotArgs) -> anyhow::Result<ExitCode> {
         .context("--parameters is not valid JSON")?;
     let mut gc = GirderConfig::new(api_url);
     gc.timeout = std::time::Duration::from_secs_f64(settings.girder.timeout_s);
+    gc.retry.max_retries = settings.girder.max_retries;
     let client = GirderClient::new(gc, Auth::Token(token))?;
     let rt = runtime()?;
     match args.request.as_deref() {
@@ -73,7 +91,10 @@ pub fn run(args: OneShotArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn interface(client: &GirderClient, settings: &Settings, params: &Value) -> anyhow::Result<ExitCode> {
-    let image = params.get("image").and_then(Value::as_str).context("--parameters must contain \"image\" (the worker image name)")?;
+    let image = params
+        .get("image")
+        .and_then(Value::as_str)
+        .context("--parameters must contain \"image\" (the worker image name)")?;
     let me = client.users().me().await?;
     let mut models: Vec<String> = BASE_MODELS.iter().map(|s| s.to_string()).collect();
     models.extend(store::list_user_models(client, &me.id).await?.into_iter().map(|i| i.name));
@@ -84,7 +105,12 @@ async fn interface(client: &GirderClient, settings: &Settings, params: &Value) -
     Ok(ExitCode::SUCCESS)
 }
 
-async fn compute(client: GirderClient, settings: Settings, dataset_id: String, params: Value) -> anyhow::Result<ExitCode> {
+async fn compute(
+    client: GirderClient,
+    settings: Settings,
+    dataset_id: String,
+    params: Value,
+) -> anyhow::Result<ExitCode> {
     let values = params.get("workerInterface").cloned().unwrap_or(Value::Null);
     let device = crate::device::parse_device(&settings.training.device)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -255,3 +255,33 @@ async fn an_expired_token_is_reported_as_one_error_line_and_a_failing_exit() {
     assert!(lines[0]["info"].as_str().unwrap().contains("Log in to NimbusImage again"));
     assert_eq!(f.folder("models").await, before);
 }
+
+#[test]
+fn a_compute_that_cannot_start_still_prints_one_error_line() {
+    let dir = super::helpers::tempdir();
+    let cfg = dir.path().join("empty.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let run = |parameters: &str, env: &[(&str, &str)]| {
+        let mut cmd = super::helpers::bin();
+        cmd.args(["--apiUrl", "http://127.0.0.1:9/api/v1", "--token", "t", "--request", "compute"])
+            .args(["--datasetId", "d", "--parameters", parameters])
+            .arg("--config")
+            .arg(&cfg)
+            .envs(env.iter().copied());
+        cmd.output().unwrap()
+    };
+    for (case, out, needle) in [
+        ("parameters not JSON", run("{not json", &[]), "--parameters is not valid JSON"),
+        (
+            "bad settings",
+            run("{}", &[("CPW_TRAINING__BSIZE", "30")]),
+            "bsize must be a positive multiple of 16",
+        ),
+    ] {
+        assert!(!out.status.success(), "{case}: exit status");
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 1, "{case}: {lines:?}");
+        let msg = lines[0]["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{case}: {msg}");
+    }
+}
