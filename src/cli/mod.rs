@@ -51,7 +51,7 @@ pub enum Command {
     /// Segment a folder with ground truth and print average precision at IoU 0.5/0.75/0.9.
     Eval(eval::EvalArgs),
     /// Train a model on a folder of images and masks (cellpose train_seg semantics).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Write synthetic 2-channel cell images with masks.
     Synth(synth::SynthArgs),
 }
@@ -100,7 +100,7 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Predict(args) => predict::run(args),
         Command::Segment(args) => segment::run(args),
         Command::Eval(args) => eval::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Synth(args) => synth::run(args),
     }
 }

@@ -165,7 +165,7 @@ impl TrainHooks for BarHooks {
     ) -> Result<(), train::TrainError> {
         let test = e.test_loss.map(|t| format!(" test {t:.4}")).unwrap_or_default();
         self.bar.set_message(format!("epoch {} loss {:.4}{test} lr {:.5}", e.epoch, e.train_loss, e.lr));
-        if e.epoch == 5 || e.epoch % 10 == 0 {
+        if e.epoch == 5 || e.epoch.is_multiple_of(10) {
             self.bar.suspend(|| {
                 tracing::info!(
                     "{}, train_loss={:.4}, test_loss={}, LR={:.6}, time {:.2}s",

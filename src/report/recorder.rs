@@ -112,7 +112,8 @@ impl RunRecorder {
     pub fn epoch(&mut self, info: &EpochInfo, model: &Model) -> Result<(), RecordError> {
         let mut line = MetricsLine::train(info, self.t0.elapsed().as_secs_f64());
         let done = info.epoch + 1;
-        let due = self.validation.as_ref().and_then(|v| v.every).is_some_and(|n| n > 0 && done % n == 0);
+        let due =
+            self.validation.as_ref().and_then(|v| v.every).is_some_and(|n| n > 0 && done.is_multiple_of(n));
         if due && done < info.n_epochs {
             line.ap = self.score(model)?.map(|ap| ap.by_threshold());
         }

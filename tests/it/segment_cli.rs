@@ -37,7 +37,7 @@ fn py(code: &str, args: &[&Path]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Trains a small CPnet with cellpose's own `train.train_seg` (SGD, lr 0.1, 100 epochs of 4
+/// Trains a small CPnet with cellpose's own `train.train_seg` (SGD, lr 0.1, 60 epochs of 4
 /// images), then segments each test image with `CellposeModel.eval` at diameter 20 and the
 /// default thresholds, saving `<py>/<base>_masks.tif`. cellpose's `run_net` sizes the style
 /// vector as 256, so the last level keeps 256 channels. Prints the mask counts.
@@ -54,7 +54,7 @@ labs = [tifffile.imread(f[:-4] + '_masks.tif') for f in files]
 nbase = [2, 8, 16, 32, 256]
 net = CPnet(nbase, 3, 3, mkldnn=False, max_pool=True, diam_mean=30.)
 path, _, _ = train.train_seg(net, train_data=imgs, train_labels=labs, channels=[1, 2], normalize=True,
-    learning_rate=0.1, n_epochs=100, SGD=True, batch_size=4, bsize=64, min_train_masks=1,
+    learning_rate=0.1, n_epochs=60, SGD=True, batch_size=4, bsize=64, min_train_masks=1,
     save_path=root, model_name='py_model')
 m = models.CellposeModel(gpu=False, nchan=2)
 m.net = CPnet(nbase, 3, 3, mkldnn=m.mkldnn, max_pool=True, diam_mean=30.)
@@ -119,8 +119,9 @@ const SEG_FLAGS: [&str; 13] = [
     "--device",
 ];
 
+/// Runs the binary single-threaded too (see [`py`]); results do not depend on it.
 fn run_ok(cmd: &mut Command) -> (String, String) {
-    let out = cmd.output().unwrap();
+    let out = cmd.env("OMP_NUM_THREADS", "1").output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
