@@ -50,6 +50,9 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     for image in &images {
         let seg = evaluate::segment_file(&loaded, image, &settings, device)?;
         let paths = output_paths(image, args.dir.as_deref(), args.out.as_deref());
+        if paths.masks.exists() {
+            tracing::warn!("overwriting {}", paths.masks.display());
+        }
         evaluate::write_outputs(&seg, &paths, args.save_flows)
             .with_context(|| format!("failed to write the outputs for {}", image.display()))?;
         let n = seg.masks.iter().copied().max().unwrap_or(0);

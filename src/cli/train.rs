@@ -310,6 +310,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     anyhow::ensure!(args.eval_every != Some(0), "--eval-every must be at least 1");
+    anyhow::ensure!(
+        args.eval_every.is_none() || args.test_dir.is_some(),
+        "--eval-every scores the test set: give --test-dir too"
+    );
     let validation = test.clone().map(|examples| Validation {
         examples,
         diam_mean: model.net.diam_mean(),

@@ -215,3 +215,42 @@ impl JobReport {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::{ApSummary, ImageScore};
+
+    fn summary(ap: f64) -> ApSummary {
+        ApSummary::from_images(vec![ImageScore {
+            name: "a".into(),
+            n_true: 2,
+            n_pred: 2,
+            ap: vec![ap, ap / 2.0, 0.0],
+            tp: vec![2, 1, 0],
+            fp: vec![0, 1, 2],
+            fn_: vec![0, 1, 2],
+        }])
+    }
+
+    #[test]
+    fn history_has_before_epochs_after_with_ap_only_where_computed() {
+        let (b, a) = (summary(0.25), summary(0.75));
+        let lines = history_lines(&[1.5, 1.0], &[0.1, 0.2], Some(&b), Some(&a));
+        let json: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        assert!(json[0].starts_with(r#"{"stage":"before","epoch":0,"train_loss":null"#), "{}", json[0]);
+        assert!(json[0].contains(r#""ap":{"0.5":0.25,"0.75":0.125,"0.9":0.0}"#), "{}", json[0]);
+        assert!(json[2].contains(r#""stage":"train","epoch":2,"train_loss":1.0"#) && !json[2].contains("ap"));
+        assert!(json[3].starts_with(r#"{"stage":"after","epoch":2"#) && json[3].contains(r#""0.5":0.75"#));
+    }
+
+    #[test]
+    fn history_picture_is_a_png_of_the_report_size() {
+        let lines =
+            history_lines(&[1.5, 1.0, 0.8], &[0.1, 0.2, 0.2], Some(&summary(0.25)), Some(&summary(0.75)));
+        let png = history_png("t", &lines).unwrap();
+        let img = image::load_from_memory(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (1500, 450));
+    }
+}
