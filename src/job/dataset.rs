@@ -113,6 +113,13 @@ struct Cut {
     validation: bool,
 }
 
+/// The cuts of one location and the frames they are read from (see [`frames_at`]).
+struct Planned {
+    loc: Location,
+    frames: Vec<(usize, u32)>,
+    cuts: Vec<Cut>,
+}
+
 fn describe(l: &Location) -> String {
     format!("Time {}, Z {}, XY {}", l.time, l.z, l.xy)
 }
@@ -159,7 +166,7 @@ pub async fn collect_samples(
 
     // plan every cut (regions, pixel budget, frames) before fetching anything, so that a bad
     // region or a missing frame fails the job before any download
-    let mut plan: Vec<(Location, Vec<(usize, u32)>, Vec<Cut>)> = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
     for loc in locations {
         let mut cuts = Vec::new();
         if train_at.contains_key(&loc) {
@@ -202,13 +209,13 @@ pub async fn collect_samples(
             });
         }
         if !cuts.is_empty() {
-            plan.push((loc, frames_at(img, params, &loc)?, cuts));
+            plan.push(Planned { loc, frames: frames_at(img, params, &loc)?, cuts });
         }
     }
 
     let mut out = Samples { train: Vec::new(), validation: Vec::new() };
     let (mut dropped, mut dropped_val) = (0usize, 0usize);
-    for (loc, frames, cuts) in plan {
+    for Planned { loc, frames, cuts } in plan {
         let labels_from: Vec<&Annotation> = train_at.get(&loc).cloned().unwrap_or_default();
         for cut in cuts {
             let image = fetch_region(client, img, &frames, &cut.region).await?;

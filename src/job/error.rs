@@ -9,16 +9,17 @@ use crate::train::TrainError;
 
 use super::validate::ParamErrors;
 
+/// Girder errors are boxed: they are large and a job fails at most once (clippy result_large_err).
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("Invalid parameters: {0}")]
     Params(#[from] ParamErrors),
     #[error("Girder rejected the token (it is expired or wrong): {0}")]
-    Token(GirderError),
+    Token(Box<GirderError>),
     #[error("Access denied: {0}")]
-    Forbidden(GirderError),
+    Forbidden(Box<GirderError>),
     #[error("Girder request failed: {0}")]
-    Girder(GirderError),
+    Girder(Box<GirderError>),
     #[error("Dataset {dataset}: {detail}")]
     Dataset { dataset: String, detail: String },
     #[error("{0}")]
@@ -42,7 +43,7 @@ pub enum JobError {
     #[error("The worker is shutting down; the job was handed back after epoch {epoch}.")]
     Interrupted { epoch: usize },
     #[error("Uploading the model failed: {0}")]
-    Upload(GirderError),
+    Upload(Box<GirderError>),
     #[error("Local file error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -50,9 +51,9 @@ pub enum JobError {
 impl From<GirderError> for JobError {
     fn from(e: GirderError) -> Self {
         match e {
-            GirderError::Unauthorized { .. } => JobError::Token(e),
-            GirderError::Forbidden { .. } => JobError::Forbidden(e),
-            other => JobError::Girder(other),
+            GirderError::Unauthorized { .. } => JobError::Token(Box::new(e)),
+            GirderError::Forbidden { .. } => JobError::Forbidden(Box::new(e)),
+            other => JobError::Girder(Box::new(other)),
         }
     }
 }

@@ -117,7 +117,7 @@ impl train::TrainHooks for JobHooks {
         );
         self.events.send(JobEvent::Epoch(e.clone()));
         let last = e.epoch + 1 == e.n_epochs;
-        if !last && (e.epoch + 1) % self.checkpoint_every == 0 {
+        if !last && (e.epoch + 1).is_multiple_of(self.checkpoint_every) {
             match checkpoint::encode(model, optim, state) {
                 Ok(bytes) => self.events.send(JobEvent::Checkpoint { epoch: e.epoch, bytes }),
                 // a failed periodic checkpoint is logged, not fatal

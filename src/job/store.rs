@@ -12,6 +12,10 @@ use crate::girder::{Folder, GirderClient, GirderError, Item};
 
 const MODEL_MIME: &str = "application/octet-stream";
 
+fn upload_error(e: GirderError) -> JobError {
+    JobError::Upload(Box::new(e))
+}
+
 /// Marks items that are uploads in progress; never offered as models.
 const UPLOADING: &str = ".uploading-";
 
@@ -69,17 +73,17 @@ pub async fn upload_model(
     }
     let temp = format!("{name}{UPLOADING}{tag}");
     let size = bytes.len() as u64;
-    let item = client.items().create(&folder.id, &temp, None).await.map_err(JobError::Upload)?;
+    let item = client.items().create(&folder.id, &temp, None).await.map_err(upload_error)?;
     let stored = match client.files().upload_to_item(&item.id, name, bytes, MODEL_MIME).await {
         Ok(f) => f,
         Err(e) => {
             let _ = client.items().delete(&item.id).await;
-            return Err(JobError::Upload(e));
+            return Err(upload_error(e));
         }
     };
     if stored.size != size {
         let _ = client.items().delete(&item.id).await;
-        return Err(JobError::Upload(GirderError::Invalid(format!(
+        return Err(upload_error(GirderError::Invalid(format!(
             "the server stored {} bytes of the {size}-byte model; the old model was kept",
             stored.size
         ))));
@@ -87,10 +91,10 @@ pub async fn upload_model(
     // the new model is safely stored: now the old one may go
     // (every item of that name: the model folder must end with exactly one)
     for old in items.iter().filter(|i| i.name == name) {
-        client.items().delete(&old.id).await.map_err(JobError::Upload)?;
+        client.items().delete(&old.id).await.map_err(upload_error)?;
     }
     let renamed = client.items().rename(&item.id, name).await.map_err(|e| {
-        JobError::Upload(GirderError::Invalid(format!(
+        upload_error(GirderError::Invalid(format!(
             "the new model is stored as `{temp}` but renaming it to `{name}` failed ({e}); rename it in Girder"
         )))
     })?;

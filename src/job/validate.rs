@@ -73,7 +73,7 @@ fn channel(v: Option<&Value>) -> Result<Option<u32>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match number(v) {
-            Some(n) if n == -1.0 => Ok(None),
+            Some(-1.0) => Ok(None),
             Some(n) if n >= 0.0 && n.fract() == 0.0 && n < u32::MAX as f64 => Ok(Some(n as u32)),
             _ => Err(format!("expected a channel number or -1 for none (got {v})")),
         },
