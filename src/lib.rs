@@ -8,7 +8,9 @@
 //! - [`transforms`]: cellpose preprocessing (channels, percentile normalisation, resize).
 //! - [`predict`]: tiled network inference (cellpose `run_net`).
 //! - [`segment`]: flows -> masks (cellpose `compute_masks`) and average-precision metrics.
-//! - [`device`]: `auto|cpu|cuda[:N]`.
+//! - [`evaluate`]: image -> masks (cellpose `eval`), AP against ground truth, `segment`/`eval` files.
+//! - [`report`]: training history: metrics.jsonl, TensorBoard events, the report picture.
+//! - [`device`]: parses `auto|cpu|cuda[:N]`.
 //! - [`girder`]: async Girder REST client (jobs, files, annotations, large_image tiles).
 //! - [`numpy`]: numpy region pickles: safe decode to a typed 2-D array, protocol-5 encode.
 //! - [`mock_girder`]: an in-process mock Girder 5 server for tests and the demo.

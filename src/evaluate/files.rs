@@ -114,7 +114,9 @@ pub fn evaluate_folder(
     )?;
     let mut scores = Vec::with_capacity(pairs.len());
     for pair in &pairs {
-        let raw = crate::train::load_pairs(std::slice::from_ref(pair))?.remove(0);
+        let Some(raw) = crate::train::load_pairs(std::slice::from_ref(pair))?.into_iter().next() else {
+            continue;
+        };
         let seg = segment_image(
             &model.model,
             model.diam_mean(),
