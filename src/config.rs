@@ -14,7 +14,7 @@ use crate::telemetry::LogFormat;
 
 pub use crate::girder::Secret;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub girder: GirderSettings,
@@ -138,18 +138,6 @@ impl Default for ServerSettings {
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            girder: GirderSettings::default(),
-            queue: QueueSettings::default(),
-            training: TrainingSettings::default(),
-            paths: PathSettings::default(),
-            log: LogSettings::default(),
-            server: ServerSettings::default(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -198,7 +186,7 @@ impl Settings {
     fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError::Invalid(m));
         let t = &self.training;
-        if t.bsize == 0 || t.bsize % 16 != 0 {
+        if t.bsize == 0 || !t.bsize.is_multiple_of(16) {
             return bad(format!("[training] bsize must be a positive multiple of 16 (got {})", t.bsize));
         }
         if t.min_epochs == 0 || t.min_epochs > t.max_epochs {

@@ -287,7 +287,9 @@ pub fn ome_tiff_bytes(planes: &Array3<u16>, channel_names: &[&str]) -> Result<Ve
     let mut channels = String::new();
     for i in 0..c {
         let name = channel_names.get(i).copied().unwrap_or("channel");
-        channels.push_str(&format!(r#"<Channel ID="Channel:0:{i}" SamplesPerPixel="1" Name="{name}"><LightPath/></Channel>"#));
+        channels.push_str(&format!(
+            r#"<Channel ID="Channel:0:{i}" SamplesPerPixel="1" Name="{name}"><LightPath/></Channel>"#
+        ));
     }
     let xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0" Name="Image0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="{w}" SizeY="{h}" SizeC="{c}" SizeZ="1" SizeT="1">{channels}<TiffData IFD="0" PlaneCount="{c}"/></Pixels></Image></OME>"#

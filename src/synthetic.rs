@@ -158,7 +158,8 @@ pub fn synth_scene(spec: &SynthSpec) -> Scene {
         let n = map.len() as u32 + 1;
         *l = *map.entry(*l).or_insert(n);
     }
-    let mut ordered: Vec<(u32, Cell)> = map.iter().map(|(&old, &new)| (new, cells[old as usize - 1])).collect();
+    let mut ordered: Vec<(u32, Cell)> =
+        map.iter().map(|(&old, &new)| (new, cells[old as usize - 1])).collect();
     ordered.sort_by_key(|(n, _)| *n);
     Scene { image: img, labels, cells: ordered.into_iter().map(|(_, c)| c).collect() }
 }

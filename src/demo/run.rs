@@ -73,7 +73,10 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
     let mock = spawn_mock(MockConfig::default()).await.map_err(DemoError::Mock)?;
     progress(&format!("Mock Girder listening at {}", mock.api_url));
     let world = seed(GirderConfig::new(mock.api_url.clone()), &opts.spec).await?;
-    progress(&format!("Seeded dataset {} with {} annotated cells (user alice)", world.dataset_id, world.n_cells));
+    progress(&format!(
+        "Seeded dataset {} with {} annotated cells (user alice)",
+        world.dataset_id, world.n_cells
+    ));
 
     let mut settings = Settings::load(None).unwrap_or_default();
     settings.girder.api_url = mock.api_url.clone();
@@ -105,11 +108,19 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
             ..Default::default()
         })
         .await?;
-    world.user.jobs().update(&job.id, &JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() }).await?;
+    world
+        .user
+        .jobs()
+        .update(&job.id, &JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() })
+        .await?;
     progress(&format!("Submitted job {} ({} epochs)", job.id, opts.epochs));
 
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(serve(settings, ServeOptions { worker_id: Some("demo-worker".into()), max_jobs: Some(1) }, shutdown.clone()));
+    let worker = tokio::spawn(serve(
+        settings,
+        ServeOptions { worker_id: Some("demo-worker".into()), max_jobs: Some(1) },
+        shutdown.clone(),
+    ));
     let mut last = String::new();
     let finished = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -149,7 +160,9 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
     let mut report = Value::Null;
     let report_dir = out.join(format!("{}-report", opts.model_name));
     std::fs::create_dir_all(&report_dir).map_err(io)?;
-    if let Some(item) = world.user.items().list(&reports.id).await?.into_iter().find(|i| i.name.starts_with(&opts.model_name)) {
+    if let Some(item) =
+        world.user.items().list(&reports.id).await?.into_iter().find(|i| i.name.starts_with(&opts.model_name))
+    {
         for f in world.user.items().files(&item.id).await? {
             let bytes = world.user.files().download(&f.id).await?;
             if f.name == "report.json" {

@@ -31,7 +31,13 @@ pub struct DemoSpec {
 
 impl Default for DemoSpec {
     fn default() -> Self {
-        DemoSpec { size: 384, cells: 70, seed: 7, base_nbase: vec![32, 64, 128, 256], base_model_name: "demo-base".into() }
+        DemoSpec {
+            size: 384,
+            cells: 70,
+            seed: 7,
+            base_nbase: vec![32, 64, 128, 256],
+            base_model_name: "demo-base".into(),
+        }
     }
 }
 
@@ -88,13 +94,21 @@ pub async fn seed(config: GirderConfig, spec: &DemoSpec) -> Result<DemoWorld, Gi
 
     let private = user.folders().user_folder(&me.id, "Private").await?;
     let meta = json!({"subtype": "contrastDataset"});
-    let dataset = user.folders().create(ParentType::Folder, &private.id, "demo dataset", Some(&meta), false).await?;
+    let dataset =
+        user.folders().create(ParentType::Folder, &private.id, "demo dataset", Some(&meta), false).await?;
 
-    let scene = synth_scene(&SynthSpec { height: spec.size, width: spec.size, n_cells: spec.cells, radius: (9.0, 14.0), seed: spec.seed });
+    let scene = synth_scene(&SynthSpec {
+        height: spec.size,
+        width: spec.size,
+        n_cells: spec.cells,
+        radius: (9.0, 14.0),
+        seed: spec.seed,
+    });
     let planes = scene.image.mapv(|v| v.round().clamp(0.0, 65535.0) as u16);
     let tiff = crate::imageio::ome_tiff_bytes(&planes, &["cytoplasm", "nuclei"])
         .map_err(|e| GirderError::Invalid(format!("encoding the demo image: {e}")))?;
-    let (item, _) = user.files().upload_item(&dataset.id, "cells.ome.tif", Bytes::from(tiff), "image/tiff").await?;
+    let (item, _) =
+        user.files().upload_item(&dataset.id, "cells.ome.tif", Bytes::from(tiff), "image/tiff").await?;
 
     // every cell annotated: most as polygons, every seventh as its bounding rectangle
     let mut docs = Vec::new();
@@ -116,8 +130,12 @@ pub async fn seed(config: GirderConfig, spec: &DemoSpec) -> Result<DemoWorld, Gi
 
     // the base model: a freshly initialised CPnet stored as the user's own model
     tch::manual_seed(spec.seed as i64);
-    let base = Model::new(CpnetConfig { nbase: [vec![2], spec.base_nbase.clone()].concat(), ..Default::default() }, tch::Device::Cpu);
-    let bytes = torch_file::state_dict_to_bytes(&base.state_dict()).map_err(|e| GirderError::Invalid(e.to_string()))?;
+    let base = Model::new(
+        CpnetConfig { nbase: [vec![2], spec.base_nbase.clone()].concat(), ..Default::default() },
+        tch::Device::Cpu,
+    );
+    let bytes = torch_file::state_dict_to_bytes(&base.state_dict())
+        .map_err(|e| GirderError::Invalid(e.to_string()))?;
     store::upload_model(&user, &me.id, &spec.base_model_name, Bytes::from(bytes), "seed")
         .await
         .map_err(|e| GirderError::Invalid(format!("storing the demo base model: {e}")))?;

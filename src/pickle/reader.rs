@@ -172,7 +172,7 @@ impl<'a> Reader<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of values"));
         }
         let pos = self.pos;

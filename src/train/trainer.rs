@@ -209,7 +209,7 @@ pub struct TrainOutcome {
 
 fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     let bad = |m: String| Err(TrainError::Config(m));
-    if cfg.bsize == 0 || cfg.bsize % 16 != 0 {
+    if cfg.bsize == 0 || !cfg.bsize.is_multiple_of(16) {
         return bad(format!("bsize must be a positive multiple of 16 (got {})", cfg.bsize));
     }
     if cfg.batch_size == 0 {

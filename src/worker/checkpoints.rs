@@ -20,12 +20,22 @@ fn epoch_of(item: &Item) -> Option<usize> {
 }
 
 /// The checkpoint folder of `job_id` for `user_id`, created when missing.
-async fn folder(client: &GirderClient, user_id: &str, job_id: &str) -> Result<crate::girder::Folder, GirderError> {
+async fn folder(
+    client: &GirderClient,
+    user_id: &str,
+    job_id: &str,
+) -> Result<crate::girder::Folder, GirderError> {
     cellpose_folder(client, user_id, &["checkpoints", job_id]).await
 }
 
 /// Stores `bytes` as the checkpoint after `epoch`, then removes older ones.
-pub async fn save(client: &GirderClient, user_id: &str, job_id: &str, epoch: usize, bytes: Vec<u8>) -> Result<(), GirderError> {
+pub async fn save(
+    client: &GirderClient,
+    user_id: &str,
+    job_id: &str,
+    epoch: usize,
+    bytes: Vec<u8>,
+) -> Result<(), GirderError> {
     let folder = folder(client, user_id, job_id).await?;
     let name = item_name(epoch);
     let old = client.items().list(&folder.id).await?;
@@ -51,10 +61,16 @@ pub async fn save(client: &GirderClient, user_id: &str, job_id: &str, epoch: usi
 }
 
 /// The newest stored checkpoint of `job_id` and its epoch, if any.
-pub async fn latest(client: &GirderClient, user_id: &str, job_id: &str) -> Result<Option<(usize, Bytes)>, GirderError> {
+pub async fn latest(
+    client: &GirderClient,
+    user_id: &str,
+    job_id: &str,
+) -> Result<Option<(usize, Bytes)>, GirderError> {
     let folder = folder(client, user_id, job_id).await?;
     let items = client.items().list(&folder.id).await?;
-    let Some((epoch, item)) = items.iter().filter_map(|i| epoch_of(i).map(|e| (e, i))).max_by_key(|(e, _)| *e) else {
+    let Some((epoch, item)) =
+        items.iter().filter_map(|i| epoch_of(i).map(|e| (e, i))).max_by_key(|(e, _)| *e)
+    else {
         return Ok(None);
     };
     Ok(Some((epoch, client.items().download(&item.id).await?)))
@@ -63,13 +79,18 @@ pub async fn latest(client: &GirderClient, user_id: &str, job_id: &str) -> Resul
 /// Removes the job's checkpoint folder (the job has ended).
 pub async fn remove(client: &GirderClient, user_id: &str, job_id: &str) -> Result<(), GirderError> {
     let private = client.folders().user_folder(user_id, "Private").await?;
-    let Some(cellpose) = client.folders().find(crate::girder::ParentType::Folder, &private.id, ".cellpose").await? else {
+    let Some(cellpose) =
+        client.folders().find(crate::girder::ParentType::Folder, &private.id, ".cellpose").await?
+    else {
         return Ok(());
     };
-    let Some(checkpoints) = client.folders().find(crate::girder::ParentType::Folder, &cellpose.id, "checkpoints").await? else {
+    let Some(checkpoints) =
+        client.folders().find(crate::girder::ParentType::Folder, &cellpose.id, "checkpoints").await?
+    else {
         return Ok(());
     };
-    if let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await? {
+    if let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await?
+    {
         client.folders().delete(&f.id).await?;
     }
     Ok(())

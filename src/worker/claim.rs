@@ -42,7 +42,9 @@ pub enum Line {
 impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Line::Claim { round, worker, nonce } => write!(f, "{PREFIX} claim round={round} worker={worker} nonce={nonce}"),
+            Line::Claim { round, worker, nonce } => {
+                write!(f, "{PREFIX} claim round={round} worker={worker} nonce={nonce}")
+            }
             Line::Release { round, worker, epoch } => {
                 write!(f, "{PREFIX} release round={round} worker={worker}")?;
                 if let Some(e) = epoch {
@@ -179,14 +181,21 @@ mod tests {
 
     /// Explores every interleaving of `n` workers claiming the same job (all starting from the
     /// same log) and checks that exactly one of them ends up owning it.
-    fn explore(log: &mut Vec<String>, pcs: &mut Vec<Pc>, rounds: &mut Vec<u64>, winners: &mut Vec<usize>, checked: &mut usize) {
+    fn explore(
+        log: &mut Vec<String>,
+        pcs: &mut Vec<Pc>,
+        rounds: &mut Vec<u64>,
+        winners: &mut Vec<usize>,
+        checked: &mut usize,
+    ) {
         if pcs.iter().all(|p| *p == Pc::Done) {
             assert_eq!(winners.len(), 1, "winners {winners:?} for log {log:?}");
             *checked += 1;
             return;
         }
         for w in 0..pcs.len() {
-            let (saved_log, saved_pc, saved_round, saved_winners) = (log.len(), pcs[w], rounds[w], winners.len());
+            let (saved_log, saved_pc, saved_round, saved_winners) =
+                (log.len(), pcs[w], rounds[w], winners.len());
             match pcs[w] {
                 Pc::ReadRound => {
                     let st = LogState::of(log);
@@ -202,7 +211,10 @@ mod tests {
                     }
                 }
                 Pc::Append => {
-                    log.push(Line::Claim { round: rounds[w], worker: format!("w{w}"), nonce: w.to_string() }.to_string());
+                    log.push(
+                        Line::Claim { round: rounds[w], worker: format!("w{w}"), nonce: w.to_string() }
+                            .to_string(),
+                    );
                     pcs[w] = Pc::Decide;
                 }
                 Pc::Decide => {

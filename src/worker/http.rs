@@ -44,7 +44,9 @@ pub async fn start(
 async fn healthz(State(ops): State<Ops>) -> impl IntoResponse {
     let girder = ops.client.system_version().await;
     let device = ops.device;
-    let device_ok = tokio::task::spawn_blocking(move || crate::device::probe(device)).await.unwrap_or_else(|e| Err(e.to_string()));
+    let device_ok = tokio::task::spawn_blocking(move || crate::device::probe(device))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
     let ok = girder.is_ok() && device_ok.is_ok();
     let body = json!({
         "status": if ok { "ok" } else { "unhealthy" },

@@ -41,8 +41,16 @@ impl Default for WorkerMetrics {
         registry.register("jobs", "Jobs finished by this worker, by final status", jobs.clone());
         registry.register("jobs_running", "Jobs running on this worker now", running.clone());
         registry.register("job_duration_seconds", "Wall time of finished jobs", job_seconds.clone());
-        registry.register("training_step_seconds", "Seconds per training step (per epoch mean)", step_seconds.clone());
-        registry.register("queue_wait_seconds", "Time from job creation to claim", queue_wait_seconds.clone());
+        registry.register(
+            "training_step_seconds",
+            "Seconds per training step (per epoch mean)",
+            step_seconds.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from job creation to claim",
+            queue_wait_seconds.clone(),
+        );
         registry.register("claims_lost", "Claims another worker won", claims_lost.clone());
         WorkerMetrics {
             registry: Arc::new(Mutex::new(registry)),

@@ -18,7 +18,9 @@ use super::checkpoints;
 use super::claim::{Line, LogState};
 use super::metrics::WorkerMetrics;
 use crate::config::Settings;
-use crate::girder::{Auth, GirderClient, GirderConfig, GirderError, Job, JobFilter, JobStatus, JobUpdate, Secret};
+use crate::girder::{
+    Auth, GirderClient, GirderConfig, GirderError, Job, JobFilter, JobStatus, JobUpdate, Secret,
+};
 use crate::job::events::{error_line, line_for};
 use crate::job::{self, Controls, Events, JobContext, JobError, JobEvent};
 
@@ -26,12 +28,20 @@ use crate::job::{self, Controls, Events, JobContext, JobError, JobEvent};
 pub enum WorkerError {
     #[error("the queue worker needs the service account's API key in CPW_GIRDER__API_KEY (an admin: listing every user's jobs needs one)")]
     NoApiKey,
+    /// Boxed: Girder errors carry method, path and message, and this enum travels in every
+    /// `Result` of the serve loop.
     #[error(transparent)]
-    Girder(#[from] GirderError),
+    Girder(Box<GirderError>),
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
     #[error("cannot listen on [server] listen = `{listen}`: {source}")]
     Listen { listen: String, source: std::io::Error },
+}
+
+impl From<GirderError> for WorkerError {
+    fn from(e: GirderError) -> Self {
+        WorkerError::Girder(Box::new(e))
+    }
 }
 
 /// Per-process options of `serve` (settings come from [`Settings`]).
@@ -92,9 +102,11 @@ fn compute() -> String {
 
 impl JobRequest {
     pub fn from_job(job: &Job) -> Result<JobRequest, String> {
-        let kwargs = job.kwargs.clone().ok_or("the job has no kwargs (is the worker's API key an admin's?)")?;
-        let req: JobRequest = serde_json::from_value(kwargs)
-            .map_err(|e| format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {e}"))?;
+        let kwargs =
+            job.kwargs.clone().ok_or("the job has no kwargs (is the worker's API key an admin's?)")?;
+        let req: JobRequest = serde_json::from_value(kwargs).map_err(|e| {
+            format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {e}")
+        })?;
         if req.request != "compute" {
             return Err(format!("the job asks for request `{}`; this worker runs `compute`", req.request));
         }
@@ -165,7 +177,8 @@ impl Worker {
     /// Whether a RUNNING job's lease has run out by our observation.
     fn expired(&mut self, job: &Job) -> bool {
         let now = Instant::now();
-        let seen = self.seen.entry(job.id.clone()).or_insert(Seen { updated: job.updated.clone(), since: now });
+        let seen =
+            self.seen.entry(job.id.clone()).or_insert(Seen { updated: job.updated.clone(), since: now });
         if seen.updated != job.updated {
             *seen = Seen { updated: job.updated.clone(), since: now };
         }
@@ -223,7 +236,10 @@ impl Worker {
         let round = state.next_round();
         let nonce = format!("{:08x}", rand::thread_rng().gen::<u32>());
         let claim = Line::Claim { round, worker: self.id.clone(), nonce: nonce.clone() };
-        self.admin.jobs().update(id, &JobUpdate { log: Some(format!("{claim}\n")), ..Default::default() }).await?;
+        self.admin
+            .jobs()
+            .update(id, &JobUpdate { log: Some(format!("{claim}\n")), ..Default::default() })
+            .await?;
         let after = self.admin.jobs().get(id).await?;
         let won = after.status == JobStatus::RUNNING
             && LogState::of(after.log.as_deref().unwrap_or_default()).owned_by(round, &self.id, &nonce);
@@ -255,7 +271,11 @@ impl Worker {
     async fn run_inner(&self, job: &Job, round: u64, shutdown: &CancellationToken) -> Finish {
         let request = match JobRequest::from_job(job) {
             Ok(r) => r,
-            Err(msg) => return self.fail(&job.id, &msg, "The job was submitted without the fields this worker needs.").await,
+            Err(msg) => {
+                return self
+                    .fail(&job.id, &msg, "The job was submitted without the fields this worker needs.")
+                    .await
+            }
         };
         let user = GirderClient::new(girder_config(&self.settings), Auth::Token(request.token.clone()));
         let user = match user {
@@ -285,7 +305,11 @@ impl Worker {
         let job_id = job.id.clone();
         let resume = match checkpoints::latest(&user, &user_id, &job_id).await {
             Ok(Some((epoch, bytes))) => {
-                self.log(&job_id, &format!("Resuming from the checkpoint after epoch {} (round {round}).", epoch + 1)).await;
+                self.log(
+                    &job_id,
+                    &format!("Resuming from the checkpoint after epoch {} (round {round}).", epoch + 1),
+                )
+                .await;
                 tracing::info!(epoch, "resuming from checkpoint");
                 Some(bytes.to_vec())
             }
@@ -309,8 +333,10 @@ impl Worker {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let finished = CancellationToken::new();
-        let pump = self.pump(rx, job_id.clone(), user.clone(), user_id.clone(), shared.clone(), finished.clone());
-        let heartbeat = self.heartbeat(job_id.clone(), round, controls.clone(), shared.clone(), finished.clone());
+        let pump =
+            self.pump(rx, job_id.clone(), user.clone(), user_id.clone(), shared.clone(), finished.clone());
+        let heartbeat =
+            self.heartbeat(job_id.clone(), round, controls.clone(), shared.clone(), finished.clone());
 
         // SIGTERM: stop at the next step with a checkpoint; past the grace period, release anyway
         let stop = controls.stop.clone();
@@ -344,10 +370,22 @@ impl Worker {
             None | Some(Err(JobError::Interrupted { .. })) => {
                 let release = Line::Release { round, worker: self.id.clone(), epoch: checkpoint_epoch };
                 let msg = match checkpoint_epoch {
-                    Some(e) => format!("Worker {} shut down; handed back with a checkpoint after epoch {}.", self.id, e + 1),
+                    Some(e) => format!(
+                        "Worker {} shut down; handed back with a checkpoint after epoch {}.",
+                        self.id,
+                        e + 1
+                    ),
                     None => format!("Worker {} shut down before the first checkpoint; handed back.", self.id),
                 };
-                self.final_update(&job_id, JobUpdate { progress_message: Some(msg.clone()), log: Some(format!("{msg}\n{release}\n")), ..Default::default() }).await;
+                self.final_update(
+                    &job_id,
+                    JobUpdate {
+                        progress_message: Some(msg.clone()),
+                        log: Some(format!("{msg}\n{release}\n")),
+                        ..Default::default()
+                    },
+                )
+                .await;
                 tracing::info!("handed the job back");
                 return Finish::HandedBack;
             }
@@ -357,16 +395,28 @@ impl Worker {
                     status: Some(JobStatus::SUCCESS),
                     progress_current: Some(100.0),
                     progress_total: Some(100.0),
-                    log: Some(format!("Model {} uploaded in {:.0} s.\n", outcome.model_name, outcome.seconds)),
+                    log: Some(format!(
+                        "Model {} uploaded in {:.0} s.\n",
+                        outcome.model_name, outcome.seconds
+                    )),
                     ..Default::default()
                 };
                 self.final_update(&job_id, done).await;
                 Finish::Success
             }
             Some(Err(JobError::Cancelled)) | Some(Err(_)) if watch == Watch::Canceled => {
-                let current = self.admin.jobs().get(&job_id).await.map(|j| j.status).unwrap_or(JobStatus::CANCELED);
+                let current =
+                    self.admin.jobs().get(&job_id).await.map(|j| j.status).unwrap_or(JobStatus::CANCELED);
                 let status = (current != JobStatus::CANCELED).then_some(JobStatus::CANCELED);
-                self.final_update(&job_id, JobUpdate { status, log: Some("Canceled; nothing was uploaded.\n".into()), ..Default::default() }).await;
+                self.final_update(
+                    &job_id,
+                    JobUpdate {
+                        status,
+                        log: Some("Canceled; nothing was uploaded.\n".into()),
+                        ..Default::default()
+                    },
+                )
+                .await;
                 tracing::info!("job canceled");
                 Finish::Canceled
             }
@@ -384,7 +434,11 @@ impl Worker {
     /// Ends the job with ERROR, the error as its last log line.
     async fn fail(&self, job_id: &str, message: &str, info: &str) -> Finish {
         self.log(job_id, &error_line(message, info)).await;
-        let update = JobUpdate { status: Some(JobStatus::ERROR), log: Some(format!("Error: {message}\n")), ..Default::default() };
+        let update = JobUpdate {
+            status: Some(JobStatus::ERROR),
+            log: Some(format!("Error: {message}\n")),
+            ..Default::default()
+        };
         self.final_update(job_id, update).await;
         Finish::Error
     }
@@ -440,7 +494,8 @@ impl Worker {
                 _ = finished.cancelled() => rx.try_recv().ok(),
             };
             let Some(event) = event else { break };
-            let mut update = JobUpdate { log: line_for(&event).map(|l| format!("{l}\n")), ..Default::default() };
+            let mut update =
+                JobUpdate { log: line_for(&event).map(|l| format!("{l}\n")), ..Default::default() };
             match &event {
                 JobEvent::Progress { fraction, title, info } => {
                     let message = if info.is_empty() { title.clone() } else { format!("{title}: {info}") };
@@ -478,7 +533,14 @@ impl Worker {
 
     /// Every `heartbeat_s`: re-reads the job (cancel? taken over?) and refreshes its progress,
     /// which renews the lease other workers watch.
-    async fn heartbeat(&self, job_id: String, round: u64, controls: Controls, shared: Arc<Mutex<Shared>>, done: CancellationToken) -> Watch {
+    async fn heartbeat(
+        &self,
+        job_id: String,
+        round: u64,
+        controls: Controls,
+        shared: Arc<Mutex<Shared>>,
+        done: CancellationToken,
+    ) -> Watch {
         let period = Duration::from_secs_f64(self.settings.queue.heartbeat_s);
         loop {
             tokio::select! {
@@ -500,7 +562,8 @@ impl Worker {
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat could not read the job; training goes on"),
             }
-            let (fraction, message) = shared.lock().map(|s| (s.fraction, s.message.clone())).unwrap_or_default();
+            let (fraction, message) =
+                shared.lock().map(|s| (s.fraction, s.message.clone())).unwrap_or_default();
             let beat = JobUpdate {
                 progress_current: Some(fraction * 100.0),
                 progress_total: Some(100.0),
@@ -526,20 +589,35 @@ enum Watch {
 fn queue_wait(job: &Job) -> Option<f64> {
     let created = job.created.as_deref()?;
     let t = time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339)
-        .or_else(|_| time::OffsetDateTime::parse(&format!("{created}Z"), &time::format_description::well_known::Rfc3339))
+        .or_else(|_| {
+            time::OffsetDateTime::parse(
+                &format!("{created}Z"),
+                &time::format_description::well_known::Rfc3339,
+            )
+        })
         .ok()?;
     Some((time::OffsetDateTime::now_utc() - t).as_seconds_f64().max(0.0))
 }
 
 /// Runs the worker until `shutdown` (SIGTERM/SIGINT in the CLI) or `max_jobs` jobs.
-pub async fn serve(settings: Settings, opts: ServeOptions, shutdown: CancellationToken) -> Result<ServeSummary, WorkerError> {
+pub async fn serve(
+    settings: Settings,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<ServeSummary, WorkerError> {
     let mut worker = Worker::new(settings, &opts)?;
     let mut summary = ServeSummary::default();
     let listen = worker.settings.server.listen.clone();
     if !listen.is_empty() {
-        let addr = super::http::start(&listen, worker.admin.clone(), worker.device, worker.metrics.clone(), shutdown.clone())
-            .await
-            .map_err(|source| WorkerError::Listen { listen: listen.clone(), source })?;
+        let addr = super::http::start(
+            &listen,
+            worker.admin.clone(),
+            worker.device,
+            worker.metrics.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| WorkerError::Listen { listen: listen.clone(), source })?;
         tracing::info!(%addr, "health and metrics endpoint listening");
         summary.ops_addr = Some(addr);
     }

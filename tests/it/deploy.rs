@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
 use cellpose_train_worker::cli::Cli;
 use cellpose_train_worker::config::Settings;
+use clap::Parser;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -60,7 +60,8 @@ fn labels(args: &str) -> BTreeMap<String, String> {
 }
 
 fn cli_accepts(args: &[String]) {
-    let argv: Vec<&str> = std::iter::once("cellpose-train-worker").chain(args.iter().map(String::as_str)).collect();
+    let argv: Vec<&str> =
+        std::iter::once("cellpose-train-worker").chain(args.iter().map(String::as_str)).collect();
     if let Err(e) = Cli::try_parse_from(&argv) {
         panic!("the binary does not accept {argv:?}:\n{e}");
     }
@@ -69,7 +70,8 @@ fn cli_accepts(args: &[String]) {
 #[test]
 fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels() {
     let ins = instructions(&read("Dockerfile"));
-    let stages: Vec<&str> = ins.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| a.rsplit(' ').next().unwrap()).collect();
+    let stages: Vec<&str> =
+        ins.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| a.rsplit(' ').next().unwrap()).collect();
     assert_eq!(stages, ["build", "runtime"], "a build stage and a runtime stage");
 
     let mut built = Vec::new(); // paths the build stage makes that the runtime stage copies
@@ -88,12 +90,16 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
             }
         }
     }
-    let runs: String = ins.iter().filter(|(op, _)| op == "RUN").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join("\n");
+    let runs: String =
+        ins.iter().filter(|(op, _)| op == "RUN").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join("\n");
     assert!(built.iter().any(|b| b == "/usr/local/bin/cellpose-train-worker"));
     assert!(runs.contains("cp target/release/cellpose-train-worker /usr/local/bin/cellpose-train-worker"));
     assert!(runs.contains("cargo build --release --locked --bin cellpose-train-worker"));
     let cargo = read("Cargo.toml");
-    assert!(cargo.contains("name = \"cellpose-train-worker\"\npath = \"src/main.rs\""), "the binary's name changed");
+    assert!(
+        cargo.contains("name = \"cellpose-train-worker\"\npath = \"src/main.rs\""),
+        "the binary's name changed"
+    );
 
     // the torch the image builds against is the pin the repository builds and tests with
     let pin = read("tools/requirements.txt").lines().find(|l| l.starts_with("torch==")).unwrap().to_string();
@@ -104,12 +110,45 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
     let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form");
     assert_eq!(entry, ["/usr/local/bin/cellpose-train-worker"]);
     // the platform appends the one-shot contract's flags; `serve` is the alternative command
-    cli_accepts(&["--apiUrl", "http://girder:8080/api/v1", "--token", "t", "--request", "compute", "--parameters", "{}", "--datasetId", "d"].map(String::from));
-    cli_accepts(&["--apiUrl", "http://girder:8080/api/v1", "--token", "t", "--request", "interface", "--parameters", "{}"].map(String::from));
+    cli_accepts(
+        &[
+            "--apiUrl",
+            "http://girder:8080/api/v1",
+            "--token",
+            "t",
+            "--request",
+            "compute",
+            "--parameters",
+            "{}",
+            "--datasetId",
+            "d",
+        ]
+        .map(String::from),
+    );
+    cli_accepts(
+        &[
+            "--apiUrl",
+            "http://girder:8080/api/v1",
+            "--token",
+            "t",
+            "--request",
+            "interface",
+            "--parameters",
+            "{}",
+        ]
+        .map(String::from),
+    );
     cli_accepts(&["serve".to_string()]);
 
-    let all: BTreeMap<String, String> = ins.iter().filter(|(op, _)| op == "LABEL").flat_map(|(_, a)| labels(a)).collect();
-    for key in ["isUPennContrastWorker", "isAnnotationWorker", "isGPUWorker", "annotationConfigurationPanel", "advancedOptionsPanel"] {
+    let all: BTreeMap<String, String> =
+        ins.iter().filter(|(op, _)| op == "LABEL").flat_map(|(_, a)| labels(a)).collect();
+    for key in [
+        "isUPennContrastWorker",
+        "isAnnotationWorker",
+        "isGPUWorker",
+        "annotationConfigurationPanel",
+        "advancedOptionsPanel",
+    ] {
         assert!(all.contains_key(key), "label {key} missing: {all:?}");
     }
     assert_eq!(all["interfaceName"], "Cellpose retrain");
@@ -118,8 +157,11 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
     assert_eq!(all["defaultToolName"], "Cellpose retrain");
 
     // built-in weights are copied from docker/models into the folder the worker reads
-    let env: String = ins.iter().filter(|(op, _)| op == "ENV").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(" ");
-    assert!(env.contains("CPW_PATHS__MODELS_DIR=/models") && env.contains("CELLPOSE_LOCAL_MODELS_PATH=/models"));
+    let env: String =
+        ins.iter().filter(|(op, _)| op == "ENV").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(" ");
+    assert!(
+        env.contains("CPW_PATHS__MODELS_DIR=/models") && env.contains("CELLPOSE_LOCAL_MODELS_PATH=/models")
+    );
     assert!(ins.iter().any(|(op, a)| op == "COPY" && a == "docker/models/ /models/"));
 }
 
@@ -169,7 +211,13 @@ fn compose_runs_commands_the_binary_accepts_with_settings_it_knows() {
             if let Some(url) = env.get("CPW_GIRDER__API_URL") {
                 assert_eq!(&s.girder.api_url, url);
                 // the worker reaches the mock service by its compose name and port
-                let port = services["girder"]["command"].as_sequence().unwrap().iter().skip_while(|a| a.as_str() != Some("--port")).nth(1).unwrap();
+                let port = services["girder"]["command"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .skip_while(|a| a.as_str() != Some("--port"))
+                    .nth(1)
+                    .unwrap();
                 assert_eq!(url, &format!("http://girder:{}/api/v1", port.as_str().unwrap()));
             }
         }
@@ -207,7 +255,10 @@ fn readme_gives_the_two_commands_and_its_examples_parse() {
     let makefile = read("Makefile");
     assert!(makefile.contains("\ndemo: build\n\t./target/release/cellpose-train-worker demo\n"));
     assert!(makefile.contains("\ntest: setup\n\t./scripts/test.sh\n"));
-    assert!(read(".ci/run").lines().any(|l| l.trim() == "make test"), ".ci/run calls the README's test command");
+    assert!(
+        read(".ci/run").lines().any(|l| l.trim() == "make test"),
+        ".ci/run calls the README's test command"
+    );
     cli_accepts(&["demo".to_string()]);
 
     // every `$B ...` example is a command line the binary accepts
@@ -238,7 +289,9 @@ fn readme_gives_the_two_commands_and_its_examples_parse() {
     assert!(checked >= 7, "README examples found: {checked}");
 
     // scripts the README names exist and are executable
-    for script in ["bench/train_speed.sh", "bench/rasterize.sh", "bench/run.sh", "scripts/test.sh", "scripts/setup.sh"] {
+    for script in
+        ["bench/train_speed.sh", "bench/rasterize.sh", "bench/run.sh", "scripts/test.sh", "scripts/setup.sh"]
+    {
         assert!(readme.contains(script.trim_start_matches("scripts/")) || script.starts_with("scripts/"));
         let meta = std::fs::metadata(repo().join(script)).unwrap_or_else(|e| panic!("{script}: {e}"));
         use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,7 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
 mod annotations;
+mod demo;
+mod deploy;
 mod dynamics;
 mod girder_annotations;
 mod girder_cli;
@@ -21,3 +23,4 @@ mod rasterize;
 mod segment_cli;
 mod train;
 mod train_golden;
+mod worker_queue;

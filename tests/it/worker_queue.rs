@@ -248,7 +248,7 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
                 .find(|l| l.starts_with("Resuming from the checkpoint after epoch"))
                 .expect("no resume line");
             let epoch: usize = resumed.split_whitespace().nth(6).unwrap().parse().unwrap();
-            assert!(epoch >= 2 && epoch < 40, "resumed at epoch {epoch}");
+            assert!((2..40).contains(&epoch), "resumed at epoch {epoch}");
         } else {
             // one round, one owner (losing claimants of that round backed off)
             let owners = round_owners(&job);
