@@ -252,18 +252,46 @@ pub fn write_tiff_f32(path: &Path, data: &Array3<f32>) -> Result<(), ImageError>
 
 /// Writes a label image as 16-bit TIFF (32-bit when a label exceeds 65535), as cellpose saves masks.
 pub fn write_labels_tiff(path: &Path, labels: ArrayView2<u32>) -> Result<(), ImageError> {
+    write_labels_tiff_described(path, labels, None)
+}
+
+/// The ImageDescription of masks written by `segment`: how a later run tells its own output
+/// (safe to replace) from a ground-truth mask of the same name (never replaced unasked).
+pub const SEGMENT_MASKS_DESCRIPTION: &str = "cellpose-train-worker segment masks";
+
+/// [`write_labels_tiff`] with an ImageDescription tag.
+pub fn write_labels_tiff_described(
+    path: &Path,
+    labels: ArrayView2<u32>,
+    description: Option<&str>,
+) -> Result<(), ImageError> {
     let file = File::create(path).map_err(|e| err(path, e.into()))?;
     let tiff_err = |e: tiff::TiffError| err(path, ImageErrorKind::Tiff(e.to_string()));
     let mut enc = TiffEncoder::new(BufWriter::new(file)).map_err(tiff_err)?;
     let (h, w) = labels.dim();
     if labels.iter().all(|&v| v <= u16::MAX as u32) {
         let page: Vec<u16> = labels.iter().map(|&v| v as u16).collect();
-        enc.write_image::<colortype::Gray16>(w as u32, h as u32, &page).map_err(tiff_err)?;
+        let mut image = enc.new_image::<colortype::Gray16>(w as u32, h as u32).map_err(tiff_err)?;
+        if let Some(d) = description {
+            image.encoder().write_tag(tiff::tags::Tag::ImageDescription, d).map_err(tiff_err)?;
+        }
+        image.write_data(&page).map_err(tiff_err)?;
     } else {
         let page: Vec<u32> = labels.iter().copied().collect();
-        enc.write_image::<colortype::Gray32>(w as u32, h as u32, &page).map_err(tiff_err)?;
+        let mut image = enc.new_image::<colortype::Gray32>(w as u32, h as u32).map_err(tiff_err)?;
+        if let Some(d) = description {
+            image.encoder().write_tag(tiff::tags::Tag::ImageDescription, d).map_err(tiff_err)?;
+        }
+        image.write_data(&page).map_err(tiff_err)?;
     }
     Ok(())
+}
+
+/// The first page's ImageDescription, if the file is a readable TIFF that has one.
+pub fn tiff_description(path: &Path) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let mut dec = tiff::decoder::Decoder::new(std::io::BufReader::new(file)).ok()?;
+    dec.get_tag_ascii_string(tiff::tags::Tag::ImageDescription).ok()
 }
 
 /// Writes a `[C, H, W]` image as TIFF in 16-bit (values are rounded and clamped), for synthetic data.

@@ -34,6 +34,9 @@ pub struct SegmentArgs {
     /// With --dir: also segment images in its subfolders.
     #[arg(long)]
     pub look_one_level_down: bool,
+    /// Replace existing `<base>_masks.tif` files that `segment` did not write (e.g. ground truth).
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub flags: SegmentFlags,
 }
@@ -47,11 +50,24 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         (None, Some(image)) => vec![image.clone()],
         (None, None) => anyhow::bail!("give --dir or --image"),
     };
+    // ground truth is never replaced unasked: check every output before segmenting anything
+    for image in &images {
+        let paths = output_paths(image, args.dir.as_deref(), args.out.as_deref());
+        let ours = crate::imageio::tiff_description(&paths.masks)
+            .is_some_and(|d| d == crate::imageio::SEGMENT_MASKS_DESCRIPTION);
+        if paths.masks.exists() && !ours && !args.overwrite {
+            anyhow::bail!(
+                "{} exists and was not written by `segment` (ground truth?); write the masks elsewhere \
+                 with --out DIR, or pass --overwrite to replace it",
+                paths.masks.display()
+            );
+        }
+    }
     for image in &images {
         let seg = evaluate::segment_file(&loaded, image, &settings, device)?;
         let paths = output_paths(image, args.dir.as_deref(), args.out.as_deref());
         if paths.masks.exists() {
-            tracing::warn!("overwriting {}", paths.masks.display());
+            tracing::info!("replacing {}", paths.masks.display());
         }
         evaluate::write_outputs(&seg, &paths, args.save_flows)
             .with_context(|| format!("failed to write the outputs for {}", image.display()))?;

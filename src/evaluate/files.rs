@@ -80,7 +80,11 @@ pub fn write_outputs(seg: &Segmentation, paths: &OutputPaths, save_flows: bool) 
     if let Some(dir) = paths.masks.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| ImageError { path: dir.to_path_buf(), kind: e.into() })?;
     }
-    imageio::write_labels_tiff(&paths.masks, seg.masks.view())?;
+    imageio::write_labels_tiff_described(
+        &paths.masks,
+        seg.masks.view(),
+        Some(imageio::SEGMENT_MASKS_DESCRIPTION),
+    )?;
     if save_flows {
         imageio::write_tiff_f32(&paths.flows, &flow_pages(&seg.prediction))?;
     }

@@ -392,6 +392,20 @@ fn segment_skips_its_own_outputs_and_errors_name_the_file() {
     write_image_u16(&d.join("gt/b.tif"), &img).unwrap();
     let e = fail(&["eval", "--dir"], &[&d.join("gt")]);
     assert!(e.contains("b.tif") && e.contains("no mask found") && e.contains("b_masks.tif"), "{e}");
+    // ground truth next to an image is never replaced unasked (the walk above replaced only
+    // masks that `segment` itself had written)
+    let truth = std::fs::read(d.join("gt/a_masks.tif")).unwrap();
+    let e = fail(&["segment", "--image"], &[&d.join("gt/a.tif")]);
+    assert!(e.contains("a_masks.tif") && e.contains("not written by `segment`") && e.contains("--out"), "{e}");
+    assert_eq!(std::fs::read(d.join("gt/a_masks.tif")).unwrap(), truth, "ground truth changed");
+    run_ok(
+        bin()
+            .args(["segment", "--overwrite", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(d.join("gt/a.tif")),
+    );
+    assert_ne!(std::fs::read(d.join("gt/a_masks.tif")).unwrap(), truth);
     // neither --dir nor --image
     let e = fail(&["segment"], &[]);
     assert!(e.contains("--dir") && e.contains("--image"), "{e}");
