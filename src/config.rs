@@ -138,7 +138,6 @@ impl Default for ServerSettings {
     }
 }
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration: {0}")]

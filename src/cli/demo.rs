@@ -28,7 +28,10 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
     let opts = DemoOptions {
         epochs: args.epochs,
         learning_rate: args.learning_rate,
@@ -55,7 +58,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("Validation region, base model:    {}", ap("ap_before"));
     println!("Validation region, trained model: {}", ap("ap_after"));
     println!("Model in Girder: {}", result.girder_model_path);
-    println!("Model file:      {} (loads in Python cellpose: CellposeModel(pretrained_model=...))", result.model_path.display());
+    println!(
+        "Model file:      {} (loads in Python cellpose: CellposeModel(pretrained_model=...))",
+        result.model_path.display()
+    );
     println!("Report:          {}/report.png, report.json, metrics.jsonl", result.report_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,10 @@ pub enum JobError {
     Interrupted { epoch: usize },
     #[error("Uploading the model failed: {0}")]
     Upload(Box<GirderError>),
+    /// The upload failed after training; the model was saved on the worker first, so the hours
+    /// of training are not lost.
+    #[error("{source} The trained model is kept on the worker at {}.", kept.display())]
+    ModelKept { source: Box<JobError>, kept: std::path::PathBuf },
     #[error("Local file error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -102,11 +106,20 @@ impl JobError {
             JobError::Cancelled => "Nothing was uploaded.".into(),
             JobError::Interrupted { .. } => "Another worker resumes it from the last checkpoint.".into(),
             JobError::Io(_) => "The worker's disk may be full or not writable.".into(),
+            JobError::ModelKept { .. } => {
+                "Your previous model of that name is unchanged. Ask the administrator for the kept file, \
+                 or run the job again."
+                    .into()
+            }
         }
     }
 
     /// Whether running the same job again later could succeed (server or transfer trouble).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, JobError::Girder(e) | JobError::Upload(e) if e.is_transient())
+        match self {
+            JobError::ModelKept { source, .. } => source.is_retryable(),
+            JobError::Girder(e) | JobError::Upload(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }

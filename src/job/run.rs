@@ -264,7 +264,22 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
 
     events.progress(0.95, "Saving model", format!("Uploading model {}", params.output_name));
     let bytes = Bytes::from(torch_file::state_dict_to_bytes(&model.state_dict())?);
-    let item = store::upload_model(client, &me.id, &params.output_name, bytes, &ctx.job_tag).await?;
+    let kept = keep_locally(&ctx.settings, &ctx.job_tag, &params.output_name, &bytes);
+    let item = match store::upload_model(client, &me.id, &params.output_name, bytes, &ctx.job_tag).await {
+        Ok(item) => {
+            if let Some(path) = &kept {
+                let _ = std::fs::remove_file(path);
+                let _ = path.parent().map(std::fs::remove_dir);
+            }
+            item
+        }
+        Err(e) => {
+            return Err(match kept {
+                Some(kept) => JobError::ModelKept { source: Box::new(e), kept },
+                None => e,
+            })
+        }
+    };
     let report = crate::report::JobReport {
         model_name: params.output_name.clone(),
         base_model: params.base_model.clone(),
@@ -313,6 +328,22 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         resumed_from_epoch,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes the trained model to `<work_dir>/<job>/<name>` before it is uploaded, so that a failed
+/// upload does not lose the training. Best effort: a worker that cannot write locally still uploads.
+fn keep_locally(settings: &Settings, job_tag: &str, name: &str, bytes: &[u8]) -> Option<std::path::PathBuf> {
+    let root =
+        settings.paths.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("cellpose-train-worker"));
+    let dir = root.join(job_tag);
+    let path = dir.join(name);
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes)) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not keep a local copy of the model before uploading");
+            None
+        }
+    }
 }
 
 fn auto(flag: &str, device: Device) -> bool {

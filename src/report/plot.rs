@@ -39,7 +39,15 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
         let panels = root.split_evenly((1, 3));
 
         let n = data.train_loss.iter().chain(data.test_loss).map(|p| p.0).max().unwrap_or(1).max(1) as f64;
-        let ymax = data.train_loss.iter().chain(data.test_loss).map(|p| p.1).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-3) * 1.05;
+        let ymax = data
+            .train_loss
+            .iter()
+            .chain(data.test_loss)
+            .map(|p| p.1)
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            .max(1e-3)
+            * 1.05;
         let mut c = ChartBuilder::on(&panels[0])
             .caption("Loss", ("sans-serif", 18))
             .margin(12)
@@ -58,7 +66,11 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
                 .label("test")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
         }
-        c.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(err)?;
+        c.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(err)?;
 
         let lmax = data.lr.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.05;
         let mut c = ChartBuilder::on(&panels[1])
@@ -80,21 +92,36 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
             .map_err(err)?;
         c.configure_mesh()
             .x_labels(data.ap.len().max(1))
-            .x_label_formatter(&|x| data.ap.get(x.floor() as usize).map(|r| format!("IoU {}", r.0)).unwrap_or_default())
+            .x_label_formatter(&|x| {
+                data.ap.get(x.floor() as usize).map(|r| format!("IoU {}", r.0)).unwrap_or_default()
+            })
             .draw()
             .map_err(err)?;
         for (i, (_, before, after)) in data.ap.iter().enumerate() {
             let x = i as f64;
             if let Some(b) = before {
-                c.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.48, *b)], RGBColor(150, 150, 150).filled())))
-                    .map_err(err)?;
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.15, 0.0), (x + 0.48, *b)],
+                    RGBColor(150, 150, 150).filled(),
+                )))
+                .map_err(err)?;
             }
             if let Some(a) = after {
-                c.draw_series(std::iter::once(Rectangle::new([(x + 0.52, 0.0), (x + 0.85, *a)], BLUE.filled()))).map_err(err)?;
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(x + 0.52, 0.0), (x + 0.85, *a)],
+                    BLUE.filled(),
+                )))
+                .map_err(err)?;
             }
         }
         if data.ap.is_empty() {
-            panels[2].draw_text("no validation regions", &("sans-serif", 16).into_text_style(&panels[2]), (140, 200)).map_err(err)?;
+            panels[2]
+                .draw_text(
+                    "no validation regions",
+                    &("sans-serif", 16).into_text_style(&panels[2]),
+                    (140, 200),
+                )
+                .map_err(err)?;
         }
         root.present().map_err(err)?;
     }

@@ -18,15 +18,21 @@ fn demo_runs_a_job_through_the_queue_and_hands_out_a_model_python_cellpose_loads
     assert!(run.status.success(), "demo failed:\n{stdout}\n{stderr}");
 
     // the story a user reads: seeded, submitted, trained, finished, where things are
-    for needle in ["Mock Girder listening at http://127.0.0.1:", "Seeded dataset", "Submitted job", "finished SUCCESS"] {
+    for needle in
+        ["Mock Girder listening at http://127.0.0.1:", "Seeded dataset", "Submitted job", "finished SUCCESS"]
+    {
         assert!(stdout.contains(needle), "`{needle}` missing from:\n{stdout}");
     }
     let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with('[')).collect();
     assert!(progress.iter().any(|l| l.contains("Epoch 3/3")), "no per-epoch progress: {progress:?}");
     assert!(progress.last().is_some_and(|l| l.starts_with("[100.0%]")), "{progress:?}");
     for key in ["Validation region, base model:", "Validation region, trained model:"] {
-        let line = stdout.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no `{key}` line:\n{stdout}"));
-        let ap50: f64 = line.split_whitespace().nth(5).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no `{key}` line:\n{stdout}"));
+        let ap50: f64 =
+            line.split_whitespace().nth(5).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"));
         assert!((0.0..=1.0).contains(&ap50), "{line}");
     }
 
@@ -36,7 +42,8 @@ fn demo_runs_a_job_through_the_queue_and_hands_out_a_model_python_cellpose_loads
         let p = report.join(f);
         assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{} missing or empty", p.display());
     }
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["epochs"], serde_json::json!(3));
     assert_eq!(json["train_losses"].as_array().map(Vec::len), Some(3));
 

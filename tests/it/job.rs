@@ -438,24 +438,41 @@ async fn a_failed_upload_leaves_the_old_model_as_it_was() {
     // every chunk of the new file fails (5xx, retried until the retry budget is spent)
     fault(&f.mock, json!({"method": "POST", "path": "^/api/v1/file/chunk$", "count": 100, "status": 500}))
         .await;
-    let (result, _) = f.run(values.clone()).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut settings = f.settings();
+    settings.paths.work_dir = Some(work.path().to_path_buf());
+    let (result, _) = f.run_as(user, &f.world.dataset_id, values.clone(), settings.clone()).await;
     let err = result.expect_err("the upload was meant to fail");
-    assert!(matches!(err, JobError::Upload(_)), "{err:?}");
+    let JobError::ModelKept { source, kept } = &err else { panic!("{err:?}") };
+    assert!(matches!(**source, JobError::Upload(_)), "{err:?}");
     assert!(err.to_string().starts_with("Uploading the model failed"), "{err}");
+    // the training is not lost: the model waits on the worker, and the message says where
+    assert!(err.to_string().contains(&kept.display().to_string()), "{err}");
+    assert_eq!(kept, &work.path().join("jobtest").join("keep-me"));
+    let sd = cellpose_train_worker::model::torch_file::read_state_dict_bytes(
+        &std::fs::read(kept).unwrap(),
+        "kept",
+    )
+    .unwrap();
+    assert!(sd.get("output.2.weight").is_some());
     assert_eq!(f.folder("models").await, before, "the old model (and nothing else) is left");
     assert_eq!(f.model("keep-me").await.1, old_bytes, "same bytes");
 
     // the upload's first request is lost (connection dropped; a POST is not retried)
     reqwest::Client::new().delete(format!("{}/mock/faults", f.mock.base_url)).send().await.unwrap();
     fault(&f.mock, json!({"method": "POST", "path": "^/api/v1/file$", "count": 1, "drop": true})).await;
-    let (result, _) = f.run(values.clone()).await;
-    assert!(matches!(result, Err(JobError::Upload(_))), "{result:?}");
+    let (result, _) = f.run_as(user, &f.world.dataset_id, values.clone(), settings.clone()).await;
+    assert!(
+        matches!(&result, Err(JobError::ModelKept { source, .. }) if matches!(**source, JobError::Upload(_))),
+        "{result:?}"
+    );
     assert_eq!(f.folder("models").await, before);
     assert_eq!(f.model("keep-me").await.1, old_bytes);
 
-    // Girder healthy again: the model is replaced, one item, one file
-    let (result, _) = f.run(values).await;
+    // Girder healthy again: the model is replaced, one item, one file; no local copy is left
+    let (result, _) = f.run_as(user, &f.world.dataset_id, values, settings).await;
     let outcome = result.unwrap();
+    assert!(!work.path().join("jobtest").exists(), "the local copy outlived a good upload");
     let (new_item, new_bytes) = f.model("keep-me").await;
     assert_eq!(new_item.0, outcome.model_item_id);
     assert_ne!(new_item.0, old_item.0);

@@ -396,7 +396,10 @@ fn segment_skips_its_own_outputs_and_errors_name_the_file() {
     // masks that `segment` itself had written)
     let truth = std::fs::read(d.join("gt/a_masks.tif")).unwrap();
     let e = fail(&["segment", "--image"], &[&d.join("gt/a.tif")]);
-    assert!(e.contains("a_masks.tif") && e.contains("not written by `segment`") && e.contains("--out"), "{e}");
+    assert!(
+        e.contains("a_masks.tif") && e.contains("not written by `segment`") && e.contains("--out"),
+        "{e}"
+    );
     assert_eq!(std::fs::read(d.join("gt/a_masks.tif")).unwrap(), truth, "ground truth changed");
     run_ok(
         bin()

@@ -259,7 +259,8 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
     let ck = store::cellpose_folder(user, &world.user_id, &["checkpoints"]).await.unwrap();
     let t1 = Instant::now();
     let left = loop {
-        let left = user.folders().list(cellpose_train_worker::girder::ParentType::Folder, &ck.id).await.unwrap();
+        let left =
+            user.folders().list(cellpose_train_worker::girder::ParentType::Folder, &ck.id).await.unwrap();
         if left.is_empty() || t1.elapsed() > Duration::from_secs(10) {
             break left;
         }
