@@ -231,7 +231,8 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         seed: ctx.seed,
         device: ctx.device,
         mixed_precision: auto(&tr.mixed_precision, ctx.device),
-        channels_last: ctx.device.is_cuda(),
+        // faster on CUDA and on CPU (oneDNN NHWC kernels); values and saved files are unchanged
+        channels_last: true,
         cuda_graphs: ctx.device.is_cuda(),
         ..Default::default()
     };

@@ -290,11 +290,23 @@ impl train::TrainHooks for StopAt {
 
 #[test]
 fn interrupted_then_resumed_training_equals_an_uninterrupted_run() {
+    resume_is_exact(false);
+}
+
+/// The job trains channels-last (on CPU too): the checkpoint must hold plain NCHW weights and
+/// the resumed run must still equal the uninterrupted one bit for bit.
+#[test]
+fn interrupted_then_resumed_channels_last_training_equals_an_uninterrupted_run() {
+    resume_is_exact(true);
+}
+
+fn resume_is_exact(channels_last: bool) {
     // 5 images, batch 2: 3 steps per epoch, so stopping after 4 steps is mid-epoch (epoch 1, step 1)
     let data = Arc::new(synthetic_examples(5, 72));
     let mut cfg = quick_config(4);
     cfg.batch_size = 2;
     cfg.optimizer = OptimizerKind::Sgd;
+    cfg.channels_last = channels_last;
     let fresh = || {
         tch::manual_seed(11);
         Model::new(tiny_config(), Device::Cpu)
