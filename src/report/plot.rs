@@ -25,6 +25,10 @@ fn err<E: std::fmt::Display>(e: E) -> PlotError {
 
 static FONT: Once = Once::new();
 
+fn epoch_label(x: &f64) -> String {
+    format!("{x:.0}")
+}
+
 /// Renders `data` as a 1500x450 PNG.
 pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
     FONT.call_once(|| {
@@ -55,7 +59,7 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
             .y_label_area_size(55)
             .build_cartesian_2d(0f64..n, 0f64..ymax)
             .map_err(err)?;
-        c.configure_mesh().x_desc("epoch").draw().map_err(err)?;
+        c.configure_mesh().x_desc("epoch").x_label_formatter(&epoch_label).draw().map_err(err)?;
         c.draw_series(LineSeries::new(data.train_loss.iter().map(|&(e, v)| (e as f64, v)), &BLUE))
             .map_err(err)?
             .label("train")
@@ -80,39 +84,63 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
             .y_label_area_size(65)
             .build_cartesian_2d(0f64..n, 0f64..lmax)
             .map_err(err)?;
-        c.configure_mesh().x_desc("epoch").draw().map_err(err)?;
+        c.configure_mesh().x_desc("epoch").x_label_formatter(&epoch_label).draw().map_err(err)?;
         c.draw_series(LineSeries::new(data.lr.iter().map(|&(e, v)| (e as f64, v)), &BLACK)).map_err(err)?;
 
+        // groups centred on integer x: tick k is "IoU t_k"; grey = base model, blue = trained
+        let groups = data.ap.len().max(1) as f64;
         let mut c = ChartBuilder::on(&panels[2])
-            .caption("Validation AP (before / after)", ("sans-serif", 18))
+            .caption("Validation AP", ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(35)
             .y_label_area_size(45)
-            .build_cartesian_2d(0f64..(data.ap.len().max(1) as f64), 0f64..1.0)
+            .build_cartesian_2d(-0.5f64..(groups - 0.5), 0f64..1.1)
             .map_err(err)?;
         c.configure_mesh()
-            .x_labels(data.ap.len().max(1))
+            .disable_x_mesh()
+            .x_labels(2 * data.ap.len() + 1)
             .x_label_formatter(&|x| {
-                data.ap.get(x.floor() as usize).map(|r| format!("IoU {}", r.0)).unwrap_or_default()
+                let k = x.round();
+                match data.ap.get(k as usize) {
+                    Some(r) if (x - k).abs() < 1e-6 && k >= 0.0 => format!("IoU {}", r.0),
+                    _ => String::new(),
+                }
             })
             .draw()
             .map_err(err)?;
-        for (i, (_, before, after)) in data.ap.iter().enumerate() {
-            let x = i as f64;
-            if let Some(b) = before {
-                c.draw_series(std::iter::once(Rectangle::new(
-                    [(x + 0.15, 0.0), (x + 0.48, *b)],
-                    RGBColor(150, 150, 150).filled(),
-                )))
+        let grey = RGBColor(150, 150, 150);
+        let value_style = ("sans-serif", 14).into_font();
+        let bars = |pick: fn(&(f64, Option<f64>, Option<f64>)) -> Option<f64>, dx: f64| {
+            data.ap
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, r)| pick(r).map(|v| (i as f64 + dx, v)))
+                .collect::<Vec<_>>()
+        };
+        for (label, color, dx, pick) in [
+            ("base model", grey, -0.18, (|r: &(f64, Option<f64>, Option<f64>)| r.1) as fn(&_) -> _),
+            ("trained", BLUE, 0.18, |r: &(f64, Option<f64>, Option<f64>)| r.2),
+        ] {
+            let pts = bars(pick, dx);
+            c.draw_series(
+                pts.iter().map(|&(x, v)| Rectangle::new([(x - 0.16, 0.0), (x + 0.16, v)], color.filled())),
+            )
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+            c.draw_series(
+                pts.iter()
+                    .map(|&(x, v)| Text::new(format!("{v:.2}"), (x - 0.12, v + 0.06), value_style.clone())),
+            )
+            .map_err(err)?;
+        }
+        if !data.ap.is_empty() {
+            c.configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .border_style(BLACK)
+                .background_style(WHITE.mix(0.8))
+                .draw()
                 .map_err(err)?;
-            }
-            if let Some(a) = after {
-                c.draw_series(std::iter::once(Rectangle::new(
-                    [(x + 0.52, 0.0), (x + 0.85, *a)],
-                    BLUE.filled(),
-                )))
-                .map_err(err)?;
-            }
         }
         if data.ap.is_empty() {
             panels[2]
