@@ -36,6 +36,21 @@ impl ChannelArgs {
     }
 }
 
+/// How a folder of images and masks is walked (cellpose's flag names): masks are
+/// `<image base><mask filter>.tif/.tiff/.png` and are never taken for images.
+#[derive(Args, Debug, Clone)]
+pub struct FolderArgs {
+    /// Only images whose name (without extension) ends with this.
+    #[arg(long, default_value = "")]
+    pub img_filter: String,
+    /// Masks are named <image base><mask filter>.tif/.tiff/.png.
+    #[arg(long, default_value = "_masks")]
+    pub mask_filter: String,
+    /// Also read images from the folder's subfolders.
+    #[arg(long)]
+    pub look_one_level_down: bool,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArg {
     /// auto (CUDA when available), cpu, cuda, cuda:N.
@@ -62,9 +77,9 @@ impl ModelsDirArg {
     }
 }
 
-/// Model and mask flags shared by `segment` and `eval` (cellpose `eval` arguments).
+/// Model and network-input flags shared by `predict`, `segment` and `eval`.
 #[derive(Args, Debug, Clone)]
-pub struct SegmentFlags {
+pub struct NetworkArgs {
     /// Model: a file, a built-in name (cyto3, nuclei, ...) or a model in the models directory.
     #[arg(long)]
     pub model: String,
@@ -73,18 +88,6 @@ pub struct SegmentFlags {
     /// Object diameter in pixels (0 = use the model's diam_labels).
     #[arg(long, default_value_t = 0.0)]
     pub diameter: f64,
-    /// Drop masks whose flows disagree with the network's by more than this (0 = keep all).
-    #[arg(long, default_value_t = 0.4)]
-    pub flow_threshold: f64,
-    /// Pixels with a cell probability logit above this are followed to a mask.
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
-    pub cellprob_threshold: f32,
-    /// Masks smaller than this (pixels) are removed.
-    #[arg(long, default_value_t = 15, allow_hyphen_values = true)]
-    pub min_size: i64,
-    /// Euler steps (default: 200, scaled by the resize factor as cellpose does).
-    #[arg(long)]
-    pub niter: Option<u32>,
     /// Feed raw intensities (skip 1-99 percentile normalisation).
     #[arg(long)]
     pub no_normalize: bool,
@@ -100,20 +103,16 @@ pub struct SegmentFlags {
     pub models_dir: ModelsDirArg,
 }
 
-impl SegmentFlags {
-    /// Opens the model; with `--all-channels` and no `--nchan` the model's input channel count is used.
+impl NetworkArgs {
+    /// Checks the flags and opens the model; with `--all-channels` and no `--nchan` the model's
+    /// input channel count is used.
     pub fn open(
         &self,
-    ) -> anyhow::Result<(crate::model::LoadedModel, crate::evaluate::SegmentSettings, tch::Device)> {
+    ) -> anyhow::Result<(crate::model::LoadedModel, crate::predict::PredictOptions, tch::Device)> {
         anyhow::ensure!(
             self.diameter >= 0.0 && self.diameter.is_finite(),
             "--diameter must be >= 0 (got {})",
             self.diameter
-        );
-        anyhow::ensure!(
-            self.flow_threshold >= 0.0,
-            "--flow-threshold must be >= 0 (got {})",
-            self.flow_threshold
         );
         anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
         let device = self.device.resolve()?;
@@ -124,6 +123,40 @@ impl SegmentFlags {
         predict.normalize.normalize = !self.no_normalize;
         predict.normalize.invert = self.invert;
         predict.tiles.batch_size = self.batch_size;
+        Ok((loaded, predict, device))
+    }
+}
+
+/// Model and mask flags shared by `segment` and `eval` (cellpose `eval` arguments).
+#[derive(Args, Debug, Clone)]
+pub struct SegmentFlags {
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    /// Drop masks whose flows disagree with the network's by more than this (0 = keep all).
+    #[arg(long, default_value_t = 0.4)]
+    pub flow_threshold: f64,
+    /// Pixels with a cell probability logit above this are followed to a mask.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub cellprob_threshold: f32,
+    /// Masks smaller than this (pixels) are removed.
+    #[arg(long, default_value_t = 15, allow_hyphen_values = true)]
+    pub min_size: i64,
+    /// Euler steps (default: 200, scaled by the resize factor as cellpose does).
+    #[arg(long)]
+    pub niter: Option<u32>,
+}
+
+impl SegmentFlags {
+    /// Checks the flags and opens the model.
+    pub fn open(
+        &self,
+    ) -> anyhow::Result<(crate::model::LoadedModel, crate::evaluate::SegmentSettings, tch::Device)> {
+        anyhow::ensure!(
+            self.flow_threshold >= 0.0,
+            "--flow-threshold must be >= 0 (got {})",
+            self.flow_threshold
+        );
+        let (loaded, predict, device) = self.network.open()?;
         let masks = crate::evaluate::MaskOptions {
             flow_threshold: self.flow_threshold,
             cellprob_threshold: self.cellprob_threshold,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cli::common::SegmentFlags;
+use crate::cli::common::{FolderArgs, SegmentFlags};
 use crate::evaluate::{self, Folder};
 
 #[derive(Args, Debug)]
@@ -14,15 +14,8 @@ pub struct EvalArgs {
     /// Folder of images and their ground-truth masks (found as `train --dir` finds them).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Only images whose name (without extension) ends with this.
-    #[arg(long, default_value = "")]
-    pub img_filter: String,
-    /// Masks are named <image base><mask filter>.tif/.tiff/.png.
-    #[arg(long, default_value = "_masks")]
-    pub mask_filter: String,
-    /// Also read images from the folder's subfolders.
-    #[arg(long)]
-    pub look_one_level_down: bool,
+    #[command(flatten)]
+    pub folder: FolderArgs,
     /// Print the scores as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -34,9 +27,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let (loaded, settings, device) = args.flags.open()?;
     let folder = Folder {
         dir: &args.dir,
-        img_filter: &args.img_filter,
-        mask_filter: &args.mask_filter,
-        look_one_level_down: args.look_one_level_down,
+        img_filter: &args.folder.img_filter,
+        mask_filter: &args.folder.mask_filter,
+        look_one_level_down: args.folder.look_one_level_down,
     };
     let summary = evaluate::evaluate_folder(
         &loaded,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::cli::common::SegmentFlags;
+use crate::cli::common::{FolderArgs, SegmentFlags};
 use crate::evaluate::{self, output_paths};
 
 #[derive(Args, Debug)]
@@ -25,15 +25,8 @@ pub struct SegmentArgs {
     /// Also write `<base>_flows.tif`: float32 pages dY, dX, cellprob.
     #[arg(long)]
     pub save_flows: bool,
-    /// With --dir: only images whose name (without extension) ends with this.
-    #[arg(long, default_value = "")]
-    pub img_filter: String,
-    /// With --dir: files whose name ends with this are masks, not images.
-    #[arg(long, default_value = "_masks")]
-    pub mask_filter: String,
-    /// With --dir: also segment images in its subfolders.
-    #[arg(long)]
-    pub look_one_level_down: bool,
+    #[command(flatten)]
+    pub folder: FolderArgs,
     /// Replace existing `<base>_masks.tif` files that `segment` did not write (e.g. ground truth).
     #[arg(long)]
     pub overwrite: bool,
@@ -44,9 +37,12 @@ pub struct SegmentArgs {
 pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     let (loaded, settings, device) = args.flags.open()?;
     let images = match (&args.dir, &args.image) {
-        (Some(dir), _) => {
-            crate::train::find_images(dir, &args.img_filter, &args.mask_filter, args.look_one_level_down)?
-        }
+        (Some(dir), _) => crate::train::find_images(
+            dir,
+            &args.folder.img_filter,
+            &args.folder.mask_filter,
+            args.folder.look_one_level_down,
+        )?,
         (None, Some(image)) => vec![image.clone()],
         (None, None) => anyhow::bail!("give --dir or --image"),
     };

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::common::{ChannelArgs, DeviceArg, ModelsDirArg};
+use crate::cli::common::{ChannelArgs, DeviceArg, FolderArgs, ModelsDirArg};
 use crate::model::{CpnetConfig, Model};
 use crate::report::{RunRecorder, Validation};
 use crate::train::{
@@ -32,15 +32,8 @@ pub struct TrainArgs {
     /// Write TensorBoard event files (loss, test loss, lr, AP) into this folder.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
-    /// Only images whose name (without extension) ends with this.
-    #[arg(long, default_value = "")]
-    pub img_filter: String,
-    /// Masks are named <image base><mask filter>.tif/.tiff/.png.
-    #[arg(long, default_value = "_masks")]
-    pub mask_filter: String,
-    /// Also read images from the folder's subfolders.
-    #[arg(long)]
-    pub look_one_level_down: bool,
+    #[command(flatten)]
+    pub folder: FolderArgs,
     #[command(flatten)]
     pub channels: ChannelArgs,
     /// Accepted for cellpose compatibility: TIFF pages and colour samples are always read as channels.
@@ -198,7 +191,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(d >= 0.0 && d.is_finite(), "--diameter must be >= 0 (got {d})");
     }
 
-    let pairs = train::discover(&args.dir, &args.img_filter, &args.mask_filter, args.look_one_level_down)?;
+    let pairs = train::discover(
+        &args.dir,
+        &args.folder.img_filter,
+        &args.folder.mask_filter,
+        args.folder.look_one_level_down,
+    )?;
     let raw = train::load_pairs(&pairs)?;
     let channels = args.channels.to_channels(raw[0].image.dim().0)?;
     let normalize = Normalize { normalize: !args.no_norm, ..Default::default() };
@@ -218,7 +216,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let test = match &args.test_dir {
         Some(dir) => {
-            let pairs = train::discover(dir, &args.img_filter, &args.mask_filter, args.look_one_level_down)?;
+            let pairs = train::discover(
+                dir,
+                &args.folder.img_filter,
+                &args.folder.mask_filter,
+                args.folder.look_one_level_down,
+            )?;
             let topts = PrepareOptions { min_train_masks: 0, ..opts.clone() };
             let mut t = train::prepare(train::load_pairs(&pairs)?, &topts)?.examples;
             if let Some(d) = args.diameter.filter(|d| *d > 0.0) {
