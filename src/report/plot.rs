@@ -110,18 +110,14 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
             .map_err(err)?;
         let grey = RGBColor(150, 150, 150);
         let value_style = ("sans-serif", 14).into_font();
-        let bars = |pick: fn(&(f64, Option<f64>, Option<f64>)) -> Option<f64>, dx: f64| {
-            data.ap
+        // (label, colour, offset from the group centre, which AP of the row)
+        for (label, color, dx, after) in [("base model", grey, -0.18, false), ("trained", BLUE, 0.18, true)] {
+            let pts: Vec<(f64, f64)> = data
+                .ap
                 .iter()
                 .enumerate()
-                .filter_map(move |(i, r)| pick(r).map(|v| (i as f64 + dx, v)))
-                .collect::<Vec<_>>()
-        };
-        for (label, color, dx, pick) in [
-            ("base model", grey, -0.18, (|r: &(f64, Option<f64>, Option<f64>)| r.1) as fn(&_) -> _),
-            ("trained", BLUE, 0.18, |r: &(f64, Option<f64>, Option<f64>)| r.2),
-        ] {
-            let pts = bars(pick, dx);
+                .filter_map(|(i, r)| (if after { r.2 } else { r.1 }).map(|v| (i as f64 + dx, v)))
+                .collect();
             c.draw_series(
                 pts.iter().map(|&(x, v)| Rectangle::new([(x - 0.16, 0.0), (x + 0.16, v)], color.filled())),
             )
