@@ -268,23 +268,32 @@ pub fn write_labels_tiff_described(
     let file = File::create(path).map_err(|e| err(path, e.into()))?;
     let tiff_err = |e: tiff::TiffError| err(path, ImageErrorKind::Tiff(e.to_string()));
     let mut enc = TiffEncoder::new(BufWriter::new(file)).map_err(tiff_err)?;
-    let (h, w) = labels.dim();
+    let (h, w) = (labels.dim().0 as u32, labels.dim().1 as u32);
     if labels.iter().all(|&v| v <= u16::MAX as u32) {
         let page: Vec<u16> = labels.iter().map(|&v| v as u16).collect();
-        let mut image = enc.new_image::<colortype::Gray16>(w as u32, h as u32).map_err(tiff_err)?;
-        if let Some(d) = description {
-            image.encoder().write_tag(tiff::tags::Tag::ImageDescription, d).map_err(tiff_err)?;
-        }
-        image.write_data(&page).map_err(tiff_err)?;
+        write_page::<_, colortype::Gray16>(&mut enc, w, h, &page, description).map_err(tiff_err)
     } else {
         let page: Vec<u32> = labels.iter().copied().collect();
-        let mut image = enc.new_image::<colortype::Gray32>(w as u32, h as u32).map_err(tiff_err)?;
-        if let Some(d) = description {
-            image.encoder().write_tag(tiff::tags::Tag::ImageDescription, d).map_err(tiff_err)?;
-        }
-        image.write_data(&page).map_err(tiff_err)?;
+        write_page::<_, colortype::Gray32>(&mut enc, w, h, &page, description).map_err(tiff_err)
     }
-    Ok(())
+}
+
+/// One TIFF page, with an ImageDescription when given.
+fn write_page<W: std::io::Write + std::io::Seek, C: colortype::ColorType>(
+    enc: &mut TiffEncoder<W>,
+    w: u32,
+    h: u32,
+    data: &[C::Inner],
+    description: Option<&str>,
+) -> Result<(), tiff::TiffError>
+where
+    [C::Inner]: tiff::encoder::TiffValue,
+{
+    let mut image = enc.new_image::<C>(w, h)?;
+    if let Some(d) = description {
+        image.encoder().write_tag(tiff::tags::Tag::ImageDescription, d)?;
+    }
+    image.write_data(data)
 }
 
 /// The first page's ImageDescription, if the file is a readable TIFF that has one.

@@ -46,9 +46,10 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         (None, Some(image)) => vec![image.clone()],
         (None, None) => anyhow::bail!("give --dir or --image"),
     };
+    let jobs: Vec<_> =
+        images.iter().map(|i| (i, output_paths(i, args.dir.as_deref(), args.out.as_deref()))).collect();
     // ground truth is never replaced unasked: check every output before segmenting anything
-    for image in &images {
-        let paths = output_paths(image, args.dir.as_deref(), args.out.as_deref());
+    for (_, paths) in &jobs {
         let ours = crate::imageio::tiff_description(&paths.masks)
             .is_some_and(|d| d == crate::imageio::SEGMENT_MASKS_DESCRIPTION);
         if paths.masks.exists() && !ours && !args.overwrite {
@@ -59,13 +60,12 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    for image in &images {
+    for (image, paths) in &jobs {
         let seg = evaluate::segment_file(&loaded, image, &settings, device)?;
-        let paths = output_paths(image, args.dir.as_deref(), args.out.as_deref());
         if paths.masks.exists() {
             tracing::info!("replacing {}", paths.masks.display());
         }
-        evaluate::write_outputs(&seg, &paths, args.save_flows)
+        evaluate::write_outputs(&seg, paths, args.save_flows)
             .with_context(|| format!("failed to write the outputs for {}", image.display()))?;
         let n = seg.masks.iter().copied().max().unwrap_or(0);
         eprintln!("{}: {n} masks -> {}", image.display(), paths.masks.display());

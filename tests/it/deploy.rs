@@ -110,34 +110,14 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
     let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form");
     assert_eq!(entry, ["/usr/local/bin/cellpose-train-worker"]);
     // the platform appends the one-shot contract's flags; `serve` is the alternative command
-    cli_accepts(
-        &[
-            "--apiUrl",
-            "http://girder:8080/api/v1",
-            "--token",
-            "t",
-            "--request",
-            "compute",
-            "--parameters",
-            "{}",
-            "--datasetId",
-            "d",
-        ]
-        .map(String::from),
-    );
-    cli_accepts(
-        &[
-            "--apiUrl",
-            "http://girder:8080/api/v1",
-            "--token",
-            "t",
-            "--request",
-            "interface",
-            "--parameters",
-            "{}",
-        ]
-        .map(String::from),
-    );
+    let oneshot = |request: &str, extra: &[&str]| {
+        let base =
+            ["--apiUrl", "http://girder:8080/api/v1", "--token", "t", "--parameters", "{}", "--request"];
+        let args: Vec<String> = base.iter().chain(&[request]).chain(extra).map(|a| a.to_string()).collect();
+        cli_accepts(&args);
+    };
+    oneshot("compute", &["--datasetId", "d"]);
+    oneshot("interface", &[]);
     cli_accepts(&["serve".to_string()]);
 
     let all: BTreeMap<String, String> =

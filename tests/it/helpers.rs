@@ -16,11 +16,17 @@ pub fn python() -> PathBuf {
 
 /// Runs a Python snippet with the reference interpreter; panics with its stderr when it fails.
 pub fn run_python(code: &str, args: &[&str]) -> String {
+    run_python_env(code, args, &[])
+}
+
+/// [`run_python`] with extra environment variables (e.g. `OMP_NUM_THREADS=1`).
+pub fn run_python_env<A: AsRef<std::ffi::OsStr>>(code: &str, args: &[A], env: &[(&str, &str)]) -> String {
     let out = Command::new(python())
         .arg("-c")
         .arg(code)
         .args(args)
         .env("PYTHONWARNINGS", "ignore")
+        .envs(env.iter().copied())
         .output()
         .expect("failed to start the reference Python (run scripts/setup.sh)");
     assert!(

@@ -10,7 +10,7 @@ use cellpose_train_worker::imageio::{read_labels, write_image_u16, write_labels_
 use cellpose_train_worker::synthetic::{write_folder, SynthSpec};
 use serde_json::Value;
 
-use crate::helpers::{bin, python, tempdir};
+use crate::helpers::{bin, run_python_env, tempdir};
 
 /// Cells of radius 8-12 (diameter ~20) in 96x96 two-channel images.
 fn spec(seed: u64) -> SynthSpec {
@@ -20,21 +20,7 @@ fn spec(seed: u64) -> SynthSpec {
 /// Runs Python single-threaded: two processes sharing 2 cores with spinning OpenMP threads are
 /// ten times slower than one thread each.
 fn py(code: &str, args: &[&Path]) -> String {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .env("PYTHONWARNINGS", "ignore")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("failed to start the reference Python (set CPW_PYTHON)");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_python_env(code, args, &[("OMP_NUM_THREADS", "1")])
 }
 
 /// Trains a small CPnet with cellpose's own `train.train_seg` (SGD, lr 0.1, 60 epochs of 4
