@@ -375,7 +375,10 @@ impl GirderClient {
             rb = rb.basic_auth(user, Some(password.expose()));
         }
         rb = match &call.body {
-            Body::None => rb,
+            // Girder 5 (behind uvicorn/starlette) answers 411 Length Required to a POST/PUT that
+            // has neither a body nor a Content-Length, as Python's requests never sends; say 0
+            // on every body-less request so no method depends on the server's leniency.
+            Body::None => rb.header(reqwest::header::CONTENT_LENGTH, "0"),
             Body::Form(f) => rb.form(f),
             Body::Json(v) => rb.json(v),
             Body::Bytes(b) => {
@@ -434,5 +437,41 @@ mod tests {
         assert_eq!(Call::post("file").retry, Retry::IfNotSent);
         assert_eq!(Call::post("api_key/token").idempotent().retry, Retry::Idempotent);
         assert_eq!(Call::put("job/x").retry, Retry::Idempotent);
+    }
+
+    /// Reads one request's head from a raw socket and answers `{}`: what went on the wire.
+    async fn capture_head(listener: &tokio::net::TcpListener) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the request head ended");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+        sock.write_all(reply).await.unwrap();
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn body_less_requests_of_every_method_say_content_length_zero_on_the_wire() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1", listener.local_addr().unwrap());
+        let client = GirderClient::new(GirderConfig::new(url), Auth::Anonymous).unwrap();
+        for call in [Call::get("a"), Call::post("b"), Call::put("c"), Call::delete("d")] {
+            let method = call.method.clone();
+            let (head, sent) = tokio::join!(capture_head(&listener), client.fetch(&call));
+            sent.unwrap();
+            let lengths: Vec<&str> =
+                head.lines().filter(|l| l.starts_with("content-length:")).map(str::trim).collect();
+            assert_eq!(lengths, ["content-length: 0"], "{method} sent:\n{head}");
+        }
+        // a request with a body keeps its own length
+        let call = Call::post("e").form("k", "v");
+        let (head, sent) = tokio::join!(capture_head(&listener), client.fetch(&call));
+        sent.unwrap();
+        assert!(head.contains("content-length: 3\r\n"), "{head}");
     }
 }
