@@ -99,7 +99,7 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
         "parameters": {"image": "cellpose-train-worker:latest", "workerInterface": values}
     });
     let job = world
-        .user
+        .creator
         .jobs()
         .create(&NewJob {
             title: format!("Cellpose retrain: {}", opts.model_name),

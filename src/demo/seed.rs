@@ -49,6 +49,9 @@ pub struct DemoWorld {
     pub user: GirderClient,
     pub user_id: String,
     pub user_token: Secret,
+    /// The user with a token that may `POST /job` (no login token may on Girder; NimbusImage
+    /// makes jobs server-side): minted by the admin through `dev_support/job_token`.
+    pub creator: GirderClient,
     pub dataset_id: String,
     pub image_item_id: String,
     pub base_model: String,
@@ -91,6 +94,7 @@ pub async fn seed(config: GirderConfig, spec: &DemoSpec) -> Result<DemoWorld, Gi
     admin.users().create(&new_user("alice", "alicepass1")).await?;
     let (user, me) = GirderClient::login(config.clone(), "alice", &Secret::new("alicepass1")).await?;
     let user_token = user.token().await?.ok_or_else(|| GirderError::Invalid("login gave no token".into()))?;
+    let creator = user.with_token(admin.jobs().creator_token(&me.id).await?);
 
     let private = user.folders().user_folder(&me.id, "Private").await?;
     let meta = json!({"subtype": "contrastDataset"});
@@ -146,6 +150,7 @@ pub async fn seed(config: GirderConfig, spec: &DemoSpec) -> Result<DemoWorld, Gi
         user,
         user_id: me.id,
         user_token,
+        creator,
         dataset_id: dataset.id,
         image_item_id: item.id,
         base_model: spec.base_model_name.clone(),

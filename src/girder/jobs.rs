@@ -205,8 +205,8 @@ impl Jobs<'_> {
         self.client.json(Call::put(format!("job/{id}/cancel"))).await
     }
 
-    /// `POST /job`. Real Girder requires a token with the `jobs.rest.create_job` scope (jobs are
-    /// normally made server-side); the mock lets any user create one.
+    /// `POST /job`. Girder requires a token with the `jobs.rest.create_job` scope, which no login
+    /// or API-key token has (NimbusImage makes jobs server-side); see [`Self::creator_token`].
     pub async fn create(&self, job: &NewJob) -> Result<Job, GirderError> {
         let mut call = Call::post("job")
             .form("title", &job.title)
@@ -219,6 +219,18 @@ impl Jobs<'_> {
             call = call.form("kwargs", kwargs);
         }
         self.client.json(call).await
+    }
+
+    /// A token of `user_id` that may `POST /job`, from `POST /dev_support/job_token` (site admin
+    /// only). Not a Girder route: the mock and the tests' real-Girder launcher serve it, so the
+    /// demo and the tests can submit jobs as NimbusImage's server side would.
+    pub async fn creator_token(&self, user_id: &str) -> Result<Secret, GirderError> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            token: Secret,
+        }
+        let call = Call::post("dev_support/job_token").query("userId", user_id);
+        Ok(self.client.json::<Answer>(call).await?.token)
     }
 }
 

@@ -7,8 +7,8 @@
 //! `POST /upenn_annotation/multiple`, ...); `cellpose-train-worker mock-girder --port P` runs it
 //! standalone. Fault injection and a request log live under `/mock` (see [`faults`]).
 //!
-//! Known deviations from Girder, on purpose:
-//! - `POST /job` is open to any logged-in user (Girder needs a `jobs.rest.create_job` token scope).
+//! Known deviations from Girder, on purpose (tests/it/girder_differential.rs holds the rest of the
+//! mock to a real Girder 5.0.21, call by call):
 //! - `PUT /job/{id}/cancel` on a running worker job gives CANCELING as if a Celery task existed.
 //! - Access control is reduced to: site admin, owner of the user's tree, `public` folders.
 //! - Only TIFF uploads become large images; JPEG region encoding is not offered; scaled regions

@@ -42,7 +42,7 @@ async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job {
         kwargs: Some(kwargs),
         ..Default::default()
     };
-    let job = world.user.jobs().create(&new).await.unwrap();
+    let job = world.creator.jobs().create(&new).await.unwrap();
     world
         .user
         .jobs()

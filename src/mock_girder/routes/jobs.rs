@@ -2,8 +2,9 @@
 //! checked against girder_jobs' and the worker plugin's transition tables; progress; log),
 //! cancel, delete.
 //!
-//! Deviation from real Girder: `POST /job` is open to any logged-in user. Girder demands a token
-//! with the `jobs.rest.create_job` scope, which no login or API-key token has.
+//! As in girder_jobs, `POST /job` demands a token with the `jobs.rest.create_job` scope, which no
+//! login or API-key token has (NimbusImage creates jobs server-side); tests and the demo get one
+//! from `POST /dev_support/job_token` (admin only), which the real-Girder test launcher serves too.
 
 use axum::extract::{Path, State as AxState};
 use axum::http::StatusCode;
@@ -156,27 +157,52 @@ pub(crate) async fn list(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
     list_jobs(&st, &ctx, &app.base_url, Some(&user.id), Some(user))
 }
 
+/// `GET /job/all`: girder_jobs lists every job the caller may read (all of them for a site admin,
+/// their own and public ones for anyone else), not an admin-only route.
 pub(crate) async fn list_all(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
     let st = app.state();
     let user = st.require_user(ctx.token())?;
-    if !user.admin {
+    list_jobs(&st, &ctx, &app.base_url, (!user.admin).then_some(user.id.as_str()), Some(user))
+}
+
+/// The scope girder_jobs' `POST /job` requires of the caller's token.
+pub(crate) const CREATE_JOB_SCOPE: &str = "jobs.rest.create_job";
+/// The scope of `GET /job/all` and `GET /job/{id}` for tokens that are not plain user tokens.
+pub(crate) const LIST_JOB_SCOPE: &str = "jobs.rest.list_job";
+
+/// `POST /dev_support/job_token?userId=` (not Girder: the test launcher's and this mock's, admin
+/// only): a token of that user that may create jobs, as NimbusImage's server-side code can.
+pub(crate) async fn dev_job_token(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
+    let mut st = app.state();
+    if !st.require_user(ctx.token())?.admin {
         return Err(ApiError::access(true, "Administrator access required."));
     }
-    list_jobs(&st, &ctx, &app.base_url, None, Some(user))
+    let user_id = ctx.required("userId")?.to_string();
+    check_id(&user_id)?;
+    if !st.users.contains_key(&user_id) {
+        return Err(ApiError::rest(format!("Invalid user id ({user_id}).")));
+    }
+    let scopes = vec!["core.user_auth".into(), CREATE_JOB_SCOPE.into(), LIST_JOB_SCOPE.into()];
+    let (token, _) = st.issue_token(Some(user_id), scopes, 1.0);
+    Ok(json_response(json!({ "token": token })))
 }
 
 /// `POST /job` (`title`, `type`, `handler`, `args`, `kwargs`, `public`, `parentId`).
 pub(crate) async fn create(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
     let title = ctx.required("title")?.to_string();
     let job_type = ctx.required("type")?.to_string();
-    let args = ctx.json_param("args")?.unwrap_or(json!([]));
+    let args = ctx.json_param("args")?.unwrap_or(Value::Null);
     let kwargs = ctx.json_param("kwargs")?.unwrap_or(json!({}));
-    if !args.is_array() || !kwargs.is_object() {
+    if !(args.is_array() || args.is_null()) || !kwargs.is_object() {
         return Err(ApiError::rest("Parameters args and kwargs must be a JSON array and a JSON object."));
     }
     let public = ctx.flag("public", false)?;
     let mut st = app.state();
     let user_id = st.require_user(ctx.token())?.id.clone();
+    if !st.token(ctx.token()).is_some_and(|t| t.scopes.iter().any(|s| s == CREATE_JOB_SCOPE)) {
+        let message = format!("Invalid token scope, required: {CREATE_JOB_SCOPE}.");
+        return Err(ApiError::access(true, message));
+    }
     let id = st.new_id();
     let (job_token, _) = st.issue_token(None, vec![format!("jobs.job_{id}")], 7.0);
     let t = now();

@@ -51,6 +51,7 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/job/all", get(jobs::list_all))
         .route("/job/{id}", get(jobs::get).put(jobs::update).delete(jobs::remove))
         .route("/job/{id}/cancel", put(jobs::cancel))
+        .route("/dev_support/job_token", post(jobs::dev_job_token))
         .route("/upenn_annotation", get(annotations::list).post(annotations::create))
         .route("/upenn_annotation/multiple", post(annotations::create_many))
         .route("/upenn_annotation/count", get(annotations::count))
