@@ -317,6 +317,61 @@ async fn scenario(p: &mut Probe) {
         Send::None,
     )
     .await;
+    // two chunks: a non-final one must be at least Girder's 5 MiB minimum; resume from the offset
+    const MIB5: usize = 5 * 1024 * 1024;
+    let big = Bytes::from((0..MIB5 + 1000).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    let total = big.len().to_string();
+    let init =
+        [("parentType", "item"), ("parentId", item_id.as_str()), ("name", "big"), ("size", total.as_str())];
+    let up = p.call("POST /file (init, 2 chunks)", M::POST, "file", Some(&tok), &q(&init), Send::None).await;
+    let up_id = s(&up["_id"]);
+    let small = big.slice(0..1000);
+    p.call(
+        "POST /file/chunk non-final under the minimum",
+        M::POST,
+        "file/chunk",
+        Some(&tok),
+        &q(&[("uploadId", &up_id), ("offset", "0")]),
+        Send::Bytes(small),
+    )
+    .await;
+    p.call(
+        "POST /file/chunk first",
+        M::POST,
+        "file/chunk",
+        Some(&tok),
+        &q(&[("uploadId", &up_id), ("offset", "0")]),
+        Send::Bytes(big.slice(0..MIB5)),
+    )
+    .await;
+    p.call(
+        "GET /file/offset after a chunk",
+        M::GET,
+        "file/offset",
+        Some(&tok),
+        &q(&[("uploadId", &up_id)]),
+        Send::None,
+    )
+    .await;
+    let done = p
+        .call(
+            "POST /file/chunk last",
+            M::POST,
+            "file/chunk",
+            Some(&tok),
+            &q(&[("uploadId", &up_id), ("offset", &MIB5.to_string())]),
+            Send::Bytes(big.slice(MIB5..)),
+        )
+        .await;
+    p.call(
+        "GET /file/{id}/download (2 chunks)",
+        M::GET,
+        &format!("file/{}/download", s(&done["_id"])),
+        Some(&tok),
+        &[],
+        Send::None,
+    )
+    .await;
     p.call(
         "GET /item/{id}/files",
         M::GET,
