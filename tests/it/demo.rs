@@ -24,7 +24,11 @@ fn demo_runs_a_job_through_the_queue_and_hands_out_a_model_python_cellpose_loads
         assert!(stdout.contains(needle), "`{needle}` missing from:\n{stdout}");
     }
     let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with('[')).collect();
-    assert!(progress.iter().any(|l| l.contains("Epoch 3/3")), "no per-epoch progress: {progress:?}");
+    // the demo polls the job twice a second, so which epochs it catches depends on the machine
+    assert!(
+        progress.iter().any(|l| l.contains("Epoch ") && l.contains("/3: loss")),
+        "no per-epoch progress: {progress:?}"
+    );
     assert!(progress.last().is_some_and(|l| l.starts_with("[100.0%]")), "{progress:?}");
     for key in ["Validation region, base model:", "Validation region, trained model:"] {
         let line = stdout
