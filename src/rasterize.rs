@@ -71,6 +71,11 @@ pub struct Region {
 }
 
 impl Region {
+    /// Whether the two share at least one pixel (ends are exclusive, so touching edges do not).
+    pub fn overlaps(&self, other: &Region) -> bool {
+        self.x0 < other.x1 && other.x0 < self.x1 && self.y0 < other.y1 && other.y0 < self.y1
+    }
+
     /// The whole frame of shape `(height, width)`.
     pub fn full(frame: (usize, usize)) -> Region {
         Region { x0: 0, y0: 0, x1: frame.1, y1: frame.0 }
@@ -440,6 +445,11 @@ mod tests {
             location: crate::annotations::Location { time: 0, z: 0, xy: 0 },
         };
         assert_eq!(Region::from_annotation(&a, (40, 100)).unwrap(), Region { x0: 0, y0: 2, x1: 60, y1: 40 });
+        let r = |x0, y0, x1, y1| Region { x0, y0, x1, y1 };
+        assert!(r(0, 0, 10, 10).overlaps(&r(9, 9, 20, 20)), "one shared pixel");
+        assert!(!r(0, 0, 10, 10).overlaps(&r(10, 0, 20, 10)), "touching edges share no pixel");
+        assert!(!r(0, 0, 10, 10).overlaps(&r(0, 10, 10, 20)));
+        assert!(r(0, 0, 100, 100).overlaps(&r(40, 40, 50, 50)), "containment");
         let e = Region::from_annotation(&a, (2, 100)).unwrap_err();
         assert!(matches!(e, RasterizeError::EmptyRegion { ref id, .. } if id == "r"), "{e}");
     }

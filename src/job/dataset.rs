@@ -199,8 +199,17 @@ pub async fn collect_samples(
                 }
             }
         }
+        let training_regions: Vec<(&str, Region)> = if use_regions && train_at.contains_key(&loc) {
+            let rs = region_at.get(&loc).map(Vec::as_slice).unwrap_or_default();
+            rs.iter().zip(&cuts).map(|(r, c)| (r.id.as_str(), c.region)).collect()
+        } else {
+            Vec::new()
+        };
         for r in val_at.get(&loc).map(Vec::as_slice).unwrap_or_default() {
             let region = Region::from_annotation(r, img.frame_shape)?;
+            if let Some((id, _)) = training_regions.iter().find(|(_, t)| t.overlaps(&region)) {
+                return Err(JobError::RegionOverlap { validation: r.id.clone(), training: id.to_string() });
+            }
             region.check_budget(&r.id, max_region_pixels)?;
             cuts.push(Cut {
                 region,

@@ -48,6 +48,9 @@ pub enum JobError {
     /// of training are not lost.
     #[error("{source} The trained model is kept on the worker at {}.", kept.display())]
     ModelKept { source: Box<JobError>, kept: std::path::PathBuf },
+    /// Scoring on pixels the model trained on would flatter it.
+    #[error("Validation region {validation} overlaps training region {training}.")]
+    RegionOverlap { validation: String, training: String },
     #[error("Local file error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -105,6 +108,11 @@ impl JobError {
             JobError::Train(_) => "See the worker log.".into(),
             JobError::Cancelled => "Nothing was uploaded.".into(),
             JobError::Interrupted { .. } => "Another worker resumes it from the last checkpoint.".into(),
+            JobError::RegionOverlap { .. } => {
+                "Move or shrink one of the two rectangles: validation must be scored on pixels the model \
+                 was not trained on."
+                    .into()
+            }
             JobError::Io(_) => "The worker's disk may be full or not writable.".into(),
             JobError::ModelKept { .. } => {
                 "Your previous model of that name is unchanged. Ask the administrator for the kept file, \

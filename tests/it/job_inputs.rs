@@ -149,6 +149,13 @@ async fn bad_annotations_missing_frames_and_huge_regions_name_the_culprit() {
             f.doc("rectangle", "open-ring", 0, &[(1.0, 1.0), (9.0, 1.0), (9.0, 9.0), (1.0, 9.0), (2.0, 1.0)]),
             f.doc("polygon", "far-away", 0, &[(1.0, 1.0), (3e9, 1.0), (9.0, 9.0)]),
             f.doc("polygon", "elsewhere", 3, &[(10.0, 10.0), (30.0, 10.0), (20.0, 30.0)]),
+            // across the corner where the demo's training quadrants meet
+            f.doc(
+                "rectangle",
+                "overlapping-val",
+                0,
+                &[(38.0, 38.0), (58.0, 38.0), (58.0, 58.0), (38.0, 58.0)],
+            ),
         ])
         .await;
     let cases: Vec<(&str, Value, Vec<&str>)> = vec![
@@ -173,6 +180,11 @@ async fn bad_annotations_missing_frames_and_huge_regions_name_the_culprit() {
             "annotation on a frame the image does not have",
             with(&tagged("elsewhere"), "Training Region", None),
             vec!["no frame for channel 0 at Time 0, Z 0, XY 3"],
+        ),
+        (
+            "validation region overlapping a training region",
+            with(&ok, "Validation Region", Some(json!(["overlapping-val"]))),
+            vec![&ids[5], "overlaps training region", "not trained on"],
         ),
     ];
     for (case, values, needles) in cases {
