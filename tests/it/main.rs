@@ -16,6 +16,7 @@ mod helpers;
 mod job;
 mod job_inputs;
 mod metrics;
+mod mock_fidelity;
 mod model_files;
 mod npy;
 mod predict;
