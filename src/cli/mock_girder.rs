@@ -19,6 +19,10 @@ pub struct MockGirderArgs {
     /// Girder's core.upload_minimum_chunk_size in bytes.
     #[arg(long, default_value_t = 5 * 1024 * 1024)]
     pub min_chunk_size: u64,
+    /// Act as if a Celery worker served Girder's `local` queue: `DELETE /folder` works instead
+    /// of answering 503 as a plain Girder 5 does.
+    #[arg(long)]
+    pub local_worker: bool,
 }
 
 pub fn run(args: MockGirderArgs) -> anyhow::Result<ExitCode> {
@@ -30,7 +34,11 @@ pub fn run(args: MockGirderArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("failed to listen on {addr}"))?;
         let local = listener.local_addr().context("failed to read the listening address")?;
         eprintln!("mock Girder listening on http://{local}/api/v1 (Ctrl-C stops it)");
-        let config = MockConfig { upload_minimum_chunk_size: args.min_chunk_size, addr: local };
+        let config = MockConfig {
+            upload_minimum_chunk_size: args.min_chunk_size,
+            addr: local,
+            local_worker: args.local_worker,
+        };
         serve(listener, config, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -70,13 +70,23 @@ pub enum GirderError {
 }
 
 impl GirderError {
-    /// True for failures worth retrying: timeouts, transport errors, 429 and 5xx.
+    /// True for failures worth retrying: timeouts, transport errors, 429 and 5xx, except
+    /// [`GirderError::is_no_local_worker`] (a refusal that lasts as long as Girder's set-up).
     pub fn is_transient(&self) -> bool {
         match self {
             GirderError::Timeout { .. } | GirderError::Transport { .. } => true,
-            GirderError::Http { status, .. } => *status == 429 || *status >= 500,
+            GirderError::Http { status, .. } => {
+                (*status == 429 || *status >= 500) && !self.is_no_local_worker()
+            }
             _ => false,
         }
+    }
+
+    /// Girder 5's `503 No local worker is available to process this request.`: the call needs a
+    /// Celery worker on Girder's `local` queue (e.g. `DELETE /folder`) and the server has none.
+    pub fn is_no_local_worker(&self) -> bool {
+        matches!(self, GirderError::Http { status: 503, message, .. }
+            if message.starts_with("No local worker is available"))
     }
 
     /// The HTTP status Girder answered with, when there was one.

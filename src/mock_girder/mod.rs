@@ -7,6 +7,10 @@
 //! `POST /upenn_annotation/multiple`, ...); `cellpose-train-worker mock-girder --port P` runs it
 //! standalone. Fault injection and a request log live under `/mock` (see [`faults`]).
 //!
+//! Like a plain Girder 5 (no Celery worker on its `local` queue): a body-less POST/PUT without
+//! `Content-Length` is answered 411, and `DELETE /folder/{id}` 503 unless
+//! [`MockConfig::local_worker`] is set; one `PUT /job/{id}?log=` is one log entry.
+//!
 //! Known deviations from Girder, on purpose (tests/it/girder_differential.rs holds the rest of the
 //! mock to a real Girder 5.0.21, call by call):
 //! - `PUT /job/{id}/cancel` on a running worker job gives CANCELING as if a Celery task existed.

@@ -157,8 +157,15 @@ async fn handle(app: Shared, router: Router, req: Request<Incoming>) -> Result<R
     }
     let method = req.method().as_str().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let fault = app.faults().take(&method, &path);
     let mut logged = Logged { method: method.clone(), path: path.clone(), query, status: None, fault: None };
+    if lacks_length(&req) {
+        // refused before any handler (or fault) sees it, as CherryPy does under Girder
+        let resp = length_required();
+        logged.status = Some(resp.status().as_u16());
+        app.faults().log.push(logged);
+        return Ok(resp);
+    }
+    let fault = app.faults().take(&method, &path);
     let outcome = match fault {
         Some(f) if !f.after => match f.kind {
             FaultKind::Status(code) => {
@@ -194,6 +201,29 @@ async fn handle(app: Shared, router: Router, req: Request<Incoming>) -> Result<R
     logged.status = outcome.as_ref().ok().map(|r| r.status().as_u16());
     app.faults().log.push(logged);
     outcome
+}
+
+/// A POST, PUT or PATCH (CherryPy's `methods_with_bodies` under Girder) with neither
+/// `Content-Length` nor `Transfer-Encoding`: CherryPy's request body processing raises
+/// `HTTPError(411)` before Girder's endpoint runs, so a body-less request must say
+/// `Content-Length: 0`.
+fn lacks_length(req: &Request<Body>) -> bool {
+    use axum::http::{header, Method};
+    let has_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    let h = req.headers();
+    has_body && !h.contains_key(header::CONTENT_LENGTH) && !h.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// `411 Length Required`. Girder renders it with its HTML error page; plain text here carries
+/// the same status and reason.
+fn length_required() -> Response<Body> {
+    let mut resp = Response::new(Body::from("411 Length Required: Client must specify Content-Length."));
+    *resp.status_mut() = StatusCode::LENGTH_REQUIRED;
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 async fn call(router: Router, req: Request<Body>) -> Response<Body> {

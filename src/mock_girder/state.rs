@@ -158,6 +158,10 @@ pub struct MockConfig {
     pub upload_minimum_chunk_size: u64,
     /// Address to listen on; port 0 picks a free one.
     pub addr: std::net::SocketAddr,
+    /// Whether a Celery worker serves Girder's `local` queue. Girder 5 deletes folders in a
+    /// `local` task: without one (the default, as on a plain Girder) `DELETE /folder/{id}`
+    /// answers 503 and deletes nothing; items still delete synchronously.
+    pub local_worker: bool,
 }
 
 impl Default for MockConfig {
@@ -165,12 +169,15 @@ impl Default for MockConfig {
         MockConfig {
             upload_minimum_chunk_size: 5 * 1024 * 1024,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            local_worker: false,
         }
     }
 }
 
 pub(crate) struct State {
     pub min_chunk: u64,
+    /// [`MockConfig::local_worker`].
+    pub local_worker: bool,
     id_prefix: String,
     next_id: u32,
     pub users: BTreeMap<String, UserRec>,
@@ -218,6 +225,7 @@ impl State {
         let salt: u64 = rand::thread_rng().gen::<u64>() & 0xff_ffff_ffff;
         State {
             min_chunk: config.upload_minimum_chunk_size,
+            local_worker: config.local_worker,
             id_prefix: format!("{secs:08x}{salt:010x}"),
             next_id: 1,
             users: BTreeMap::new(),

@@ -68,7 +68,7 @@ async fn no_token_is_401_and_another_users_folder_is_403() {
 }
 
 #[tokio::test]
-async fn folders_are_found_created_reused_and_deleted() {
+async fn folders_are_found_created_and_reused_and_a_delete_is_refused_without_a_local_worker() {
     let s = seeded().await;
     // null metadata values are dropped, as Girder does
     assert_eq!(s.dataset.meta, json!({"subtype": "contrastDataset"}).as_object().unwrap().clone());
@@ -88,9 +88,12 @@ async fn folders_are_found_created_reused_and_deleted() {
     assert_eq!(models.id, again.id);
     let cellpose =
         s.alice.folders().find(ParentType::Folder, &s.private.id, ".cellpose").await.unwrap().unwrap();
-    s.alice.folders().delete(&cellpose.id).await.unwrap();
-    let err = s.alice.folders().get(&models.id).await.unwrap_err();
-    assert_eq!(err.girder_message(), Some(format!("Invalid folder id ({}).", models.id).as_str()));
+    // a Girder without a Celery worker on its `local` queue refuses folder deletes (once: the
+    // client does not retry a refusal that lasts); mock_fidelity covers a Girder with one
+    let err = s.alice.folders().delete(&cellpose.id).await.unwrap_err();
+    assert!(err.is_no_local_worker() && !err.is_transient(), "{err:?}");
+    assert_eq!(count(&requests(&s.mock).await, "DELETE", &format!("/folder/{}", cellpose.id)), 1);
+    assert_eq!(s.alice.folders().get(&models.id).await.unwrap().id, models.id);
 }
 
 #[tokio::test]

@@ -75,6 +75,8 @@ async fn wrong_offset_and_short_chunk_answers_match_the_record() {
     let init: Value = http
         .post(format!("{api}/file?parentType=folder&parentId={}&name=x.bin&size=10000", s.dataset.id))
         .header("Girder-Token", token.expose())
+        // a body-less POST must say so: Girder answers 411 without a Content-Length
+        .header("Content-Length", "0")
         .send()
         .await
         .unwrap()

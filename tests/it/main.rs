@@ -17,6 +17,7 @@ mod helpers;
 mod job;
 mod job_inputs;
 mod metrics;
+mod mock_fidelity;
 mod model_files;
 mod npy;
 mod predict;

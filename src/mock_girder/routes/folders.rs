@@ -2,6 +2,7 @@
 //! `null` values are dropped), get, update, metadata, delete.
 
 use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::paging::Paging;
@@ -178,6 +179,14 @@ pub(crate) async fn remove(AxState(app): AxState<Shared>, Path(id): Path<String>
     let mut st = app.state();
     let user = st.require_user(ctx.token())?;
     let name = st.folder(&id, Some(user), Level::Admin)?.name.clone();
+    if !st.local_worker {
+        // Girder 5 deletes a folder in a Celery task on its `local` queue
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rest",
+            "No local worker is available to process this request.",
+        ));
+    }
     st.remove_folder(&id);
     Ok(json_response(json!({"message": format!("Deleted folder {name}.")})))
 }
