@@ -419,6 +419,26 @@ async fn scenario(p: &mut Probe) {
         Send::None,
     )
     .await;
+    p.call(
+        "PUT /dev_support/local_worker",
+        M::PUT,
+        "dev_support/local_worker",
+        Some(&admin_tok),
+        &q(&[("enabled", "true")]),
+        Send::None,
+    )
+    .await;
+    p.call(
+        "DELETE /folder/{id} with a local worker",
+        M::DELETE,
+        &format!("folder/{scratch_id}"),
+        Some(&tok),
+        &[],
+        Send::None,
+    )
+    .await;
+    p.call("GET /folder/{id} deleted", M::GET, &format!("folder/{scratch_id}"), Some(&tok), &[], Send::None)
+        .await;
 
     // NimbusImage annotations and worker interfaces
     let ann = |shape: &str, tags: &[&str], x: f64| {

@@ -187,6 +187,18 @@ pub(crate) async fn dev_job_token(AxState(app): AxState<Shared>, ctx: Ctx) -> Ap
     Ok(json_response(json!({ "token": token })))
 }
 
+/// `PUT /dev_support/local_worker?enabled=` (not Girder: the test launcher's and this mock's,
+/// admin only): whether a Celery worker serves Girder's `local` queue, which `DELETE /folder`
+/// needs (503 without one).
+pub(crate) async fn dev_local_worker(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
+    let mut st = app.state();
+    if !st.require_user(ctx.token())?.admin {
+        return Err(ApiError::access(true, "Administrator access required."));
+    }
+    st.local_worker = ctx.flag("enabled", true)?;
+    Ok(json_response(json!({ "enabled": st.local_worker })))
+}
+
 /// `POST /job` (`title`, `type`, `handler`, `args`, `kwargs`, `public`, `parentId`).
 pub(crate) async fn create(AxState(app): AxState<Shared>, ctx: Ctx) -> ApiResult {
     let title = ctx.required("title")?.to_string();

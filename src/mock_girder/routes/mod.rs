@@ -52,6 +52,7 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/job/{id}", get(jobs::get).put(jobs::update).delete(jobs::remove))
         .route("/job/{id}/cancel", put(jobs::cancel))
         .route("/dev_support/job_token", post(jobs::dev_job_token))
+        .route("/dev_support/local_worker", put(jobs::dev_local_worker))
         .route("/upenn_annotation", get(annotations::list).post(annotations::create))
         .route("/upenn_annotation/multiple", post(annotations::create_many))
         .route("/upenn_annotation/count", get(annotations::count))
