@@ -381,11 +381,14 @@ impl Worker {
                     &job_id,
                     JobUpdate {
                         progress_message: Some(msg.clone()),
-                        log: Some(format!("{msg}\n{release}\n")),
+                        log: Some(format!("{msg}\n")),
                         ..Default::default()
                     },
                 )
                 .await;
+                // its own PUT, so its own log entry: what the next worker looks for
+                let release = JobUpdate { log: Some(format!("{release}\n")), ..Default::default() };
+                self.final_update(&job_id, release).await;
                 tracing::info!("handed the job back");
                 return Finish::HandedBack;
             }
@@ -436,7 +439,7 @@ impl Worker {
         self.log(job_id, &error_line(message, info)).await;
         let update = JobUpdate {
             status: Some(JobStatus::ERROR),
-            log: Some(format!("Error: {message}\n")),
+            log: Some(format!("Error: {}\n", one_line(message))),
             ..Default::default()
         };
         self.final_update(job_id, update).await;
@@ -444,7 +447,7 @@ impl Worker {
     }
 
     async fn log(&self, job_id: &str, line: &str) {
-        let update = JobUpdate { log: Some(format!("{line}\n")), ..Default::default() };
+        let update = JobUpdate { log: Some(format!("{}\n", one_line(line))), ..Default::default() };
         if let Err(e) = self.admin.jobs().update(job_id, &update).await {
             tracing::warn!(error = %e, "could not append to the job log");
         }
@@ -576,6 +579,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// `text` on one line: a message that quotes user input (a tag, a model name) can then never
+/// put a line of its own, such as a forged claim marker, into the job log.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
 }
 
 /// What the heartbeat saw.
