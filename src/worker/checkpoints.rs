@@ -76,22 +76,36 @@ pub async fn latest(
     Ok(Some((epoch, client.items().download(&item.id).await?)))
 }
 
-/// Removes the job's checkpoint folder (the job has ended).
-pub async fn remove(client: &GirderClient, user_id: &str, job_id: &str) -> Result<(), GirderError> {
+/// Removes the job's checkpoints (the job has ended): every item first, which Girder deletes
+/// synchronously, then the folder, tried once. Girder 5 deletes folders in a Celery task on its
+/// `local` queue and answers 503 `No local worker is available` without one; that refusal is
+/// not transient (the client does not retry it) and leaves only an empty folder, so it is
+/// logged and tolerated. Returns whether the folder itself went.
+pub async fn remove(client: &GirderClient, user_id: &str, job_id: &str) -> Result<bool, GirderError> {
     let private = client.folders().user_folder(user_id, "Private").await?;
     let Some(cellpose) =
         client.folders().find(crate::girder::ParentType::Folder, &private.id, ".cellpose").await?
     else {
-        return Ok(());
+        return Ok(true);
     };
     let Some(checkpoints) =
         client.folders().find(crate::girder::ParentType::Folder, &cellpose.id, "checkpoints").await?
     else {
-        return Ok(());
+        return Ok(true);
     };
-    if let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await?
-    {
-        client.folders().delete(&f.id).await?;
+    let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await?
+    else {
+        return Ok(true);
+    };
+    for item in client.items().list(&f.id).await? {
+        client.items().delete(&item.id).await?;
     }
-    Ok(())
+    match client.folders().delete(&f.id).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_no_local_worker() => {
+            tracing::info!(folder = %f.id, "checkpoints removed; Girder has no local worker to delete their empty folder");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }

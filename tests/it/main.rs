@@ -24,4 +24,5 @@ mod rasterize;
 mod segment_cli;
 mod train;
 mod train_golden;
+mod worker_checkpoints;
 mod worker_queue;
