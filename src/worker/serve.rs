@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::girder::{
     Auth, GirderClient, GirderConfig, GirderError, Job, JobFilter, JobStatus, JobUpdate, Secret,
 };
-use crate::job::events::{error_line, line_for};
+use crate::job::events::{checkpoint_label, error_line, line_for};
 use crate::job::{self, Controls, Events, JobContext, JobError, JobEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -304,13 +304,11 @@ impl Worker {
     ) -> Finish {
         let job_id = job.id.clone();
         let resume = match checkpoints::latest(&user, &user_id, &job_id).await {
-            Ok(Some((epoch, bytes))) => {
-                self.log(
-                    &job_id,
-                    &format!("Resuming from the checkpoint after epoch {} (round {round}).", epoch + 1),
-                )
-                .await;
-                tracing::info!(epoch, "resuming from checkpoint");
+            Ok(Some((at, bytes))) => {
+                let label = checkpoint_label(at.epoch, at.step);
+                self.log(&job_id, &format!("Resuming from the checkpoint after {label} (round {round})."))
+                    .await;
+                tracing::info!(epoch = at.epoch, step = at.step, "resuming from checkpoint");
                 Some(bytes.to_vec())
             }
             Ok(None) => None,
@@ -370,11 +368,12 @@ impl Worker {
             None | Some(Err(JobError::Interrupted { .. })) => {
                 let release = Line::Release { round, worker: self.id.clone(), epoch: checkpoint_epoch };
                 let msg = match checkpoint_epoch {
-                    Some(e) => format!(
-                        "Worker {} shut down; handed back with a checkpoint after epoch {}.",
-                        self.id,
-                        e + 1
-                    ),
+                    Some(e) => {
+                        format!(
+                            "Worker {} shut down; handed back with a checkpoint after epoch {e}.",
+                            self.id
+                        )
+                    }
                     None => format!("Worker {} shut down before the first checkpoint; handed back.", self.id),
                 };
                 self.final_update(
@@ -512,13 +511,15 @@ impl Worker {
                 }
                 JobEvent::Warning { .. } => {}
                 JobEvent::Epoch(e) => self.metrics.step_seconds.observe(e.seconds_per_step),
-                JobEvent::Checkpoint { epoch, bytes } => {
-                    match checkpoints::save(&user, &user_id, &job_id, *epoch, bytes.clone()).await {
+                JobEvent::Checkpoint { epoch, step, bytes } => {
+                    let at = checkpoints::Point { epoch: *epoch, step: *step };
+                    match checkpoints::save(&user, &user_id, &job_id, at, bytes.clone()).await {
                         Ok(()) => {
                             if let Ok(mut s) = shared.lock() {
                                 s.checkpoint_epoch = Some(*epoch);
                             }
-                            update.log = Some(format!("Checkpoint saved after epoch {}.\n", epoch + 1));
+                            let label = checkpoint_label(*epoch, *step);
+                            update.log = Some(format!("Checkpoint saved after {label}.\n"));
                         }
                         Err(e) => tracing::warn!(error = %e, epoch, "could not store a checkpoint"),
                     }

@@ -4,7 +4,7 @@
 use cellpose_train_worker::girder::ParentType;
 use cellpose_train_worker::job::store;
 use cellpose_train_worker::mock_girder::MockConfig;
-use cellpose_train_worker::worker::checkpoints;
+use cellpose_train_worker::worker::checkpoints::{self, Point};
 
 use super::girder_seed::{clear_requests, count, requests, seeded, seeded_with, Seeded};
 
@@ -14,10 +14,10 @@ const JOB: &str = "0123456789abcdef01234567";
 /// job's checkpoint folder id.
 async fn two_checkpoints(s: &Seeded) -> String {
     let uid = &s.alice_user.id;
-    checkpoints::save(&s.alice, uid, JOB, 1, vec![1; 1000]).await.unwrap();
-    checkpoints::save(&s.alice, uid, JOB, 3, vec![3; 1000]).await.unwrap();
-    let (epoch, bytes) = checkpoints::latest(&s.alice, uid, JOB).await.unwrap().unwrap();
-    assert_eq!((epoch, bytes.len(), bytes[0]), (3, 1000, 3));
+    checkpoints::save(&s.alice, uid, JOB, Point { epoch: 1, step: 0 }, vec![1; 1000]).await.unwrap();
+    checkpoints::save(&s.alice, uid, JOB, Point { epoch: 3, step: 0 }, vec![3; 1000]).await.unwrap();
+    let (at, bytes) = checkpoints::latest(&s.alice, uid, JOB).await.unwrap().unwrap();
+    assert_eq!((at.epoch, bytes.len(), bytes[0]), (3, 1000, 3));
     store::cellpose_folder(&s.alice, uid, &["checkpoints", JOB]).await.unwrap().id
 }
 
@@ -42,6 +42,16 @@ async fn checkpoint_items_are_removed_although_girder_refuses_the_folder_delete(
     // nothing left to find, and a second clean-up is harmless
     assert!(checkpoints::latest(&s.alice, &s.alice_user.id, JOB).await.unwrap().is_none());
     checkpoints::remove(&s.alice, &s.alice_user.id, JOB).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_mid_epoch_checkpoint_is_a_new_item_and_the_latest() {
+    let s = seeded().await;
+    let uid = &s.alice_user.id;
+    checkpoints::save(&s.alice, uid, JOB, Point { epoch: 14, step: 0 }, vec![1; 10]).await.unwrap();
+    checkpoints::save(&s.alice, uid, JOB, Point { epoch: 14, step: 3 }, vec![2; 10]).await.unwrap();
+    let (at, bytes) = checkpoints::latest(&s.alice, uid, JOB).await.unwrap().unwrap();
+    assert_eq!((at, bytes[0]), (Point { epoch: 14, step: 3 }, 2));
 }
 
 #[tokio::test]

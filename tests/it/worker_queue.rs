@@ -343,7 +343,19 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
         .find(|l| l.starts_with("[cellpose-train-worker] release round=1 worker=first"))
         .expect("no release entry");
     assert_eq!(release.lines().count(), 1, "{release:?}");
-    assert!(release.contains("checkpoint_epoch="), "{release}");
+    // the last checkpoint message and the release line name the same epoch (epochs completed)
+    let released_at: usize = release
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("checkpoint_epoch="))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint_epoch in {release}"));
+    let saved_at: usize = log_of(&j)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("Checkpoint saved after epoch "))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .expect("no checkpoint message");
+    assert_eq!(saved_at, released_at, "{:?}", log_of(&j));
     assert_eq!(j.status, JobStatus::RUNNING, "a handed-back job waits for the next worker");
     assert!(models(&world).await.iter().all(|(n, _)| n != "handed-back"));
 
@@ -371,7 +383,8 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
         tokio::time::sleep(Duration::from_millis(150)).await;
     };
     assert_eq!(done.status, JobStatus::SUCCESS, "{:?}", log_of(&done));
-    assert!(log_of(&done).iter().any(|l| l.starts_with("Resuming from the checkpoint after epoch")));
+    let resumed = format!("Resuming from the checkpoint after epoch {released_at}");
+    assert!(log_of(&done).iter().any(|l| l.starts_with(&resumed)), "{resumed}: {:?}", log_of(&done));
     assert_eq!(models(&world).await.iter().filter(|(n, _)| n == "handed-back").count(), 1);
     second.child.kill().unwrap();
     let _ = second.child.wait();
