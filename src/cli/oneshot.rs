@@ -14,6 +14,7 @@ use crate::girder::{Auth, GirderClient, GirderConfig, Secret};
 use crate::job::events::{error_line, line_for};
 use crate::job::params::{fields_with_limits, interface_json, BASE_MODELS};
 use crate::job::{self, store, Controls, Events, JobContext};
+use crate::model::registry;
 
 /// The container contract's flags (camelCase, as NimbusImage passes them).
 #[derive(Args, Debug, Default)]
@@ -96,7 +97,13 @@ async fn interface(client: &GirderClient, settings: &Settings, params: &Value) -
         .and_then(Value::as_str)
         .context("--parameters must contain \"image\" (the worker image name)")?;
     let me = client.users().me().await?;
-    let mut models: Vec<String> = BASE_MODELS.iter().map(|s| s.to_string()).collect();
+    // a built-in is offered only when its weights are installed: a job on a missing one fails
+    let dir = registry::models_dir(settings.paths.models_dir.as_deref());
+    let mut models: Vec<String> =
+        BASE_MODELS.iter().filter(|m| registry::resolve(m, &dir).is_ok()).map(|s| s.to_string()).collect();
+    if models.is_empty() {
+        tracing::warn!(models_dir = %dir.display(), "no built-in model weights installed; offering only the user's models");
+    }
     models.extend(store::list_user_models(client, &me.id).await?.into_iter().map(|i| i.name));
     let t = &settings.training;
     let doc = interface_json(&fields_with_limits(t.min_epochs, t.max_epochs), &models);

@@ -3,6 +3,8 @@
 //! `json.dumps` layout (`", "` and `": "` separators, non-ASCII escaped).
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::train::EpochInfo;
 
@@ -16,30 +18,47 @@ pub enum JobEvent {
     Warning { message: String, info: String },
     /// An epoch finished (metrics history, heartbeats).
     Epoch(EpochInfo),
-    /// A resumable checkpoint (see [`crate::job::checkpoint`]) after `epoch`.
-    Checkpoint { epoch: usize, bytes: Vec<u8> },
+    /// A resumable checkpoint (see [`crate::train::checkpoint`]) after `epoch` epochs and
+    /// `step` steps of the next one. Epochs are counted as *epochs completed* everywhere a
+    /// worker names one (this event, checkpoint item names, "Checkpoint saved after epoch N",
+    /// the release line's `checkpoint_epoch=N`, "Resuming ... after epoch N"): the number the
+    /// user saw last in "Epoch N/M" and metrics.jsonl's `epoch`. It is the trainer's
+    /// `TrainState::epoch` (the 0-based index of the next epoch) as is, so no `+ 1` appears
+    /// anywhere and no two texts can disagree.
+    Checkpoint { epoch: usize, step: usize, bytes: Vec<u8> },
 }
 
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<JobEvent>;
 
 /// Sends events; a closed receiver is ignored (the job must not fail because nobody listens).
 #[derive(Clone)]
-pub struct Events(Option<EventSender>);
+pub struct Events {
+    tx: Option<EventSender>,
+    /// The highest fraction sent so far, as `f64` bits (for values in 0..=1 the bit patterns
+    /// order like the numbers). Shared by every clone (the training thread's hooks and the
+    /// async stages), so progress never goes down whichever side reports.
+    max_fraction: Arc<AtomicU64>,
+}
 
 impl Events {
     pub fn new(tx: EventSender) -> Self {
-        Events(Some(tx))
+        Events { tx: Some(tx), max_fraction: Arc::default() }
     }
     /// Events that go nowhere (tests, library use without a listener).
     pub fn none() -> Self {
-        Events(None)
+        Events { tx: None, max_fraction: Arc::default() }
     }
     pub fn send(&self, e: JobEvent) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = &self.tx {
             let _ = tx.send(e);
         }
     }
+    /// The one place progress is emitted: `fraction` is clamped to 0..=1 and to the highest
+    /// fraction already reported, so the sequence a user sees never goes down.
     pub fn progress(&self, fraction: f64, title: &str, info: impl Into<String>) {
+        let wanted = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+        let before = f64::from_bits(self.max_fraction.fetch_max(wanted.to_bits(), Ordering::SeqCst));
+        let fraction = wanted.max(before);
         self.send(JobEvent::Progress { fraction, title: title.into(), info: info.into() });
     }
     pub fn warning(&self, message: impl Into<String>, info: impl Into<String>) {
@@ -138,6 +157,15 @@ pub fn line_for(e: &JobEvent) -> Option<String> {
     }
 }
 
+/// "epoch 14", or "epoch 14 and 3 steps of epoch 15" for a checkpoint taken mid-epoch
+/// (see [`JobEvent::Checkpoint`] for how epochs are counted).
+pub fn checkpoint_label(epoch: usize, step: usize) -> String {
+    match step {
+        0 => format!("epoch {epoch}"),
+        s => format!("epoch {epoch} and {s} steps of epoch {}", epoch + 1),
+    }
+}
+
 /// Human-readable duration for progress messages ("1h 02m", "3m 20s", "12s").
 pub fn fmt_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -169,6 +197,23 @@ mod tests {
             warning_line("w", "i"),
             r#"{"warning": "w", "title": "Warning", "info": "i", "type": "warning"}"#
         );
+    }
+
+    #[test]
+    fn progress_never_goes_down_and_stays_in_0_to_1() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = Events::new(tx);
+        let other = events.clone(); // the training thread's copy
+        for (e, f) in
+            [(&events, 0.1), (&other, 0.9500000000000001), (&events, 0.95), (&other, 0.5), (&events, 1.5)]
+        {
+            e.progress(f, "t", "");
+        }
+        let mut seen = Vec::new();
+        while let Ok(JobEvent::Progress { fraction, .. }) = rx.try_recv() {
+            seen.push(fraction);
+        }
+        assert_eq!(seen, vec![0.1, 0.9500000000000001, 0.9500000000000001, 0.9500000000000001, 1.0]);
     }
 
     #[test]

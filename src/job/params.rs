@@ -3,7 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-/// Base models offered whatever is in the models folder (NimbusImage's `BASE_MODELS`).
+/// NimbusImage's `BASE_MODELS`: the built-ins the interface offers, each only when its weight
+/// file is in the models folder.
 pub const BASE_MODELS: [&str; 4] = ["cyto", "cyto2", "cyto3", "nuclei"];
 
 /// What kind of widget a field is in NimbusImage's interface.

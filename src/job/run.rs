@@ -11,7 +11,7 @@ use tch::Device;
 
 use super::dataset;
 use super::error::JobError;
-use super::events::{fmt_duration, Events, JobEvent};
+use super::events::{checkpoint_label, fmt_duration, Events, JobEvent};
 use super::params::{fields_with_limits, BASE_MODELS};
 use super::store;
 use super::validate::{validate, JobParams};
@@ -88,6 +88,17 @@ async fn load_base(ctx: &JobContext, params: &JobParams, user_models: &[Item]) -
     Ok(Base { model: loaded.model, diam_mean })
 }
 
+/// Progress when training starts and when the model is being saved: training fills the range
+/// between them.
+const TRAIN_START: f64 = 0.4;
+const SAVING: f64 = 0.95;
+
+/// Progress after `done` of `n` epochs: never past [`SAVING`] (0.4 + 0.55 * n / n is
+/// 0.9500000000000001 in floating point, above the "Saving model" step that follows).
+fn training_fraction(done: usize, n: usize) -> f64 {
+    (TRAIN_START + (SAVING - TRAIN_START) * done as f64 / n.max(1) as f64).min(SAVING)
+}
+
 /// Hooks on the training thread: progress, metrics, checkpoints, stop requests.
 struct JobHooks {
     events: Events,
@@ -105,7 +116,7 @@ impl train::TrainHooks for JobHooks {
     ) -> Result<(), train::TrainError> {
         let test = e.test_loss.map(|t| format!(", test loss {t:.4}")).unwrap_or_default();
         self.events.progress(
-            0.4 + 0.55 * (e.epoch + 1) as f64 / e.n_epochs as f64,
+            training_fraction(e.epoch + 1, e.n_epochs),
             "Training model",
             format!(
                 "Epoch {}/{}: loss {:.4}{test}, ETA {}",
@@ -119,7 +130,10 @@ impl train::TrainHooks for JobHooks {
         let last = e.epoch + 1 == e.n_epochs;
         if !last && (e.epoch + 1).is_multiple_of(self.checkpoint_every) {
             match checkpoint::encode(model, optim, state) {
-                Ok(bytes) => self.events.send(JobEvent::Checkpoint { epoch: e.epoch, bytes }),
+                // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
+                Ok(bytes) => {
+                    self.events.send(JobEvent::Checkpoint { epoch: state.epoch, step: state.step, bytes })
+                }
                 // a failed periodic checkpoint is logged, not fatal
                 Err(err) => tracing::warn!(error = %err, "could not encode a checkpoint"),
             }
@@ -131,7 +145,9 @@ impl train::TrainHooks for JobHooks {
     }
     fn on_interrupt(&mut self, model: &Model, optim: &train::Optimizer, state: &TrainState) {
         match checkpoint::encode(model, optim, state) {
-            Ok(bytes) => self.events.send(JobEvent::Checkpoint { epoch: state.epoch, bytes }),
+            Ok(bytes) => {
+                self.events.send(JobEvent::Checkpoint { epoch: state.epoch, step: state.step, bytes })
+            }
             Err(err) => tracing::warn!(error = %err, "could not encode the shutdown checkpoint"),
         }
     }
@@ -208,7 +224,10 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         model.copy_from(&ck.model, "checkpoint")?;
         resumed_from_epoch = Some(ck.state.epoch);
         events.warning(
-            format!("Resuming from the checkpoint at epoch {}, step {}.", ck.state.epoch, ck.state.step),
+            format!(
+                "Resuming from the checkpoint after {}.",
+                checkpoint_label(ck.state.epoch, ck.state.step)
+            ),
             "A previous worker stopped while training this job.",
         );
         resume = Some(train::Resume { state: ck.state, optimizer_state: ck.optimizer });
@@ -220,7 +239,7 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         None
     };
 
-    events.progress(0.4, "Training model", format!("Training with {n_train} images, be patient..."));
+    events.progress(TRAIN_START, "Training model", format!("Training with {n_train} images, be patient..."));
     let cfg = TrainConfig {
         learning_rate: params.learning_rate,
         weight_decay: params.weight_decay,
@@ -263,7 +282,7 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         None
     };
 
-    events.progress(0.95, "Saving model", format!("Uploading model {}", params.output_name));
+    events.progress(SAVING, "Saving model", format!("Uploading model {}", params.output_name));
     let bytes = Bytes::from(torch_file::state_dict_to_bytes(&model.state_dict())?);
     let kept = keep_locally(&ctx.settings, &ctx.job_tag, &params.output_name, &bytes);
     let item = match store::upload_model(client, &me.id, &params.output_name, bytes, &ctx.job_tag).await {
@@ -290,6 +309,7 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         n_train,
         n_validation,
         train_losses: outcome.train_losses.clone(),
+        epoch_seconds: outcome.epoch_seconds.clone(),
         ap_before: ap_before.clone(),
         ap_after: ap_after.clone(),
         seconds: t0.elapsed().as_secs_f64(),
@@ -365,4 +385,18 @@ fn score(
 ) -> Result<ApSummary, JobError> {
     tokio::task::block_in_place(|| evaluate::score_examples(model, diam_mean, validation, device))
         .map_err(|e| JobError::Dataset { dataset: "validation regions".into(), detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_progress_rises_to_the_saving_step_and_never_past_it() {
+        for n in [1, 3, 7, 10, 60, 100, 2000] {
+            let f: Vec<f64> = (0..=n).map(|done| training_fraction(done, n)).collect();
+            assert!(f.windows(2).all(|w| w[0] <= w[1]), "n={n}");
+            assert_eq!((f[0], f[n]), (TRAIN_START, SAVING), "n={n}");
+        }
+    }
 }

@@ -42,8 +42,11 @@ pub struct MetricsLine {
     /// cellpose's test loss (epoch 5 and every 10th, 0-based, as `train_seg` computes it).
     pub test_loss: Option<f64>,
     pub lr: Option<f64>,
-    /// Seconds since the run started.
+    /// Seconds since the run started (for a job's report: since training started).
     pub seconds: f64,
+    /// Wall seconds of this training epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_seconds: Option<f64>,
     /// Average precision by IoU threshold ("0.5", "0.75", "0.9") when computed for this line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ap: Option<BTreeMap<String, f64>>,
@@ -59,6 +62,7 @@ impl MetricsLine {
             test_loss: info.test_loss,
             lr: Some(info.lr),
             seconds,
+            epoch_seconds: Some(info.seconds),
             ap: None,
         }
     }
@@ -72,6 +76,7 @@ impl MetricsLine {
             test_loss: None,
             lr: None,
             seconds,
+            epoch_seconds: None,
             ap: Some(ap.by_threshold()),
         }
     }
@@ -123,26 +128,34 @@ impl MetricsLog {
     }
 }
 
-/// The metrics history of a run that only kept its losses (the worker's job): before, one line
-/// per epoch, after.
+/// The metrics history of a run that only kept its losses and epoch times (the worker's job):
+/// before, one line per epoch, after. `seconds` is the sum of the epoch times so far;
+/// `epoch_seconds` is left out where unknown (0: an epoch run before times were kept).
 pub fn history_lines(
     train_losses: &[f64],
     lr: &[f64],
+    epoch_seconds: &[f64],
     before: Option<&ApSummary>,
     after: Option<&ApSummary>,
 ) -> Vec<MetricsLine> {
     let mut lines: Vec<MetricsLine> =
         before.map(|b| MetricsLine::validation(Stage::Before, 0, 0.0, b)).into_iter().collect();
-    lines.extend(train_losses.iter().enumerate().map(|(e, &l)| MetricsLine {
-        stage: Stage::Train,
-        epoch: e + 1,
-        train_loss: Some(l),
-        test_loss: None,
-        lr: lr.get(e).copied(),
-        seconds: 0.0,
-        ap: None,
-    }));
-    lines.extend(after.map(|a| MetricsLine::validation(Stage::After, train_losses.len(), 0.0, a)));
+    let mut total = 0.0;
+    for (e, &l) in train_losses.iter().enumerate() {
+        let took = epoch_seconds.get(e).copied().unwrap_or(0.0);
+        total += took;
+        lines.push(MetricsLine {
+            stage: Stage::Train,
+            epoch: e + 1,
+            train_loss: Some(l),
+            test_loss: None,
+            lr: lr.get(e).copied(),
+            seconds: total,
+            epoch_seconds: (took > 0.0).then_some(took),
+            ap: None,
+        });
+    }
+    lines.extend(after.map(|a| MetricsLine::validation(Stage::After, train_losses.len(), total, a)));
     lines
 }
 
@@ -186,6 +199,8 @@ pub struct JobReport {
     pub n_train: usize,
     pub n_validation: usize,
     pub train_losses: Vec<f64>,
+    /// Wall seconds of each epoch.
+    pub epoch_seconds: Vec<f64>,
     pub ap_before: Option<ApSummary>,
     pub ap_after: Option<ApSummary>,
     pub seconds: f64,
@@ -197,7 +212,13 @@ impl JobReport {
     pub fn files(&self) -> Result<Vec<(String, Bytes, &'static str)>, plot::PlotError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| plot::PlotError(e.to_string()))?;
         let lr = lr_schedule(self.learning_rate, self.epochs);
-        let lines = history_lines(&self.train_losses, &lr, self.ap_before.as_ref(), self.ap_after.as_ref());
+        let lines = history_lines(
+            &self.train_losses,
+            &lr,
+            &self.epoch_seconds,
+            self.ap_before.as_ref(),
+            self.ap_after.as_ref(),
+        );
         let mut jsonl = Vec::new();
         for line in &lines {
             serde_json::to_writer(&mut jsonl, line).map_err(|e| plot::PlotError(e.to_string()))?;
@@ -236,19 +257,28 @@ mod tests {
     #[test]
     fn history_has_before_epochs_after_with_ap_only_where_computed() {
         let (b, a) = (summary(0.25), summary(0.75));
-        let lines = history_lines(&[1.5, 1.0], &[0.1, 0.2], Some(&b), Some(&a));
+        let lines = history_lines(&[1.5, 1.0], &[0.1, 0.2], &[2.0, 3.0], Some(&b), Some(&a));
         let json: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);
         assert!(json[0].starts_with(r#"{"stage":"before","epoch":0,"train_loss":null"#), "{}", json[0]);
         assert!(json[0].contains(r#""ap":{"0.5":0.25,"0.75":0.125,"0.9":0.0}"#), "{}", json[0]);
         assert!(json[2].contains(r#""stage":"train","epoch":2,"train_loss":1.0"#) && !json[2].contains("ap"));
         assert!(json[3].starts_with(r#"{"stage":"after","epoch":2"#) && json[3].contains(r#""0.5":0.75"#));
+        // each epoch line carries its own wall seconds and the running total
+        assert_eq!((lines[1].seconds, lines[1].epoch_seconds), (2.0, Some(2.0)));
+        assert_eq!((lines[2].seconds, lines[2].epoch_seconds), (5.0, Some(3.0)));
+        assert_eq!((lines[3].seconds, lines[3].epoch_seconds), (5.0, None));
     }
 
     #[test]
     fn history_picture_is_a_png_of_the_report_size() {
-        let lines =
-            history_lines(&[1.5, 1.0, 0.8], &[0.1, 0.2, 0.2], Some(&summary(0.25)), Some(&summary(0.75)));
+        let lines = history_lines(
+            &[1.5, 1.0, 0.8],
+            &[0.1, 0.2, 0.2],
+            &[],
+            Some(&summary(0.25)),
+            Some(&summary(0.75)),
+        );
         let png = history_png("t", &lines).unwrap();
         let img = image::load_from_memory(&png).unwrap();
         assert_eq!((img.width(), img.height()), (1500, 450));

@@ -138,6 +138,8 @@ pub struct EpochInfo {
     pub elapsed_s: f64,
     pub eta_s: f64,
     pub seconds_per_step: f64,
+    /// Wall seconds of this epoch: its steps and, when computed, its test loss.
+    pub seconds: f64,
 }
 
 /// What the caller can observe and do during training.
@@ -182,6 +184,9 @@ pub struct TrainState {
     pub partial_epoch_loss: f64,
     pub train_losses: Vec<f64>,
     pub test_losses: Vec<Option<f64>>,
+    /// Wall seconds of each epoch done (0 where unknown: checkpoints written before this field).
+    #[serde(default)]
+    pub epoch_seconds: Vec<f64>,
 }
 
 /// Continue from a saved state (the model's weights must already be loaded).
@@ -196,6 +201,8 @@ pub struct TrainOutcome {
     pub model_path: Option<PathBuf>,
     pub train_losses: Vec<f64>,
     pub test_losses: Vec<Option<f64>>,
+    /// Wall seconds of each epoch (a resumed run keeps the earlier runs' figures).
+    pub epoch_seconds: Vec<f64>,
     pub diam_labels: f64,
     pub seconds: f64,
     pub seconds_per_step: f64,
@@ -273,13 +280,13 @@ pub fn train_seg(
         to_channels_last(model);
     }
     let mut optim = Optimizer::new(cfg.optimizer, model.vs.trainable_variables(), cfg.weight_decay);
-    let (start, start_step, partial, mut train_losses, mut test_losses) = match resume {
+    let (start, start_step, partial, mut train_losses, mut test_losses, mut epoch_seconds) = match resume {
         Some(r) => {
             optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
             let s = r.state;
-            (s.epoch, s.step, s.partial_epoch_loss, s.train_losses, s.test_losses)
+            (s.epoch, s.step, s.partial_epoch_loss, s.train_losses, s.test_losses, s.epoch_seconds)
         }
-        None => (0, 0, 0.0, Vec::new(), Vec::new()),
+        None => (0, 0, 0.0, Vec::new(), Vec::new(), Vec::new()),
     };
     if start >= cfg.n_epochs {
         return Err(TrainError::Config(format!(
@@ -289,6 +296,7 @@ pub fn train_seg(
     }
     train_losses.resize(cfg.n_epochs, 0.0);
     test_losses.resize(cfg.n_epochs, None);
+    epoch_seconds.resize(cfg.n_epochs, 0.0);
     let compute = if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float };
     let steps_per_epoch = plan.per_epoch.div_ceil(cfg.batch_size);
     let (rx, producer) =
@@ -310,6 +318,7 @@ pub fn train_seg(
     let result = (|| -> Result<(), TrainError> {
         for epoch in start..cfg.n_epochs {
             let lr_e = lr[epoch];
+            let epoch_t0 = Instant::now();
             let _ = stepper.epoch_loss.fill_(if epoch == start { partial } else { 0.0 });
             let first_step = if epoch == start { start_step } else { 0 };
             for step in first_step..steps_per_epoch {
@@ -324,6 +333,7 @@ pub fn train_seg(
                         partial_epoch_loss: stepper.epoch_loss.double_value(&[]),
                         train_losses: train_losses[..epoch].to_vec(),
                         test_losses: test_losses[..epoch].to_vec(),
+                        epoch_seconds: epoch_seconds[..epoch].to_vec(),
                     };
                     hooks.on_interrupt(model, &optim, &state);
                     return Err(TrainError::Interrupted { epoch, step });
@@ -361,6 +371,8 @@ pub fn train_seg(
                     test_losses[epoch] = Some(test_loss(model, tb, cfg.device, compute));
                 }
             }
+            // the loss reads above synchronised the device: the epoch's work is done
+            epoch_seconds[epoch] = epoch_t0.elapsed().as_secs_f64();
             let elapsed = train_t0.elapsed().as_secs_f64();
             let per_step = elapsed / steps_done.max(1) as f64;
             let info = EpochInfo {
@@ -372,6 +384,7 @@ pub fn train_seg(
                 elapsed_s: t0.elapsed().as_secs_f64(),
                 eta_s: per_step * (total_steps - steps_done) as f64,
                 seconds_per_step: per_step,
+                seconds: epoch_seconds[epoch],
             };
             tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr = lr_e, "epoch done");
             let state = TrainState {
@@ -381,6 +394,7 @@ pub fn train_seg(
                 partial_epoch_loss: 0.0,
                 train_losses: train_losses[..=epoch].to_vec(),
                 test_losses: test_losses[..=epoch].to_vec(),
+                epoch_seconds: epoch_seconds[..=epoch].to_vec(),
             };
             hooks.on_epoch(&info, model, &optim, &state)?;
             let last = epoch == cfg.n_epochs - 1;
@@ -411,6 +425,7 @@ pub fn train_seg(
         model_path: cfg.save_path.clone(),
         train_losses,
         test_losses,
+        epoch_seconds,
         diam_labels,
         seconds: t0.elapsed().as_secs_f64(),
         seconds_per_step: train_secs / steps_done.max(1) as f64,

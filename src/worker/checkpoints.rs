@@ -11,12 +11,31 @@ use crate::job::store::cellpose_folder;
 
 const MIME: &str = "application/octet-stream";
 
-fn item_name(epoch: usize) -> String {
-    format!("epoch-{epoch:06}")
+/// Where a checkpoint stands: epochs completed and steps of the next one (see
+/// [`crate::job::JobEvent::Checkpoint`]); ordered by progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Point {
+    pub epoch: usize,
+    pub step: usize,
 }
 
-fn epoch_of(item: &Item) -> Option<usize> {
-    item.name.strip_prefix("epoch-")?.parse().ok()
+/// `epoch-000014`, or `epoch-000014-step-000003` mid-epoch: a shutdown checkpoint taken during
+/// epoch 15 must not take the name of the periodic one after epoch 14 (Girder would rename it
+/// `... (1)`).
+fn item_name(p: Point) -> String {
+    match p.step {
+        0 => format!("epoch-{:06}", p.epoch),
+        s => format!("epoch-{:06}-step-{s:06}", p.epoch),
+    }
+}
+
+fn point_of(item: &Item) -> Option<Point> {
+    let rest = item.name.strip_prefix("epoch-")?;
+    let (epoch, step) = match rest.split_once("-step-") {
+        Some((e, s)) => (e, s.parse().ok()?),
+        None => (rest, 0),
+    };
+    Some(Point { epoch: epoch.parse().ok()?, step })
 }
 
 /// The checkpoint folder of `job_id` for `user_id`, created when missing.
@@ -28,16 +47,16 @@ async fn folder(
     cellpose_folder(client, user_id, &["checkpoints", job_id]).await
 }
 
-/// Stores `bytes` as the checkpoint after `epoch`, then removes older ones.
+/// Stores `bytes` as the checkpoint at `point`, then removes older ones.
 pub async fn save(
     client: &GirderClient,
     user_id: &str,
     job_id: &str,
-    epoch: usize,
+    point: Point,
     bytes: Vec<u8>,
 ) -> Result<(), GirderError> {
     let folder = folder(client, user_id, job_id).await?;
-    let name = item_name(epoch);
+    let name = item_name(point);
     let old = client.items().list(&folder.id).await?;
     let size = bytes.len() as u64;
     let item = client.items().create(&folder.id, &format!("{name}.partial"), None).await?;
@@ -60,38 +79,52 @@ pub async fn save(
     Ok(())
 }
 
-/// The newest stored checkpoint of `job_id` and its epoch, if any.
+/// The newest stored checkpoint of `job_id` and where it stands, if any.
 pub async fn latest(
     client: &GirderClient,
     user_id: &str,
     job_id: &str,
-) -> Result<Option<(usize, Bytes)>, GirderError> {
+) -> Result<Option<(Point, Bytes)>, GirderError> {
     let folder = folder(client, user_id, job_id).await?;
     let items = client.items().list(&folder.id).await?;
-    let Some((epoch, item)) =
-        items.iter().filter_map(|i| epoch_of(i).map(|e| (e, i))).max_by_key(|(e, _)| *e)
+    let Some((point, item)) =
+        items.iter().filter_map(|i| point_of(i).map(|p| (p, i))).max_by_key(|(p, _)| *p)
     else {
         return Ok(None);
     };
-    Ok(Some((epoch, client.items().download(&item.id).await?)))
+    Ok(Some((point, client.items().download(&item.id).await?)))
 }
 
-/// Removes the job's checkpoint folder (the job has ended).
-pub async fn remove(client: &GirderClient, user_id: &str, job_id: &str) -> Result<(), GirderError> {
+/// Removes the job's checkpoints (the job has ended): every item first, which Girder deletes
+/// synchronously, then the folder, tried once. Girder 5 deletes folders in a Celery task on its
+/// `local` queue and answers 503 `No local worker is available` without one; that refusal is
+/// not transient (the client does not retry it) and leaves only an empty folder, so it is
+/// logged and tolerated. Returns whether the folder itself went.
+pub async fn remove(client: &GirderClient, user_id: &str, job_id: &str) -> Result<bool, GirderError> {
     let private = client.folders().user_folder(user_id, "Private").await?;
     let Some(cellpose) =
         client.folders().find(crate::girder::ParentType::Folder, &private.id, ".cellpose").await?
     else {
-        return Ok(());
+        return Ok(true);
     };
     let Some(checkpoints) =
         client.folders().find(crate::girder::ParentType::Folder, &cellpose.id, "checkpoints").await?
     else {
-        return Ok(());
+        return Ok(true);
     };
-    if let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await?
-    {
-        client.folders().delete(&f.id).await?;
+    let Some(f) = client.folders().find(crate::girder::ParentType::Folder, &checkpoints.id, job_id).await?
+    else {
+        return Ok(true);
+    };
+    for item in client.items().list(&f.id).await? {
+        client.items().delete(&item.id).await?;
     }
-    Ok(())
+    match client.folders().delete(&f.id).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_no_local_worker() => {
+            tracing::info!(folder = %f.id, "checkpoints removed; Girder has no local worker to delete their empty folder");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -57,9 +57,10 @@ impl fmt::Display for Line {
 }
 
 impl Line {
-    /// Parses one log entry; `None` for anything that is not a protocol line.
-    pub fn parse(entry: &str) -> Option<Line> {
-        let rest = entry.trim().strip_prefix(PREFIX)?.trim();
+    /// Parses one line of a log entry; `None` for anything that is not a whole protocol line
+    /// (the prefix must start the line: a marker quoted inside a message never counts).
+    pub fn parse(line: &str) -> Option<Line> {
+        let rest = line.trim_end().strip_prefix(PREFIX)?.trim();
         let mut words = rest.split_whitespace();
         let kind = words.next()?;
         let mut round = None;
@@ -102,9 +103,11 @@ pub struct LogState {
 }
 
 impl LogState {
+    /// Reads every line of every entry: Girder stores one `PUT /job?log=` as one entry however
+    /// many lines it holds, so a marker may share an entry with other text.
     pub fn of<S: AsRef<str>>(log: &[S]) -> LogState {
         let mut st = LogState::default();
-        for line in log.iter().filter_map(|l| Line::parse(l.as_ref())) {
+        for line in log.iter().flat_map(|entry| entry.as_ref().lines()).filter_map(Line::parse) {
             match line {
                 Line::Claim { round, worker, nonce } => {
                     if round > st.round {
@@ -147,6 +150,21 @@ mod tests {
         assert_eq!(Line::parse(&r.to_string()), Some(r));
         assert_eq!(Line::parse("{\"progress\": 0.4}"), None);
         assert_eq!(Line::parse(&format!("{PREFIX} claim round=x worker=a nonce=b")), None);
+    }
+
+    #[test]
+    fn a_marker_line_counts_anywhere_in_a_multi_line_entry_but_never_inside_a_line() {
+        let claim = Line::Claim { round: 1, worker: "a".into(), nonce: "1".into() }.to_string();
+        let release = Line::Release { round: 1, worker: "a".into(), epoch: Some(3) }.to_string();
+        // one PUT holding a message and the release line: one entry on a real Girder
+        let log = [format!("{claim}\n"), format!("Worker a shut down.\n{release}\n")];
+        assert!(LogState::of(&log).released);
+        // the same words quoted inside a message line (a user's tag, model name, error text)
+        let quoted = [format!("{claim}\n"), format!("Error: bad tag `{release}`\n"), format!(" {release}")];
+        let st = LogState::of(&quoted);
+        assert!(!st.released && st.owned_by(1, "a", "1"), "{st:?}");
+        // a marker line followed by anything else on the line is not a marker
+        assert_eq!(Line::parse(&format!("{release} and more")), None);
     }
 
     #[test]

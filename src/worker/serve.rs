@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::girder::{
     Auth, GirderClient, GirderConfig, GirderError, Job, JobFilter, JobStatus, JobUpdate, Secret,
 };
-use crate::job::events::{error_line, line_for};
+use crate::job::events::{checkpoint_label, error_line, line_for};
 use crate::job::{self, Controls, Events, JobContext, JobError, JobEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -304,13 +304,11 @@ impl Worker {
     ) -> Finish {
         let job_id = job.id.clone();
         let resume = match checkpoints::latest(&user, &user_id, &job_id).await {
-            Ok(Some((epoch, bytes))) => {
-                self.log(
-                    &job_id,
-                    &format!("Resuming from the checkpoint after epoch {} (round {round}).", epoch + 1),
-                )
-                .await;
-                tracing::info!(epoch, "resuming from checkpoint");
+            Ok(Some((at, bytes))) => {
+                let label = checkpoint_label(at.epoch, at.step);
+                self.log(&job_id, &format!("Resuming from the checkpoint after {label} (round {round})."))
+                    .await;
+                tracing::info!(epoch = at.epoch, step = at.step, "resuming from checkpoint");
                 Some(bytes.to_vec())
             }
             Ok(None) => None,
@@ -370,22 +368,26 @@ impl Worker {
             None | Some(Err(JobError::Interrupted { .. })) => {
                 let release = Line::Release { round, worker: self.id.clone(), epoch: checkpoint_epoch };
                 let msg = match checkpoint_epoch {
-                    Some(e) => format!(
-                        "Worker {} shut down; handed back with a checkpoint after epoch {}.",
-                        self.id,
-                        e + 1
-                    ),
+                    Some(e) => {
+                        format!(
+                            "Worker {} shut down; handed back with a checkpoint after epoch {e}.",
+                            self.id
+                        )
+                    }
                     None => format!("Worker {} shut down before the first checkpoint; handed back.", self.id),
                 };
                 self.final_update(
                     &job_id,
                     JobUpdate {
                         progress_message: Some(msg.clone()),
-                        log: Some(format!("{msg}\n{release}\n")),
+                        log: Some(format!("{msg}\n")),
                         ..Default::default()
                     },
                 )
                 .await;
+                // its own PUT, so its own log entry: what the next worker looks for
+                let release = JobUpdate { log: Some(format!("{release}\n")), ..Default::default() };
+                self.final_update(&job_id, release).await;
                 tracing::info!("handed the job back");
                 return Finish::HandedBack;
             }
@@ -436,7 +438,7 @@ impl Worker {
         self.log(job_id, &error_line(message, info)).await;
         let update = JobUpdate {
             status: Some(JobStatus::ERROR),
-            log: Some(format!("Error: {message}\n")),
+            log: Some(format!("Error: {}\n", one_line(message))),
             ..Default::default()
         };
         self.final_update(job_id, update).await;
@@ -444,7 +446,7 @@ impl Worker {
     }
 
     async fn log(&self, job_id: &str, line: &str) {
-        let update = JobUpdate { log: Some(format!("{line}\n")), ..Default::default() };
+        let update = JobUpdate { log: Some(format!("{}\n", one_line(line))), ..Default::default() };
         if let Err(e) = self.admin.jobs().update(job_id, &update).await {
             tracing::warn!(error = %e, "could not append to the job log");
         }
@@ -509,13 +511,15 @@ impl Worker {
                 }
                 JobEvent::Warning { .. } => {}
                 JobEvent::Epoch(e) => self.metrics.step_seconds.observe(e.seconds_per_step),
-                JobEvent::Checkpoint { epoch, bytes } => {
-                    match checkpoints::save(&user, &user_id, &job_id, *epoch, bytes.clone()).await {
+                JobEvent::Checkpoint { epoch, step, bytes } => {
+                    let at = checkpoints::Point { epoch: *epoch, step: *step };
+                    match checkpoints::save(&user, &user_id, &job_id, at, bytes.clone()).await {
                         Ok(()) => {
                             if let Ok(mut s) = shared.lock() {
                                 s.checkpoint_epoch = Some(*epoch);
                             }
-                            update.log = Some(format!("Checkpoint saved after epoch {}.\n", epoch + 1));
+                            let label = checkpoint_label(*epoch, *step);
+                            update.log = Some(format!("Checkpoint saved after {label}.\n"));
                         }
                         Err(e) => tracing::warn!(error = %e, epoch, "could not store a checkpoint"),
                     }
@@ -576,6 +580,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// `text` on one line: a message that quotes user input (a tag, a model name) can then never
+/// put a line of its own, such as a forged claim marker, into the job log.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
 }
 
 /// What the heartbeat saw.

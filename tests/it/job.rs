@@ -240,11 +240,13 @@ fn assert_progress_sequence(lines: &[Value], epochs: usize, name: &str) {
         (0.4, "Training model"),
     ];
     for e in 1..=epochs {
-        want.push((0.4 + 0.55 * e as f64 / epochs as f64, "Training model"));
+        want.push(((0.4 + 0.55 * e as f64 / epochs as f64).min(0.95), "Training model"));
     }
     want.extend([(0.95, "Saving model"), (1.0, "Done")]);
     let got: Vec<(f64, &str)> = progress.iter().map(|(p, t, _)| (*p, t.as_str())).collect();
     assert_eq!(got.len(), want.len(), "progress sequence: {progress:?}");
+    // never down, not even by a rounding error (0.4 + 0.55 * n / n is 0.9500000000000001)
+    assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "progress went down: {got:?}");
     for ((p, t), (wp, wt)) in got.iter().zip(&want) {
         assert!((p - wp).abs() < 1e-9 && t == wt, "got {got:?}, want {want:?}");
     }
@@ -331,6 +333,22 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     }
     let png = f.world.user.files().download(&file("report.png")).await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "report.png is a PNG");
+    // metrics.jsonl: each epoch line carries the epoch's wall seconds, the total adds them up
+    let jsonl = f.world.user.files().download(&file("metrics.jsonl")).await.unwrap();
+    let epochs: Vec<Value> = std::str::from_utf8(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["stage"] == "train")
+        .collect();
+    assert_eq!(epochs.len(), 2, "{jsonl:?}");
+    let mut total = 0.0;
+    for e in &epochs {
+        let took = e["epoch_seconds"].as_f64().unwrap_or(0.0);
+        assert!(took > 0.0 && took < 300.0, "implausible epoch time: {e}");
+        total += took;
+        assert!((e["seconds"].as_f64().unwrap() - total).abs() < 1e-9, "{e}");
+    }
 
     // the same Output Model Name again: replaced, still one item with one file
     let out = oneshot(&f, &token, "compute", params(1), &env).await;
@@ -351,7 +369,7 @@ async fn interface_posts_the_fields_with_ranges_and_the_users_models_sorted() {
     let f = fixture(64, 4, &TINY).await;
     let user = &f.world.user;
     let (_, base_bytes) = f.model(BASE).await;
-    store::upload_model(user, &f.world.user_id, "alpha cells", base_bytes, "t").await.unwrap();
+    store::upload_model(user, &f.world.user_id, "alpha cells", base_bytes.clone(), "t").await.unwrap();
     let models = store::cellpose_folder(user, &f.world.user_id, &["models"]).await.unwrap();
     user.items().create(&models.id, "zeta.uploading-123", None).await.unwrap();
     let token = f.world.user_token.expose().to_string();
@@ -390,7 +408,8 @@ async fn interface_posts_the_fields_with_ranges_and_the_users_models_sorted() {
     let base = &doc["Base Model"];
     assert_eq!(base["type"], "select");
     assert_eq!(base["default"], "cyto3");
-    assert_eq!(base["items"], json!(["alpha cells", "cyto", "cyto2", "cyto3", "nuclei", BASE]));
+    // no built-in weights in the models folder: only the user's models are offered
+    assert_eq!(base["items"], json!(["alpha cells", BASE]));
     let num = |k: &str| {
         (doc[k]["type"].clone(), doc[k]["min"].clone(), doc[k]["max"].clone(), doc[k]["default"].clone())
     };
@@ -417,12 +436,15 @@ async fn interface_posts_the_fields_with_ranges_and_the_users_models_sorted() {
         );
     }
 
-    // a deployment's widened epoch range is what the interface offers
+    // a deployment's widened epoch range is what the interface offers; an installed built-in
+    // (cellpose's file name: cyto2 is cyto2torch_0) is offered too
+    std::fs::write(f.models_dir.path().join("cyto2torch_0"), &base_bytes).unwrap();
     let env = [("CPW_TRAINING__MIN_EPOCHS", "10"), ("CPW_TRAINING__MAX_EPOCHS", "5000")];
     let out = oneshot(&f, &token, "interface", json!({"image": image}), &env).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let doc = user.worker_interfaces().get(image).await.unwrap().unwrap();
     assert_eq!((&doc["Epochs"]["min"], &doc["Epochs"]["max"]), (&json!(10), &json!(5000)));
+    assert_eq!(doc["Base Model"]["items"], json!(["alpha cells", "cyto2", BASE]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

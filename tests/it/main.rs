@@ -27,4 +27,5 @@ mod real_girder_job;
 mod segment_cli;
 mod train;
 mod train_golden;
+mod worker_checkpoints;
 mod worker_queue;

@@ -59,6 +59,17 @@ struct Worker {
 }
 
 fn start_worker(mock: &MockHandle, world: &DemoWorld, id: &str, dir: &std::path::Path) -> Worker {
+    start_worker_with(mock, world, id, dir, &[])
+}
+
+/// [`start_worker`] with more (or overriding) `CPW_*` variables.
+fn start_worker_with(
+    mock: &MockHandle,
+    world: &DemoWorld,
+    id: &str,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Worker {
     let log = dir.join(format!("{id}.log"));
     // an empty settings file: everything below comes from the environment, as in a container
     let config = dir.join("empty.toml");
@@ -80,6 +91,7 @@ fn start_worker(mock: &MockHandle, world: &DemoWorld, id: &str, dir: &std::path:
         .env("CPW_LOG__FORMAT", "json")
         .env("OMP_NUM_THREADS", "1")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -255,22 +267,24 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
             assert_eq!(owners.len(), 1, "job {name} changed hands without a takeover: {owners:?}");
         }
     }
-    // checkpoints are removed when jobs end (just after the final status is recorded)
+    // checkpoints are removed when jobs end (just after the final status is recorded); the
+    // mock, like a plain Girder 5, refuses folder deletes, so empty job folders may stay
     let ck = store::cellpose_folder(user, &world.user_id, &["checkpoints"]).await.unwrap();
     let t1 = Instant::now();
     let left = loop {
-        let left =
-            user.folders().list(cellpose_train_worker::girder::ParentType::Folder, &ck.id).await.unwrap();
+        let mut left = Vec::new();
+        for f in user.folders().list(cellpose_train_worker::girder::ParentType::Folder, &ck.id).await.unwrap()
+        {
+            left.extend(
+                user.items().list(&f.id).await.unwrap().into_iter().map(|i| (f.name.clone(), i.name)),
+            );
+        }
         if left.is_empty() || t1.elapsed() > Duration::from_secs(10) {
             break left;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(
-        left.is_empty(),
-        "checkpoint folders left: {:?}",
-        left.iter().map(|f| &f.name).collect::<Vec<_>>()
-    );
+    assert!(left.is_empty(), "checkpoints left (job, item): {left:?}");
 
     // idle workers stop on SIGTERM with status 0
     for w in workers.iter_mut().filter(|w| w.id != killed_worker) {
@@ -299,7 +313,9 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
     let (mock, world) = world().await;
     let dir = tempdir();
     let job = submit(&world, "handed-back", 60).await;
-    let mut first = start_worker(&mock, &world, "first", dir.path());
+    // a lease far longer than the test waits: only the release line lets the next worker in
+    let long_lease = [("CPW_QUEUE__LEASE_S", "600")];
+    let mut first = start_worker_with(&mock, &world, "first", dir.path(), &long_lease);
     let t0 = Instant::now();
     loop {
         if t0.elapsed() > Duration::from_secs(90) || first.child.try_wait().unwrap().is_some() {
@@ -321,17 +337,43 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
         wait_exit(&mut first.child, Duration::from_secs(12)).expect("no exit within shutdown_grace_s");
     assert!(status.success(), "exit {status}: {}", std::fs::read_to_string(&first.log).unwrap_or_default());
     let j = world.user.jobs().get(&job.id).await.unwrap();
+    // the release marker is a log entry of its own (one PUT is one entry on a real Girder)
     let release = log_of(&j)
         .into_iter()
-        .find(|l| l.contains("[cellpose-train-worker] release round=1 worker=first"))
-        .expect("no release line");
-    assert!(release.contains("checkpoint_epoch="), "{release}");
+        .find(|l| l.starts_with("[cellpose-train-worker] release round=1 worker=first"))
+        .expect("no release entry");
+    assert_eq!(release.lines().count(), 1, "{release:?}");
+    // the last checkpoint message and the release line name the same epoch (epochs completed)
+    let released_at: usize = release
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("checkpoint_epoch="))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint_epoch in {release}"));
+    let saved_at: usize = log_of(&j)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("Checkpoint saved after epoch "))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .expect("no checkpoint message");
+    assert_eq!(saved_at, released_at, "{:?}", log_of(&j));
     assert_eq!(j.status, JobStatus::RUNNING, "a handed-back job waits for the next worker");
     assert!(models(&world).await.iter().all(|(n, _)| n != "handed-back"));
 
     // the next worker takes it at once (no lease wait) and resumes from the checkpoint
-    let mut second = start_worker(&mock, &world, "second", dir.path());
+    let mut second = start_worker_with(&mock, &world, "second", dir.path(), &long_lease);
     let t1 = Instant::now();
+    loop {
+        let j = world.user.jobs().get(&job.id).await.unwrap();
+        if round_owners(&j).iter().any(|(r, w)| *r == 2 && w == "second") {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "the second worker did not take the handed-back job at once: {:?}",
+            log_of(&j)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let done = loop {
         assert!(t1.elapsed() < Duration::from_secs(120), "the second worker did not finish the job");
         let j = world.user.jobs().get(&job.id).await.unwrap();
@@ -341,7 +383,8 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
         tokio::time::sleep(Duration::from_millis(150)).await;
     };
     assert_eq!(done.status, JobStatus::SUCCESS, "{:?}", log_of(&done));
-    assert!(log_of(&done).iter().any(|l| l.starts_with("Resuming from the checkpoint after epoch")));
+    let resumed = format!("Resuming from the checkpoint after epoch {released_at}");
+    assert!(log_of(&done).iter().any(|l| l.starts_with(&resumed)), "{resumed}: {:?}", log_of(&done));
     assert_eq!(models(&world).await.iter().filter(|(n, _)| n == "handed-back").count(), 1);
     second.child.kill().unwrap();
     let _ = second.child.wait();
