@@ -113,7 +113,7 @@ pub fn run_net(
     rsz: Option<f64>,
     tiles: &TileConfig,
     device: Device,
-) -> (Tensor, Tensor) {
+) -> Result<(Tensor, Tensor), tch::TchError> {
     let net = &model.net;
     let size = img.size();
     let (ly0, lx0) = (size[1], size[2]);
@@ -144,14 +144,14 @@ pub fn run_net(
     let mut acc = Tensor::zeros([nout, ly, lx], (Kind::Float, Device::Cpu));
     let navg = Tensor::zeros([ly, lx], (Kind::Float, Device::Cpu));
     let mut style_sum = Tensor::zeros([net.config.style_channels()], (Kind::Float, Device::Cpu));
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<(), tch::TchError> {
         for chunk in coords.chunks(tiles.batch_size.max(1) as usize) {
             let batch = Tensor::stack(
                 &chunk.iter().map(|&(y, x)| padded.narrow(1, y, by).narrow(2, x, bx)).collect::<Vec<_>>(),
                 0,
             )
             .to_device(device);
-            let out = net.forward_t(&batch, false);
+            let out = net.forward_t(&batch, false)?;
             let maps = out.maps.to_device(Device::Cpu).to_kind(Kind::Float);
             style_sum += out.style.to_device(Device::Cpu).to_kind(Kind::Float).sum_dim_intlist(
                 [0i64].as_slice(),
@@ -165,11 +165,12 @@ pub fn run_net(
                 n += &mask;
             }
         }
-    });
+        Ok(())
+    })?;
     acc /= navg;
     let yf = acc.narrow(1, y1, lyr).narrow(2, x1, lxr);
     let style = &style_sum / style_sum.square().sum(Kind::Float).sqrt();
-    (yf, style)
+    Ok((yf, style))
 }
 
 /// Preprocesses a raw `[C, H, W]` image and runs the network: cellpose
@@ -188,7 +189,9 @@ pub fn predict(
     let rescale = rescale_for(diam_mean, model.net.diam_labels(), opts.diameter);
     let t = transforms::array3_to_tensor(&x);
     let rsz = (rescale != 1.0).then_some(rescale);
-    let (mut yf, style) = run_net(model, &t, rsz, &opts.tiles, device);
+    let (mut yf, style) = run_net(model, &t, rsz, &opts.tiles, device).map_err(|e| {
+        transforms::TransformError::Torch(e.to_string().lines().next().unwrap_or("").trim().to_string())
+    })?;
     if opts.resample && rsz.is_some() {
         yf = transforms::resize_bilinear(&yf, h as i64, w as i64);
     }

@@ -56,8 +56,22 @@ pub enum Command {
     Synth(synth::SynthArgs),
 }
 
+/// Rust starts every program with SIGPIPE ignored, so a write to a closed pipe
+/// (`model inspect F | head`) is an error that `println!` turns into a panic. Command-line tools
+/// die quietly of SIGPIPE instead (exit status 141 in a shell), as `cat` and `grep` do. Not for the
+/// servers (`serve`, `mock-girder`, `demo`), where a closed socket must stay an error.
+fn default_sigpipe() {
+    // SAFETY: called once at start-up before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Some(Command::Serve(_) | Command::MockGirder(_) | Command::Demo(_))) {
+        default_sigpipe();
+    }
     let result = match cli.command {
         Some(Command::Serve(args)) => match serve::load_settings(&args) {
             Ok(settings) => {

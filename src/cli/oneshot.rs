@@ -72,6 +72,11 @@ fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
     let token = Secret::new(args.token.clone().context("--token is required")?);
     let params: Value = serde_json::from_str(args.parameters.as_deref().unwrap_or("{}"))
         .context("--parameters is not valid JSON")?;
+    anyhow::ensure!(
+        params.is_object(),
+        "--parameters must be a JSON object such as '{{\"workerInterface\": {{...}}}}', not {}",
+        crate::job::json_type(&params)
+    );
     let mut gc = GirderConfig::new(api_url);
     gc.timeout = std::time::Duration::from_secs_f64(settings.girder.timeout_s);
     gc.retry.max_retries = settings.girder.max_retries;

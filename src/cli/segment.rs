@@ -46,6 +46,12 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
         (None, Some(image)) => vec![image.clone()],
         (None, None) => anyhow::bail!("give --dir or --image"),
     };
+    if let Some(out) = args.out.as_deref().filter(|o| o.exists() && !o.is_dir()) {
+        anyhow::bail!(
+            "--out {} is a file; --out takes a folder to write <base>_masks.tif into (it is created when missing)",
+            out.display()
+        );
+    }
     let jobs: Vec<_> =
         images.iter().map(|i| (i, output_paths(i, args.dir.as_deref(), args.out.as_deref()))).collect();
     // ground truth is never replaced unasked: check every output before segmenting anything

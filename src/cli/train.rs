@@ -190,6 +190,58 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.diameter {
         anyhow::ensure!(d >= 0.0 && d.is_finite(), "--diameter must be >= 0 (got {d})");
     }
+    // every option is checked before any file is read or written: a bad flag loses nothing
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        format!(
+            "cellpose_{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        )
+    });
+    crate::model::name::check_model_name(&name).map_err(|m| anyhow::anyhow!("--model-name {m}"))?;
+    let models_out = args.dir.join("models");
+    let save_path = models_out.join(&name);
+    anyhow::ensure!(
+        !save_path.is_dir(),
+        "--model-name `{name}`: {} is a folder; choose another name",
+        save_path.display()
+    );
+    let auto_flag = |v: &str| match v {
+        "on" => true,
+        "off" => false,
+        _ => device.is_cuda(),
+    };
+    let mixed = auto_flag(&args.mixed_precision);
+    let channels_last = args.channels_last != "off";
+    let cfg = TrainConfig {
+        learning_rate,
+        weight_decay: args.weight_decay,
+        optimizer,
+        n_epochs: args.n_epochs,
+        batch_size: args.batch_size,
+        bsize: args.bsize,
+        nimg_per_epoch: args.nimg_per_epoch,
+        nimg_test_per_epoch: args.nimg_test_per_epoch,
+        rescale: args.diameter != Some(0.0),
+        scale_range: None,
+        save_path: Some(save_path.clone()),
+        save_every: args.save_every,
+        save_each: args.save_each,
+        seed: args.seed,
+        device,
+        mixed_precision: mixed,
+        channels_last,
+        cudnn_benchmark: std::env::var_os("CPW_NO_CUDNN_BENCHMARK").is_none(),
+        cuda_graphs: auto_flag(&args.cuda_graphs),
+    };
+    train::validate_config(&cfg)?;
+    anyhow::ensure!(args.eval_every != Some(0), "--eval-every must be at least 1");
+    anyhow::ensure!(
+        args.eval_every.is_none() || args.test_dir.is_some(),
+        "--eval-every scores the test set: give --test-dir too"
+    );
 
     let pairs = train::discover(
         &args.dir,
@@ -246,7 +298,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Model::new(CpnetConfig { nbase, diam_mean: args.diam_mean, ..Default::default() }, device)
     } else {
         let loaded = crate::model::open_model(&args.pretrained_model, &args.models_dir.resolve(), device)?;
-        loaded.model.check_io(nchan, 3, &loaded.source.path.display().to_string())?;
+        loaded.model.check_io(nchan, 3, &loaded.source.path.display().to_string()).map_err(|e| match e {
+            crate::model::ModelError::ChannelMismatch { .. } => {
+                anyhow::anyhow!("{e}, or change --chan/--chan2/--nchan")
+            }
+            e => e.into(),
+        })?;
         if let Some(d) = loaded.source.builtin_diam_mean {
             loaded.model.net.set_diam_mean(d);
         }
@@ -254,51 +311,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         loaded.model
     };
 
-    let name = args.model_name.clone().unwrap_or_else(|| {
-        format!(
-            "cellpose_{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        )
-    });
-    anyhow::ensure!(
-        !name.contains(['/', '\\']) && !name.is_empty(),
-        "--model-name must be a plain file name (got `{name}`)"
-    );
-    let models_out = args.dir.join("models");
     std::fs::create_dir_all(&models_out)
         .with_context(|| format!("failed to create {}", models_out.display()))?;
-    let save_path = models_out.join(&name);
-    let auto_flag = |v: &str| match v {
-        "on" => true,
-        "off" => false,
-        _ => device.is_cuda(),
-    };
-    let mixed = auto_flag(&args.mixed_precision);
-    let channels_last = args.channels_last != "off";
-    let cfg = TrainConfig {
-        learning_rate,
-        weight_decay: args.weight_decay,
-        optimizer,
-        n_epochs: args.n_epochs,
-        batch_size: args.batch_size,
-        bsize: args.bsize,
-        nimg_per_epoch: args.nimg_per_epoch,
-        nimg_test_per_epoch: args.nimg_test_per_epoch,
-        rescale: args.diameter != Some(0.0),
-        scale_range: None,
-        save_path: Some(save_path.clone()),
-        save_every: args.save_every,
-        save_each: args.save_each,
-        seed: args.seed,
-        device,
-        mixed_precision: mixed,
-        channels_last,
-        cudnn_benchmark: std::env::var_os("CPW_NO_CUDNN_BENCHMARK").is_none(),
-        cuda_graphs: auto_flag(&args.cuda_graphs),
-    };
     tracing::info!(
         ">>> n_epochs={}, n_train={}, n_test={}, {optimizer}, learning_rate={learning_rate}, weight_decay={}, device {}",
         cfg.n_epochs,
@@ -312,11 +326,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    anyhow::ensure!(args.eval_every != Some(0), "--eval-every must be at least 1");
-    anyhow::ensure!(
-        args.eval_every.is_none() || args.test_dir.is_some(),
-        "--eval-every scores the test set: give --test-dir too"
     );
     let validation = test.clone().map(|examples| Validation {
         examples,

@@ -18,7 +18,7 @@ pub enum GirderError {
     #[error("{method} {path}: access denied (403): {message}")]
     Forbidden { method: String, path: String, message: String },
     /// Any other non-2xx answer.
-    #[error("{method} {path}: Girder answered {status}: {message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    #[error("{method} {path}: Girder answered {status}: {message}{}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default(), not_girder_hint(*status, kind.as_deref()))]
     Http {
         status: u16,
         message: String,
@@ -35,10 +35,12 @@ pub enum GirderError {
     #[error("{method} {path}: no answer from Girder within {after:?}")]
     Timeout { method: String, path: String, after: Duration },
     /// Connection refused or reset, DNS failure, a dropped connection.
-    #[error("{method} {path}: could not talk to Girder: {source}")]
+    #[error("{method} {path}: could not talk to Girder at {url}: {}", transport_reason(source))]
     Transport {
         method: String,
         path: String,
+        /// The request's URL without its query string (which may carry a key).
+        url: String,
         #[source]
         source: reqwest::Error,
     },
@@ -99,6 +101,20 @@ impl GirderError {
         }
     }
 
+    /// True when no Girder answered at all because of the configuration (connection refused, a
+    /// name that does not resolve, a 404 from something that is not Girder): retrying later will
+    /// not help, fixing the URL will.
+    pub fn is_misconfigured(&self) -> bool {
+        match self {
+            GirderError::Transport { source, .. } => {
+                let reason = transport_reason(source);
+                reason.contains("check the host") || reason.contains("does not resolve")
+            }
+            GirderError::Http { status: 404 | 405, kind: None, .. } => true,
+            _ => false,
+        }
+    }
+
     /// Girder's own message, when it sent one.
     pub fn girder_message(&self) -> Option<&str> {
         match self {
@@ -115,12 +131,21 @@ impl GirderError {
     }
 
     pub(crate) fn transport(method: &str, path: &str, err: reqwest::Error, timeout: Duration) -> Self {
-        // reqwest puts the full URL, query included, in its Display; drop it.
+        // reqwest puts the full URL, query included, in its Display; keep it without the query.
+        let url = err
+            .url()
+            .map(|u| {
+                let mut u = u.clone();
+                u.set_query(None);
+                let _ = u.set_password(None);
+                u.to_string()
+            })
+            .unwrap_or_else(|| "(unknown URL)".to_string());
         let err = err.without_url();
         if err.is_timeout() {
             GirderError::Timeout { method: method.to_string(), path: path.to_string(), after: timeout }
         } else {
-            GirderError::Transport { method: method.to_string(), path: path.to_string(), source: err }
+            GirderError::Transport { method: method.to_string(), path: path.to_string(), url, source: err }
         }
     }
 
@@ -139,6 +164,41 @@ impl GirderError {
             _ => GirderError::Http { status, message, kind: get("type"), field: get("field"), method, path },
         }
     }
+}
+
+/// A 404 (or 405) without Girder's JSON error body came from something that is not the Girder
+/// REST API: usually an API URL without `/api/v1`, or a web server on the wrong port.
+fn not_girder_hint(status: u16, kind: Option<&str>) -> &'static str {
+    if matches!(status, 404 | 405) && kind.is_none() {
+        "; this is not Girder's REST API answering: check the API URL, it should end in /api/v1 (e.g. https://nimbus.example.org/api/v1)"
+    } else {
+        ""
+    }
+}
+
+/// The innermost cause of a transport error (reqwest's own Display is just "error sending
+/// request") and what to do about it.
+fn transport_reason(err: &reqwest::Error) -> String {
+    let mut inner: &dyn std::error::Error = err;
+    let mut io_kind = None;
+    while let Some(next) = inner.source() {
+        if let Some(io) = next.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        inner = next;
+    }
+    let text = inner.to_string();
+    let advice = match io_kind {
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            "nothing listens there: check the host and port of the Girder API URL"
+        }
+        _ if text.contains("dns error") || text.contains("failed to lookup") => {
+            "the host name does not resolve: check the Girder API URL"
+        }
+        _ if err.is_connect() => "check the Girder API URL and that the server is up",
+        _ => "the connection broke; this is usually temporary",
+    };
+    format!("{text} ({advice})")
 }
 
 fn summarize_body(body: &[u8]) -> String {
@@ -187,6 +247,30 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn a_404_that_is_not_girder_says_the_url_should_end_in_api_v1() {
+        let err = GirderError::from_status("GET", "user/me", 404, b"");
+        assert!(err.to_string().contains("should end in /api/v1"), "{err}");
+        assert!(err.is_misconfigured());
+        let girder = GirderError::from_status("GET", "item/x", 404, br#"{"message":"no item","type":"rest"}"#);
+        assert!(!girder.to_string().contains("/api/v1"), "{girder}");
+        assert!(!girder.is_misconfigured());
+    }
+
+    #[tokio::test]
+    async fn connection_refused_names_the_url_and_the_fix() {
+        // a port nobody listens on: bind one, then close it
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}/api/v1/user/me?token=secret");
+        let e = reqwest::Client::new().get(&url).send().await.unwrap_err();
+        let err = GirderError::transport("GET", "user/me", e, Duration::from_secs(1));
+        let text = err.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}/api/v1/user/me")), "{text}");
+        assert!(text.contains("check the host and port"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(err.is_misconfigured() && err.is_transient());
     }
 
     #[test]

@@ -70,14 +70,15 @@ pub fn check_channels(img: &DatasetImage, params: &JobParams) -> Result<(), JobE
 }
 
 /// The trainable annotations of a dataset (polygons and rectangles, cursor-paged) that carry any
-/// of `tags` (the training, region and validation tags), and how many documents were listed.
+/// of `tags` (the training, region and validation tags), how many documents were listed, and the
+/// distinct tags those carry (sorted; for the message when no annotation has a training tag).
 /// Documents without such a tag are not parsed: a malformed annotation the job does not use must
 /// not fail it (the reference worker never looks at them either).
 pub async fn load_annotations(
     client: &GirderClient,
     dataset_id: &str,
     tags: &[String],
-) -> Result<(Vec<Annotation>, usize), JobError> {
+) -> Result<(Vec<Annotation>, usize, Vec<String>), JobError> {
     let mut docs = Vec::new();
     for shape in ["polygon", "rectangle"] {
         let q = AnnotationQuery { shape: Some(shape.into()), ..Default::default() };
@@ -89,7 +90,16 @@ pub async fn load_annotations(
             .is_some_and(|t| t.iter().filter_map(Value::as_str).any(|t| tags.iter().any(|w| w == t)))
     };
     let parsed = annotations::parse_trainable(docs.iter().filter(wanted))?;
-    Ok((parsed.annotations, docs.len()))
+    let mut seen: Vec<String> = docs
+        .iter()
+        .filter_map(|d| d.get("tags").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    Ok((parsed.annotations, docs.len(), seen))
 }
 
 /// Training and validation examples from the annotations.
@@ -135,7 +145,11 @@ pub async fn collect_samples(
 ) -> Result<Samples, JobError> {
     let training = annotations::with_any_tag(all, &params.training_tags);
     if training.is_empty() {
-        return Err(JobError::NoTrainingAnnotations { tags: params.training_tags.clone(), total: all.len() });
+        return Err(JobError::NoTrainingAnnotations {
+            tags: params.training_tags.clone(),
+            total: all.len(),
+            seen: Vec::new(),
+        });
     }
     let regions = annotations::with_any_tag(all, &params.region_tags);
     if params.region_tags.is_empty() {

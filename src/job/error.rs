@@ -27,7 +27,13 @@ pub enum JobError {
     #[error(transparent)]
     Annotation(#[from] AnnotationError),
     #[error("No training annotations found.")]
-    NoTrainingAnnotations { tags: Vec<String>, total: usize },
+    NoTrainingAnnotations {
+        tags: Vec<String>,
+        /// Polygon and rectangle annotations in the dataset.
+        total: usize,
+        /// Their distinct tags.
+        seen: Vec<String>,
+    },
     #[error("No training samples left: every region or image had no training annotation in it ({dropped} dropped).")]
     NoSamples { dropped: usize },
     #[error(transparent)]
@@ -83,6 +89,9 @@ impl JobError {
             JobError::Forbidden(_) => {
                 "You need read access to the dataset and write access to your Private folder.".into()
             }
+            JobError::Girder(e) if e.is_misconfigured() => {
+                "The worker cannot reach Girder at the configured API URL; ask the administrator to check it.".into()
+            }
             JobError::Girder(e) if e.is_transient() => {
                 "The server had a temporary problem; try again in a few minutes.".into()
             }
@@ -92,15 +101,22 @@ impl JobError {
             }
             JobError::Channel(_) => "Choose channels that exist in the dataset.".into(),
             JobError::Annotation(_) => "Fix or delete that annotation and run the tool again.".into(),
-            JobError::NoTrainingAnnotations { tags, total } => format!(
-                "No polygon or rectangle annotation has any of the tags {} ({} annotations in the dataset).",
+            JobError::NoTrainingAnnotations { tags, total, seen } => format!(
+                "No polygon or rectangle annotation has any of the tags {} (the dataset has {} polygon and \
+                 rectangle annotations; their tags: {}). Choose one of those as the Training Tag.",
                 tags.join(", "),
-                total
+                total,
+                if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
             ),
             JobError::NoSamples { .. } => {
                 "Draw training regions around annotated cells, or annotate cells inside the regions.".into()
             }
             JobError::Rasterize(_) => "Use smaller regions or check the region annotations.".into(),
+            JobError::Model(OpenModelError::Model(ModelError::ChannelMismatch { model, .. }))
+            | JobError::ModelFile(ModelError::ChannelMismatch { model, .. }) => format!(
+                "This tool trains on two channels (Primary and Secondary Channel), but the Base Model \
+                 takes {model}; choose a base model made by this tool or a built-in one (cyto3, ...)."
+            ),
             JobError::Model(_) | JobError::ModelFile(_) => {
                 "Choose another base model, or ask the administrator to install it.".into()
             }

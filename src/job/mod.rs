@@ -12,4 +12,4 @@ pub mod validate;
 pub use error::JobError;
 pub use events::{Events, JobEvent};
 pub use run::{run_job, Controls, JobContext, JobOutcome};
-pub use validate::{validate, JobParams, ParamError, ParamErrors};
+pub use validate::{json_type, validate, JobParams, ParamError, ParamErrors};

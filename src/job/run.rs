@@ -182,8 +182,12 @@ pub async fn run_job(ctx: &JobContext, events: &Events, controls: &Controls) -> 
         .flatten()
         .cloned()
         .collect();
-    let (annotations, total) = dataset::load_annotations(client, &ctx.dataset_id, &tags).await?;
+    let (annotations, total, seen) = dataset::load_annotations(client, &ctx.dataset_id, &tags).await?;
     tracing::info!(trainable = annotations.len(), total, "annotations loaded");
+    if crate::annotations::with_any_tag(&annotations, &params.training_tags).is_empty() {
+        // counted over every polygon and rectangle of the dataset, not only the tagged ones
+        return Err(JobError::NoTrainingAnnotations { tags: params.training_tags.clone(), total, seen });
+    }
     events.progress(0.2, "Processing annotations", "Grouping annotations by location");
     if controls.cancel.is_cancelled() {
         return Err(JobError::Cancelled);

@@ -80,32 +80,28 @@ fn channel(v: Option<&Value>) -> Result<Option<u32>, String> {
     }
 }
 
-/// Checks an Output Model Name: it becomes a Girder item and a file name.
+/// Checks an Output Model Name: the shared name rule ([`crate::model::name`]), and no built-in
+/// name, so the user's model never shadows a built-in one in the Base Model list.
 pub fn check_model_name(name: &str) -> Result<(), String> {
-    if name.trim().is_empty() {
-        return Err("is empty; give the retrained model a name".into());
-    }
-    if name.contains('/') || name.contains('\\') {
-        return Err(format!("`{name}` contains a slash; use a plain name such as my_cells_v2"));
-    }
-    if name.contains("..") {
-        return Err(format!("`{name}` contains `..`; use a plain name"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("contains control characters; use a plain name".into());
-    }
-    if name != name.trim() {
-        return Err(format!("`{name}` starts or ends with spaces"));
-    }
+    crate::model::name::check_model_name(name)?;
     if registry::is_builtin(name) || super::params::BASE_MODELS.contains(&name) {
         return Err(format!(
             "`{name}` is a built-in model name; choose another name so the built-in model is not shadowed"
         ));
     }
-    if name.len() > 200 {
-        return Err("is longer than 200 characters".into());
-    }
     Ok(())
+}
+
+/// What kind of JSON value `v` is, for messages ("a string", "null", ...).
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null (missing)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Validates `values` (the `workerInterface` object) against the field table. `known_model`
@@ -123,7 +119,7 @@ pub fn validate(
     if !values.is_object() {
         return Err(ParamErrors(vec![ParamError {
             field: "workerInterface".into(),
-            message: "missing or not an object".into(),
+            message: format!("must be an object of the tool's fields, not {}", json_type(values)),
         }]));
     }
 
@@ -304,7 +300,7 @@ mod tests {
 
     #[test]
     fn model_names_that_would_escape_or_shadow_are_refused() {
-        for bad in ["", "a/b", "a\\b", "..", "x\u{7}y", "cyto3", "nuclei", " pad"] {
+        for bad in ["", "a/b", "a\\b", "..", ".", "x\u{7}y", "cyto3", "nuclei", " pad"] {
             assert!(check_model_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_model_name("my cells v2").is_ok());

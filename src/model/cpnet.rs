@@ -7,7 +7,12 @@
 //! 1x1 projections (`batchconv0`).
 
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{Kind, TchError, Tensor};
+
+// Every forward op below is a `f_` call returning `Result`: the plain tch methods unwrap, and an
+// allocation libtorch cannot make (a --bsize too large for the memory) must be an error that
+// names the fix, not a panic.
+type TResult = Result<Tensor, TchError>;
 
 /// Shape of a CPnet. Defaults are cellpose 3's: nbase [2, 32, 64, 128, 256], nout 3, 3x3 kernels.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -74,14 +79,14 @@ impl BatchNorm {
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, x: &Tensor, train: bool) -> TResult {
         if train {
             tch::no_grad(|| {
                 let mut n = self.num_batches_tracked.shallow_clone();
-                let _ = n.g_add_scalar_(1);
-            });
+                n.f_add_scalar_(1).map(|_| ())
+            })?;
         }
-        Tensor::batch_norm(
+        Tensor::f_batch_norm(
             x,
             Some(&self.weight),
             Some(&self.bias),
@@ -111,9 +116,9 @@ impl Conv {
             pad: k / 2,
         }
     }
-    fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let (w, b) = (ctx.cast(&self.weight), ctx.cast(&self.bias));
-        x.conv2d(&w, Some(&b), [1, 1], [self.pad, self.pad], [1, 1], 1)
+    fn forward(&self, x: &Tensor, ctx: Ctx) -> TResult {
+        let (w, b) = (ctx.cast(&self.weight)?, ctx.cast(&self.bias)?);
+        x.f_conv2d(&w, Some(&b), [1, 1], [self.pad, self.pad], [1, 1], 1)
     }
 }
 
@@ -126,11 +131,11 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn cast(&self, t: &Tensor) -> Tensor {
+    fn cast(&self, t: &Tensor) -> TResult {
         if t.kind() == self.kind {
-            t.shallow_clone()
+            Ok(t.shallow_clone())
         } else {
-            t.to_kind(self.kind)
+            t.f_to_kind(self.kind)
         }
     }
 }
@@ -150,9 +155,9 @@ impl BatchConv {
     fn new0(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
         BatchConv { bn: BatchNorm::new(&p / "0", cin), conv: Conv::new(&p / "1", cin, cout, k), relu: false }
     }
-    fn forward_t(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let y = self.bn.forward_t(x, ctx.train);
-        let y = if self.relu { y.relu() } else { y };
+    fn forward_t(&self, x: &Tensor, ctx: Ctx) -> TResult {
+        let y = self.bn.forward_t(x, ctx.train)?;
+        let y = if self.relu { y.f_relu()? } else { y };
         self.conv.forward(&y, ctx)
     }
 }
@@ -173,11 +178,11 @@ impl ResDown {
             .collect();
         ResDown { conv, proj: BatchConv::new0(&p / "proj", cin, cout, 1) }
     }
-    fn forward_t(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+    fn forward_t(&self, x: &Tensor, ctx: Ctx) -> TResult {
         let c = &self.conv;
-        let x = self.proj.forward_t(x, ctx) + c[1].forward_t(&c[0].forward_t(x, ctx), ctx);
-        let y = c[3].forward_t(&c[2].forward_t(&x, ctx), ctx);
-        x + y
+        let x = self.proj.forward_t(x, ctx)?.f_add(&c[1].forward_t(&c[0].forward_t(x, ctx)?, ctx)?)?;
+        let y = c[3].forward_t(&c[2].forward_t(&x, ctx)?, ctx)?;
+        x.f_add(&y)
     }
 }
 
@@ -199,13 +204,13 @@ impl BatchConvStyle {
             full_b: full.var("bias", &[cout], init),
         }
     }
-    fn forward_t(&self, style: &Tensor, x: &Tensor, y: Option<&Tensor>, ctx: Ctx) -> Tensor {
-        let feat = style.linear(&self.full_w, Some(&self.full_b)).unsqueeze(-1).unsqueeze(-1);
+    fn forward_t(&self, style: &Tensor, x: &Tensor, y: Option<&Tensor>, ctx: Ctx) -> TResult {
+        let feat = style.f_linear(&self.full_w, Some(&self.full_b))?.f_unsqueeze(-1)?.f_unsqueeze(-1)?;
         let x = match y {
-            Some(y) => x + y,
+            Some(y) => x.f_add(y)?,
             None => x.shallow_clone(),
         };
-        self.conv.forward_t(&(x + ctx.cast(&feat)), ctx)
+        self.conv.forward_t(&x.f_add(&ctx.cast(&feat)?)?, ctx)
     }
 }
 
@@ -228,13 +233,13 @@ impl ResUp {
             proj: BatchConv::new0(&p / "proj", cin, cout, 1),
         }
     }
-    fn forward_t(&self, x: &Tensor, y: &Tensor, style: &Tensor, ctx: Ctx) -> Tensor {
+    fn forward_t(&self, x: &Tensor, y: &Tensor, style: &Tensor, ctx: Ctx) -> TResult {
         let s = &self.conv_style;
-        let h = self.conv0.forward_t(x, ctx);
-        let x = self.proj.forward_t(x, ctx) + s[0].forward_t(style, &h, Some(y), ctx);
-        let h = s[1].forward_t(style, &x, None, ctx);
-        let h = s[2].forward_t(style, &h, None, ctx);
-        x + h
+        let h = self.conv0.forward_t(x, ctx)?;
+        let x = self.proj.forward_t(x, ctx)?.f_add(&s[0].forward_t(style, &h, Some(y), ctx)?)?;
+        let h = s[1].forward_t(style, &x, None, ctx)?;
+        let h = s[2].forward_t(style, &h, None, ctx)?;
+        x.f_add(&h)
     }
 }
 
@@ -295,36 +300,39 @@ impl Cpnet {
     }
 
     /// Forward pass in float32; `train` selects batch statistics (and updates running stats) vs
-    /// running stats.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> NetOutput {
+    /// running stats. Fails (never panics) when libtorch cannot allocate the activations.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<NetOutput, TchError> {
         self.forward_mixed(x, train, Kind::Float)
     }
 
     /// Forward pass computing convolutions in `compute` (e.g. bfloat16 on GPUs) while weights,
     /// BatchNorm statistics and the style vector stay float32: the hand-written equivalent of
     /// autocast, so gradients reach float32 master weights. The output maps are float32.
-    pub fn forward_mixed(&self, x: &Tensor, train: bool, compute: Kind) -> NetOutput {
+    pub fn forward_mixed(&self, x: &Tensor, train: bool, compute: Kind) -> Result<NetOutput, TchError> {
         let ctx = Ctx { train, kind: compute };
-        let x = ctx.cast(x);
+        let x = ctx.cast(x)?;
         let mut xd: Vec<Tensor> = Vec::with_capacity(self.down.len());
         for (n, block) in self.down.iter().enumerate() {
-            let y = if n == 0 {
-                block.forward_t(&x, ctx)
-            } else {
-                block.forward_t(&xd[n - 1].max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false), ctx)
+            let y = match xd.last() {
+                None => block.forward_t(&x, ctx)?,
+                Some(prev) => block.forward_t(&prev.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?, ctx)?,
             };
+            debug_assert_eq!(xd.len(), n);
             xd.push(y);
         }
-        let deepest = &xd[xd.len() - 1];
-        let style = deepest.to_kind(Kind::Float).mean_dim([2i64, 3].as_slice(), false, None);
-        let style = &style / style.square().sum_dim_intlist([1i64].as_slice(), true, None).sqrt();
-        let last = self.up.len() - 1;
-        let mut h = self.up[last].forward_t(deepest, deepest, &style, ctx);
+        let (Some(deepest), Some(last)) = (xd.last(), self.up.len().checked_sub(1)) else {
+            return Err(TchError::Shape("CPnet has no levels (empty nbase)".into()));
+        };
+        let style = deepest.f_to_kind(Kind::Float)?.f_mean_dim([2i64, 3].as_slice(), false, None)?;
+        let norm = style.f_square()?.f_sum_dim_intlist([1i64].as_slice(), true, None)?.f_sqrt()?;
+        let style = style.f_div(&norm)?;
+        let mut h = self.up[last].forward_t(deepest, deepest, &style, ctx)?;
         for n in (0..last).rev() {
-            h = h.upsample_nearest2d([h.size()[2] * 2, h.size()[3] * 2], Some(2.0), Some(2.0));
-            h = self.up[n].forward_t(&h, &xd[n], &style, ctx);
+            let (hh, ww) = (h.size()[2] * 2, h.size()[3] * 2);
+            h = h.f_upsample_nearest2d([hh, ww], Some(2.0), Some(2.0))?;
+            h = self.up[n].forward_t(&h, &xd[n], &style, ctx)?;
         }
-        NetOutput { maps: self.output.forward_t(&h, ctx).to_kind(Kind::Float), style }
+        Ok(NetOutput { maps: self.output.forward_t(&h, ctx)?.f_to_kind(Kind::Float)?, style })
     }
 
     pub fn diam_mean(&self) -> f64 {
@@ -342,5 +350,23 @@ impl Cpnet {
         tch::no_grad(|| {
             let _ = self.diam_mean.shallow_clone().fill_(v);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allocation_libtorch_cannot_make_is_an_error_not_a_panic() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Cpnet::new(&vs.root(), CpnetConfig { nbase: vec![2, 4, 8], ..Default::default() });
+        // a 2^45-element view of 2 stored floats: the first activation would need 128 TB
+        let x = Tensor::zeros([1, 2, 1, 1], (Kind::Float, tch::Device::Cpu)).expand([1, 2, 1 << 22, 1 << 22], false);
+        let err = tch::no_grad(|| net.forward_t(&x, false)).err().expect("a 128 TB activation cannot be allocated");
+        assert!(err.to_string().contains("allocate"), "{err}");
+        let small = Tensor::zeros([1, 2, 16, 16], (Kind::Float, tch::Device::Cpu));
+        let out = tch::no_grad(|| net.forward_t(&small, false)).expect("a 16x16 image runs");
+        assert_eq!(out.maps.size(), [1, 3, 16, 16]);
     }
 }

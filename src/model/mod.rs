@@ -1,6 +1,8 @@
 //! The Cellpose network and its files: CPnet in tch ([`cpnet`]), PyTorch `torch.save` files in pure
-//! Rust ([`torch_file`]), moving weights between them ([`Model`]), and model names ([`registry`]).
+//! Rust ([`torch_file`]), moving weights between them ([`Model`]), built-in names ([`registry`]) and
+//! the rule for names of models we write ([`name`]).
 pub mod cpnet;
+pub mod name;
 mod open;
 pub mod registry;
 pub mod torch_file;

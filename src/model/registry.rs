@@ -83,6 +83,12 @@ pub enum RegistryError {
         dir.join(spec).display()
     )]
     Unknown { spec: String, dir: PathBuf },
+    #[error(
+        "model `{}` is a folder, not a model file; give the file itself (a trained model is \
+         <dir>/models/<name>)",
+        path.display()
+    )]
+    IsDir { path: PathBuf },
 }
 
 /// Resolves a path, a built-in name, or the name of a model saved in the models directory.
@@ -93,6 +99,9 @@ pub fn resolve(spec: &str, dir: &Path) -> Result<ResolvedModel, RegistryError> {
         let builtin_diam_mean = spec.ends_with("nucleitorch_0").then_some(17.0);
         let name = as_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         return Ok(ResolvedModel { path: as_path.to_path_buf(), name, builtin_diam_mean });
+    }
+    if as_path.is_dir() {
+        return Err(RegistryError::IsDir { path: as_path.to_path_buf() });
     }
     if is_builtin(spec) {
         let file = builtin_file_name(spec);

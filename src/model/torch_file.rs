@@ -6,10 +6,21 @@
 //! pickle references storages by key. `<name>` is whatever the writer chose (`archive`, the file
 //! stem, ...), so we locate `data.pkl` rather than assume a folder.
 
+use std::collections::HashSet;
 use std::io::{Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::pickle::{self, Allowed, Value};
+
+/// Most bytes a model file may hold or inflate to: a sane bound over the largest real model
+/// (Cellpose-SAM, ~1.2 GB of float32 weights). Why: sizes in a file are the writer's claims; a
+/// crafted 1 KB file can claim a 4 TB tensor or a deflate bomb, and an allocation that large
+/// aborts the process (no error, no JSON line) instead of failing.
+pub const MAX_MODEL_BYTES: u64 = 2 << 30;
+
+/// Most bytes `data.pkl` and the small records (`version`, `byteorder`) may inflate to; real
+/// ones are a few hundred KB.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
 
 /// Element type of a stored tensor, as named by its torch storage class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +133,13 @@ pub enum ModelFileErrorKind {
     NotStateDict(String),
     #[error("tensor `{name}`: {detail}")]
     BadTensor { name: String, detail: String },
+    #[error(
+        "{what} is {bytes} bytes, more than any model file may hold ({} bytes); the file is damaged or crafted",
+        MAX_MODEL_BYTES
+    )]
+    TooLarge { what: String, bytes: u64 },
+    #[error("record {name} inflates to more than the {max} bytes it may hold (a deflate bomb or a damaged file)")]
+    Inflates { name: String, max: u64 },
 }
 
 /// The only globals a state_dict pickle may name: containers and tensor rebuilders, as
@@ -140,6 +158,10 @@ fn allowed_globals() -> Allowed {
 /// Reads a state_dict from a file written by `torch.save` (torch 1.6 or newer).
 pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelFileError> {
     let wrap = |kind| ModelFileError { path: path.to_path_buf(), kind };
+    let len = std::fs::metadata(path).map_err(|e| wrap(ModelFileErrorKind::Io(e)))?.len();
+    if len > MAX_MODEL_BYTES {
+        return Err(wrap(ModelFileErrorKind::TooLarge { what: "the file".into(), bytes: len }));
+    }
     let bytes = std::fs::read(path).map_err(|e| wrap(ModelFileErrorKind::Io(e)))?;
     parse_state_dict(&bytes).map_err(wrap)
 }
@@ -173,11 +195,11 @@ fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
         .map(str::to_string)
         .ok_or(K::NoDataPkl)?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder")) {
+    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder"), MAX_RECORD_BYTES) {
         Ok(b) => b.trim_ascii() == b"big",
         Err(_) => false, // files before torch 2.1 have no byteorder record: little-endian
     };
-    let pkl = read_entry(&mut zip, &pkl_name)?;
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_RECORD_BYTES)?;
     let root = pickle::read(&pkl, &allowed_globals())?;
     let Value::Dict(items) = root else {
         return Err(K::NotStateDict(format!(
@@ -186,25 +208,86 @@ fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
         )));
     };
     let mut entries = Vec::new();
+    let mut budget = Budget { left: MAX_MODEL_BYTES, seen: HashSet::new() };
     for (key, value) in items.borrow().iter() {
         let name = key
             .as_str()
             .ok_or_else(|| K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))?;
-        let t = rebuild_tensor(value, &mut zip, &prefix, big_endian)
+        let t = rebuild_tensor(value, &mut zip, &prefix, big_endian, &mut budget)
             .map_err(|detail| K::BadTensor { name: name.to_string(), detail })?;
         entries.push((name.to_string(), t));
     }
     Ok(StateDict { entries })
 }
 
+/// What the storages of one file may still inflate to; a storage shared by several tensors
+/// counts once.
+struct Budget {
+    left: u64,
+    seen: HashSet<String>,
+}
+
+/// Reads one record, inflating at most `max` bytes: a record that inflates past that (a deflate
+/// bomb, or a header that lies) is an error before it fills memory.
 fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
+    max: u64,
 ) -> Result<Vec<u8>, ModelFileErrorKind> {
-    let mut f = zip.by_name(name).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
-    let mut buf = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut buf).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
+    let f = zip.by_name(name).map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
+    // the declared size is a claim: reserve no more than the cap
+    let mut buf = Vec::with_capacity(f.size().min(max).min(MAX_RECORD_BYTES) as usize);
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| ModelFileErrorKind::Zip(format!("{name}: {e}")))?;
+    if buf.len() as u64 > max {
+        return Err(ModelFileErrorKind::Inflates { name: name.to_string(), max });
+    }
     Ok(buf)
+}
+
+/// Checks a `_rebuild_tensor_v2` view against its storage before anything is allocated and
+/// returns the element count. Why: the size, stride and offset are the writer's claims; a
+/// 1 KB file with size 2^40 and stride 0 would otherwise make us allocate 4 TB and abort.
+fn check_view(
+    shape: &[i64],
+    stride: &[i64],
+    offset: i64,
+    storage_numel: i64,
+    esize: usize,
+) -> Result<usize, String> {
+    if shape.len() != stride.len() || shape.iter().any(|&s| s < 0) || stride.iter().any(|&s| s < 0) || offset < 0
+    {
+        return Err(format!("inconsistent size {shape:?} / stride {stride:?} / offset {offset}"));
+    }
+    let too_big = || format!("size {shape:?} has more elements than any model holds");
+    let numel = shape.iter().try_fold(1i64, |acc, &s| acc.checked_mul(s)).ok_or_else(too_big)?;
+    if numel == 0 {
+        return Ok(0);
+    }
+    let bytes = (numel as u64).checked_mul(esize as u64).ok_or_else(too_big)?;
+    if bytes > MAX_MODEL_BYTES {
+        return Err(format!(
+            "size {shape:?} needs {bytes} bytes, more than any model file may hold ({MAX_MODEL_BYTES}); the file is damaged or crafted"
+        ));
+    }
+    if numel > storage_numel {
+        return Err(format!(
+            "size {shape:?} has {numel} elements but its storage holds {storage_numel} \
+             (stride {stride:?} repeats elements); a state_dict stores every element, so the file is damaged or crafted"
+        ));
+    }
+    let last = shape
+        .iter()
+        .zip(stride)
+        .try_fold(offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?))
+        .ok_or_else(too_big)?;
+    if last >= storage_numel {
+        return Err(format!(
+            "the view (offset {offset}, size {shape:?}, stride {stride:?}) reaches element {last} of a storage of {storage_numel}"
+        ));
+    }
+    Ok(numel as usize)
 }
 
 /// Interprets `_rebuild_tensor_v2(storage, offset, size, stride, ...)` and copies the viewed
@@ -214,6 +297,7 @@ fn rebuild_tensor<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     prefix: &str,
     big_endian: bool,
+    budget: &mut Budget,
 ) -> Result<RawTensor, String> {
     let Value::Call(call) = value else {
         return Err(format!(
@@ -224,7 +308,7 @@ fn rebuild_tensor<R: Read + Seek>(
     let call = call.borrow();
     if call.func.name == "_rebuild_parameter" {
         let inner = call.args.first().ok_or("parameter without data")?;
-        return rebuild_tensor(inner, zip, prefix, big_endian);
+        return rebuild_tensor(inner, zip, prefix, big_endian, budget);
     }
     if call.func.name != "_rebuild_tensor_v2" || call.args.len() < 4 {
         return Err(format!("built by {} with {} arguments, not a plain tensor", call.func, call.args.len()));
@@ -233,24 +317,31 @@ fn rebuild_tensor<R: Read + Seek>(
         return Err("tensor has no storage reference".into());
     };
     let pid = pid.as_seq().ok_or("storage reference is not a tuple")?;
-    let (dtype, key) = match pid.as_slice() {
-        [Value::Str(tag), Value::Global(g), Value::Str(key), _location, _numel] if tag == "storage" => {
+    let (dtype, key, storage_numel) = match pid.as_slice() {
+        [Value::Str(tag), Value::Global(g), Value::Str(key), _location, numel] if tag == "storage" => {
             let dtype =
                 DType::from_storage_name(&g.name).ok_or_else(|| format!("unsupported storage type {g}"))?;
-            (dtype, key.clone())
+            let numel = numel.as_int().filter(|n| *n >= 0).ok_or("storage size is not a count")?;
+            (dtype, key.clone(), numel)
         }
         _ => return Err("storage reference has an unexpected layout".into()),
     };
     let offset = call.args[1].as_int().ok_or("storage offset is not an int")?;
     let shape = call.args[2].as_int_seq().ok_or("size is not a tuple of ints")?;
     let stride = call.args[3].as_int_seq().ok_or("stride is not a tuple of ints")?;
-    if shape.len() != stride.len() || shape.iter().any(|&s| s < 0) || offset < 0 {
-        return Err(format!("inconsistent size {shape:?} / stride {stride:?}"));
-    }
-    let storage =
-        read_entry(zip, &format!("{prefix}data/{key}")).map_err(|e| format!("storage {key}: {e}"))?;
     let esize = dtype.size();
-    let numel: usize = shape.iter().product::<i64>() as usize;
+    let numel = check_view(&shape, &stride, offset, storage_numel, esize)?;
+    let storage_bytes = (storage_numel as u64).checked_mul(esize as u64).unwrap_or(u64::MAX);
+    if budget.seen.insert(key.clone()) {
+        if storage_bytes > budget.left {
+            return Err(format!(
+                "storage {key} declares {storage_bytes} bytes, more than a model file may hold ({MAX_MODEL_BYTES} in all); the file is damaged or crafted"
+            ));
+        }
+        budget.left -= storage_bytes;
+    }
+    let storage = read_entry(zip, &format!("{prefix}data/{key}"), storage_bytes)
+        .map_err(|e| format!("storage {key}: {e}"))?;
     let mut data = Vec::with_capacity(numel * esize);
     let mut index = vec![0i64; shape.len()];
     for _ in 0..numel {
@@ -372,4 +463,46 @@ fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
         strides[d] = strides[d + 1] * shape[d + 1].max(1);
     }
     strides
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broadcast_view_larger_than_its_storage_is_refused_before_allocating() {
+        // the crafted file of issue #14: size 2^40, stride 0, one stored float
+        let err = check_view(&[1 << 40], &[0], 0, 1, 4).unwrap_err();
+        assert!(err.contains("more than any model file may hold"), "{err}");
+        let err = check_view(&[1000], &[0], 0, 1, 4).unwrap_err();
+        assert!(err.contains("storage holds 1"), "{err}");
+        let err = check_view(&[i64::MAX, 4], &[1, 1], 0, 1, 4).unwrap_err();
+        assert!(err.contains("more elements than any model holds"), "{err}");
+    }
+
+    #[test]
+    fn a_view_past_the_end_of_its_storage_is_refused() {
+        assert_eq!(check_view(&[2, 3], &[3, 1], 0, 6, 4), Ok(6));
+        assert_eq!(check_view(&[0, 3], &[3, 1], 0, 0, 4), Ok(0));
+        let err = check_view(&[2, 3], &[3, 1], 1, 6, 4).unwrap_err();
+        assert!(err.contains("reaches element 6"), "{err}");
+        assert!(check_view(&[2], &[-1], 1, 6, 4).is_err());
+    }
+
+    #[test]
+    fn a_deflate_bomb_stops_at_the_cap() {
+        let mut out = Cursor::new(Vec::new());
+        let mut zip = zip::ZipWriter::new(&mut out);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("archive/data/0", opts).unwrap();
+        zip.write_all(&vec![0u8; 8 << 20]).unwrap();
+        zip.finish().unwrap();
+        let bytes = out.into_inner();
+        assert!(bytes.len() < 64 << 10, "a bomb: {} bytes", bytes.len());
+        let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
+        let err = read_entry(&mut zip, "archive/data/0", 1024).unwrap_err();
+        assert!(matches!(err, ModelFileErrorKind::Inflates { max: 1024, .. }), "{err}");
+        assert_eq!(read_entry(&mut zip, "archive/data/0", 8 << 20).unwrap().len(), 8 << 20);
+    }
 }

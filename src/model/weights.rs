@@ -20,8 +20,7 @@ pub enum ModelError {
     WrongDtype { origin: String, name: String, found: DType },
     #[error(
         "{origin}: nchan differs: the model takes {model} input channels but {wanted} were asked for; \
-         the base model must match the data's channels (choose a base model trained with {wanted} channels, \
-         or change --chan/--chan2/--nchan)"
+         the base model must match the data's channels (choose a base model trained with {wanted} channels)"
     )]
     ChannelMismatch { origin: String, model: i64, wanted: i64 },
     #[error(

@@ -33,11 +33,19 @@ pub enum DataError {
     #[error("{image}: {source}")]
     Channels { image: PathBuf, source: TransformError },
     #[error(
-        "no training images left: all {total} had fewer than min_train_masks ({min}) masks; \
+        "no training images left: all {total} had fewer than min_train_masks ({min}) masks ({detail}); \
          lower --min-train-masks or add annotations"
     )]
-    NothingLeft { total: usize, min: usize },
+    NothingLeft { total: usize, min: usize, detail: String },
+    #[error("{image}: {count} pixels are NaN or infinite; fix or remove the image (training on them gives a NaN loss)")]
+    NonFinite { image: PathBuf, count: usize },
+    #[error("{image} is only {h}x{w} pixels; training images need at least {MIN_SIDE}x{MIN_SIDE}")]
+    TooSmall { image: PathBuf, h: usize, w: usize },
 }
+
+/// Smallest training image side: one cell needs a few pixels, and the network halves the image
+/// four times.
+pub const MIN_SIDE: usize = 16;
 
 /// An image file and its label file.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +155,13 @@ pub fn load_pairs(pairs: &[Pair]) -> Result<Vec<RawExample>, DataError> {
             let labels = imageio::read_labels(&p.mask)?;
             let (_, ih, iw) = image.dim();
             let (mh, mw) = labels.dim();
+            let count = image.iter().filter(|v| !v.is_finite()).count();
+            if count > 0 {
+                return Err(DataError::NonFinite { image: p.image.clone(), count });
+            }
+            if ih.min(iw) < MIN_SIDE {
+                return Err(DataError::TooSmall { image: p.image.clone(), h: ih, w: iw });
+            }
             if (ih, iw) != (mh, mw) {
                 return Err(DataError::SizeMismatch {
                     image: p.image.clone(),
@@ -215,7 +230,11 @@ pub fn prepare(raw: Vec<RawExample>, opts: &PrepareOptions) -> Result<Prepared, 
         all.into_iter().partition(|e| e.nmasks >= opts.min_train_masks);
     let removed: Vec<(String, usize)> = dropped.into_iter().map(|e| (e.name, e.nmasks)).collect();
     if examples.is_empty() && total > 0 {
-        return Err(DataError::NothingLeft { total, min: opts.min_train_masks });
+        let mut detail: Vec<String> = removed.iter().take(5).map(|(n, k)| format!("{n}: {k}")).collect();
+        if removed.len() > 5 {
+            detail.push(format!("... {} more", removed.len() - 5));
+        }
+        return Err(DataError::NothingLeft { total, min: opts.min_train_masks, detail: detail.join(", ") });
     }
     Ok(Prepared { examples, removed })
 }

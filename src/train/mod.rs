@@ -22,5 +22,5 @@ pub use data::{
 pub use optim::{Optimizer, OptimizerKind};
 pub use trainer::{
     train_seg, CancelToken, EpochInfo, NoHooks, Resume, StepInfo, TrainConfig, TrainError, TrainHooks,
-    TrainOutcome, TrainState,
+    TrainOutcome, TrainState, validate_config,
 };

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::batches::Batch;
 use super::cuda_graph::CudaGraph;
@@ -50,13 +50,14 @@ impl<'a> Stepper<'a> {
         }
     }
 
-    fn ops(&mut self, optim: &mut Optimizer, x: &Tensor, y: &Tensor) {
+    fn ops(&mut self, optim: &mut Optimizer, x: &Tensor, y: &Tensor) -> Result<(), TrainError> {
+        let failed = |e: TchError| TrainError::step_failed(x, e);
         let t0 = Instant::now();
         optim.zero_grad();
-        let out = self.model.net.forward_mixed(x, true, self.compute);
-        let loss = seg_loss(&out.maps, y);
+        let out = self.model.net.forward_mixed(x, true, self.compute).map_err(failed)?;
+        let loss = seg_loss(&out.maps, y).map_err(failed)?;
         let t1 = Instant::now();
-        loss.backward();
+        loss.f_backward().map_err(failed)?;
         let t2 = Instant::now();
         optim.apply();
         let _ = self.epoch_loss.g_add_(&(loss.detach() * (x.size()[0] as f64)));
@@ -73,6 +74,7 @@ impl<'a> Stepper<'a> {
                 t0.elapsed().as_secs_f64() * 1e3
             );
         }
+        Ok(())
     }
 
     /// Trains on one batch with learning rate `lr`.
@@ -88,8 +90,7 @@ impl<'a> Stepper<'a> {
         if !(self.graphs && full) {
             let x = batch.x.to_device_(self.device, Kind::Float, true, false);
             let y = batch.y.to_device_(self.device, Kind::Float, true, false);
-            self.ops(optim, &x, &y);
-            return Ok(());
+            return self.ops(optim, &x, &y);
         }
         let (sx, sy) = self.statics.get_or_insert_with(|| {
             // same shape and strides as the batches (channels-last when they are)
@@ -105,15 +106,15 @@ impl<'a> Stepper<'a> {
         }
         if self.full_eager_steps < WARMUP_STEPS {
             self.full_eager_steps += 1;
-            self.ops(optim, &sx, &sy);
-            return Ok(());
+            return self.ops(optim, &sx, &sy);
         }
         let Device::Cuda(index) = self.device else { unreachable!("graphs only on CUDA") };
         let profile = std::mem::replace(&mut self.profile, false);
         let captured = CudaGraph::capture(index, || self.ops(optim, &sx, &sy));
         self.profile = profile;
         match captured {
-            Ok((graph, ())) => {
+            Ok((graph, ops)) => {
+                ops?;
                 tracing::debug!("training step captured as a CUDA graph");
                 graph.replay().map_err(TrainError::Cuda)?;
                 self.graph = Some(graph);
@@ -121,7 +122,7 @@ impl<'a> Stepper<'a> {
             Err(e) => {
                 tracing::warn!(error = %e, "CUDA graph capture failed; training continues without graphs");
                 self.graphs = false;
-                self.ops(optim, &sx, &sy);
+                self.ops(optim, &sx, &sy)?;
             }
         }
         Ok(())

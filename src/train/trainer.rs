@@ -93,8 +93,23 @@ pub enum TrainError {
     Diverged { epoch: usize, value: f64 },
     #[error("torch error: {0}")]
     Torch(#[from] tch::TchError),
+    #[error(
+        "a training step on {batch} patches of {patch}x{patch} pixels failed in libtorch: {detail}; \
+         if it ran out of memory, lower the patch size (--bsize, [training] bsize) or the batch size"
+    )]
+    StepFailed { batch: i64, patch: i64, detail: String },
     #[error("CUDA graph replay failed: {0}")]
     Cuda(String),
+}
+
+impl TrainError {
+    /// A failed forward/backward on batch `x` (`[B, C, H, W]`); keeps libtorch's first line only
+    /// (the rest is a C++ backtrace).
+    pub(crate) fn step_failed(x: &tch::Tensor, e: tch::TchError) -> Self {
+        let size = x.size();
+        let detail = e.to_string().lines().next().unwrap_or("").trim().to_string();
+        TrainError::StepFailed { batch: size[0], patch: size.get(2).copied().unwrap_or(0), detail }
+    }
 }
 
 /// Set from any thread to stop training at the next step boundary.
@@ -214,10 +229,22 @@ pub struct TrainOutcome {
     pub data_wait_seconds: f64,
 }
 
-fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
+/// Largest training patch side accepted: 1024 x 1024 patches in a batch of 8 already need ~1 GB
+/// per activation map at 32 channels; larger ones cannot fit in memory and are certainly a typo.
+pub const MAX_BSIZE: usize = 1024;
+
+/// Checks the options [`train_seg`] would refuse, so callers can do it before touching any file.
+pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     let bad = |m: String| Err(TrainError::Config(m));
     if cfg.bsize == 0 || !cfg.bsize.is_multiple_of(16) {
         return bad(format!("bsize must be a positive multiple of 16 (got {})", cfg.bsize));
+    }
+    if cfg.bsize > MAX_BSIZE {
+        return bad(format!(
+            "bsize {} is larger than {MAX_BSIZE}; a training patch of that size needs tens of GB per step \
+             (cellpose trains on 224, Cellpose-SAM on 256)",
+            cfg.bsize
+        ));
     }
     if cfg.batch_size == 0 {
         return bad("batch_size must be at least 1".into());
@@ -247,7 +274,7 @@ pub fn train_seg(
     cancel: &CancelToken,
     resume: Option<Resume>,
 ) -> Result<TrainOutcome, TrainError> {
-    validate(cfg)?;
+    validate_config(cfg)?;
     if train.is_empty() {
         return Err(TrainError::NoData);
     }
@@ -368,7 +395,7 @@ pub fn train_seg(
             }
             if epoch == 5 || epoch % 10 == 0 {
                 if let Some(tb) = &test_batches {
-                    test_losses[epoch] = Some(test_loss(model, tb, cfg.device, compute));
+                    test_losses[epoch] = Some(test_loss(model, tb, cfg.device, compute)?);
                 }
             }
             // the loss reads above synchronised the device: the epoch's work is done
@@ -457,18 +484,24 @@ pub fn epoch_path(path: &std::path::Path, epoch: usize) -> PathBuf {
 }
 
 /// Mean loss over the (fixed) test batches in eval mode.
-fn test_loss(model: &Model, batches: &[batches::Batch], device: Device, compute: Kind) -> f64 {
+fn test_loss(
+    model: &Model,
+    batches: &[batches::Batch],
+    device: Device,
+    compute: Kind,
+) -> Result<f64, TrainError> {
     tch::no_grad(|| {
         let mut sum = 0.0;
         let mut n = 0usize;
         for b in batches {
             let x = b.x.to_device(device);
             let y = b.y.to_device(device);
-            let out = model.net.forward_mixed(&x, false, compute);
+            let failed = |e| TrainError::step_failed(&x, e);
+            let out = model.net.forward_mixed(&x, false, compute).map_err(failed)?;
             let bs = x.size()[0] as usize;
-            sum += seg_loss(&out.maps, &y).double_value(&[]) * bs as f64;
+            sum += seg_loss(&out.maps, &y).map_err(failed)?.double_value(&[]) * bs as f64;
             n += bs;
         }
-        sum / n.max(1) as f64
+        Ok(sum / n.max(1) as f64)
     })
 }

@@ -24,6 +24,15 @@
 //! * Hand-back (SIGTERM): the owner appends `release round=<round>`; the job stays RUNNING (a
 //!   plain Girder job cannot go back to QUEUED) and is takeable at once.
 //!
+//! * Poison pills: right after winning a round, before loading anything, the owner appends
+//!   `attempt round=<round> worker=<id>` in its own `PUT` (Girder stores one `PUT` as one log
+//!   entry). A round that has an attempt but neither a release nor a saved checkpoint before the
+//!   next attempt was a worker that died without a word. A job whose last [`MAX_CRASHED`]
+//!   attempts all died that way is ended ERROR instead of being run again, so a job that crashes
+//!   workers (a crafted file, a libtorch abort) cannot take down every worker on the queue.
+//!
+//! Log entries may hold several lines (`message\nrelease ...`): every line is read.
+//!
 //! [`tests`] below check the rule against every interleaving of a few workers' read/append
 //! steps; `tests/it/worker_queue.rs` runs it with real processes against the mock Girder.
 
@@ -32,11 +41,58 @@ use std::fmt;
 /// Prefix of every protocol line in a job log (other lines are the job's own messages).
 pub const PREFIX: &str = "[cellpose-train-worker]";
 
+/// How many attempts in a row may die without progress before the job ends ERROR.
+pub const MAX_CRASHED: usize = 2;
+
+/// Start of the log line the worker writes when a checkpoint is stored: the progress that makes a
+/// died attempt not count as a crash loop (the next attempt resumes from it).
+pub const CHECKPOINT_SAVED: &str = "Checkpoint saved after epoch";
+
 /// A protocol line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     Claim { round: u64, worker: String, nonce: String },
     Release { round: u64, worker: String, epoch: Option<usize> },
+    Attempt { round: u64, worker: String },
+}
+
+/// Every line of every log entry (one `PUT` is one entry and may hold several lines).
+fn log_lines<S: AsRef<str>>(log: &[S]) -> impl Iterator<Item = &str> {
+    log.iter().flat_map(|e| e.as_ref().lines())
+}
+
+/// An attempt that ended without a word: its round and worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiedAttempt {
+    pub round: u64,
+    pub worker: String,
+}
+
+/// The most recent attempts, oldest first, that died without a release and without saving a
+/// checkpoint, counting back from the last attempt in the log until one that made progress.
+pub fn died_attempts<S: AsRef<str>>(log: &[S]) -> Vec<DiedAttempt> {
+    // (attempt, released or progressed)
+    let mut attempts: Vec<(DiedAttempt, bool)> = Vec::new();
+    for line in log_lines(log) {
+        if line.trim_start().starts_with(CHECKPOINT_SAVED) {
+            if let Some(last) = attempts.last_mut() {
+                last.1 = true;
+            }
+            continue;
+        }
+        match Line::parse(line) {
+            // a retried PUT can write the same attempt twice: one round is one attempt
+            Some(Line::Attempt { round, .. }) if attempts.last().is_some_and(|(a, _)| a.round == round) => {}
+            Some(Line::Attempt { round, worker }) => attempts.push((DiedAttempt { round, worker }, false)),
+            Some(Line::Release { round, .. }) => {
+                attempts.iter_mut().filter(|(a, _)| a.round == round).for_each(|(_, ok)| *ok = true)
+            }
+            _ => {}
+        }
+    }
+    let died: Vec<DiedAttempt> =
+        attempts.into_iter().rev().take_while(|(_, ok)| !ok).map(|(a, _)| a).collect();
+    died.into_iter().rev().collect()
 }
 
 impl fmt::Display for Line {
@@ -52,6 +108,7 @@ impl fmt::Display for Line {
                 }
                 Ok(())
             }
+            Line::Attempt { round, worker } => write!(f, "{PREFIX} attempt round={round} worker={worker}"),
         }
     }
 }
@@ -80,13 +137,14 @@ impl Line {
         match kind {
             "claim" => Some(Line::Claim { round: round?, worker: worker?, nonce: nonce? }),
             "release" => Some(Line::Release { round: round?, worker: worker?, epoch }),
+            "attempt" => Some(Line::Attempt { round: round?, worker: worker? }),
             _ => None,
         }
     }
 
     pub fn round(&self) -> u64 {
         match self {
-            Line::Claim { round, .. } | Line::Release { round, .. } => *round,
+            Line::Claim { round, .. } | Line::Release { round, .. } | Line::Attempt { round, .. } => *round,
         }
     }
 }
@@ -107,7 +165,7 @@ impl LogState {
     /// many lines it holds, so a marker may share an entry with other text.
     pub fn of<S: AsRef<str>>(log: &[S]) -> LogState {
         let mut st = LogState::default();
-        for line in log.iter().flat_map(|entry| entry.as_ref().lines()).filter_map(Line::parse) {
+        for line in log_lines(log).filter_map(Line::parse) {
             match line {
                 Line::Claim { round, worker, nonce } => {
                     if round > st.round {
@@ -120,6 +178,7 @@ impl LogState {
                         st.released = true;
                     }
                 }
+                Line::Attempt { .. } => {}
             }
         }
         st
@@ -165,6 +224,48 @@ mod tests {
         assert!(!st.released && st.owned_by(1, "a", "1"), "{st:?}");
         // a marker line followed by anything else on the line is not a marker
         assert_eq!(Line::parse(&format!("{release} and more")), None);
+    }
+
+    #[test]
+    fn entries_with_several_lines_are_read_line_by_line() {
+        let release = Line::Release { round: 1, worker: "a".into(), epoch: None };
+        let log = [
+            Line::Claim { round: 1, worker: "a".into(), nonce: "1".into() }.to_string(),
+            format!("Worker a shut down; handed back.\n{release}\n"),
+        ];
+        assert!(LogState::of(&log).released);
+    }
+
+    fn attempt(round: u64, worker: &str) -> String {
+        Line::Attempt { round, worker: worker.into() }.to_string()
+    }
+
+    #[test]
+    fn two_attempts_that_died_without_progress_are_a_poison_pill() {
+        let a = attempt(1, "a");
+        assert_eq!(Line::parse(&a), Some(Line::Attempt { round: 1, worker: "a".into() }));
+        assert!(died_attempts::<String>(&[]).is_empty());
+        let log = vec![a.clone(), "{\"progress\": 0.1}".into(), a.clone(), attempt(2, "b")];
+        let died = died_attempts(&log);
+        assert_eq!(died.len(), MAX_CRASHED);
+        assert_eq!((died[0].round, died[1].worker.as_str()), (1, "b"));
+    }
+
+    #[test]
+    fn a_checkpoint_or_a_release_between_attempts_is_progress() {
+        let log = vec![attempt(1, "a"), format!("{CHECKPOINT_SAVED} 2."), attempt(2, "b")];
+        assert_eq!(died_attempts(&log), vec![DiedAttempt { round: 2, worker: "b".into() }]);
+        let release = Line::Release { round: 1, worker: "a".into(), epoch: None };
+        let log = vec![attempt(1, "a"), format!("Worker a shut down.\n{release}\n"), attempt(2, "b")];
+        assert_eq!(died_attempts(&log).len(), 1);
+        // progress long ago does not excuse two deaths since
+        let log = vec![
+            attempt(1, "a"),
+            format!("{CHECKPOINT_SAVED} 2."),
+            attempt(2, "b"),
+            attempt(3, "c"),
+        ];
+        assert_eq!(died_attempts(&log).len(), 2);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ([`http`], [`metrics`]).
 pub mod checkpoints;
 pub mod claim;
+mod guard;
 pub mod http;
 pub mod metrics;
 pub mod serve;

@@ -107,6 +107,12 @@ impl JobRequest {
         let req: JobRequest = serde_json::from_value(kwargs).map_err(|e| {
             format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {e}")
         })?;
+        if !(req.parameters.is_object() || req.parameters.is_null()) {
+            return Err(format!(
+                "the job's kwargs.parameters must be an object {{\"workerInterface\": {{...}}}}, not {}",
+                crate::job::json_type(&req.parameters)
+            ));
+        }
         if req.request != "compute" {
             return Err(format!("the job asks for request `{}`; this worker runs `compute`", req.request));
         }
@@ -269,6 +275,9 @@ impl Worker {
     }
 
     async fn run_inner(&self, job: &Job, round: u64, shutdown: &CancellationToken) -> Finish {
+        if let Err((message, info)) = super::guard::record_attempt(&self.admin, job, round, &self.id).await {
+            return self.fail(&job.id, &message, &info).await;
+        }
         let request = match JobRequest::from_job(job) {
             Ok(r) => r,
             Err(msg) => {
@@ -289,6 +298,9 @@ impl Worker {
                 return self.fail(&job.id, &e.to_string(), &e.info()).await;
             }
         };
+        if let Err(message) = super::guard::check_token_owner(job, &me) {
+            return self.fail(&job.id, &message, "Resubmit the job from your own NimbusImage account.").await;
+        }
         let span = tracing::info_span!("job", job_id = %job.id, dataset = %request.dataset_id, user = %me.login, round);
         self.run_as_user(job, round, request, user, me.id, shutdown).instrument(span).await
     }

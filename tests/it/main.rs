@@ -14,6 +14,7 @@ mod girder_python;
 mod girder_seed;
 mod girder_tiles;
 mod helpers;
+mod hostile;
 mod job;
 mod job_inputs;
 mod metrics;

@@ -52,7 +52,7 @@ fn python_model_forward_matches_within_1e_4() {
     let x: ArrayD<f32> = read_npy(dir.path().join("x.npy")).unwrap();
     let y: ArrayD<f32> = read_npy(dir.path().join("y.npy")).unwrap();
     let style: ArrayD<f32> = read_npy(dir.path().join("style.npy")).unwrap();
-    let out = tch::no_grad(|| model.net.forward_t(&tensor_from(&x), false));
+    let out = tch::no_grad(|| model.net.forward_t(&tensor_from(&x), false)).unwrap();
     let d = max_abs_diff(&out.maps, &tensor_from(&y));
     assert!(d < 1e-4, "forward max abs diff {d}");
     let ds = max_abs_diff(&out.style, &tensor_from(&style));
