@@ -467,9 +467,10 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
     };
     let submit_kwargs = |name: String, kwargs: Value| {
         let user = world.user.clone();
+        let creator = world.creator.clone();
         async move {
             let new = NewJob { title: name, job_type: "cellpose_train".into(), kwargs: Some(kwargs), ..Default::default() };
-            let job = user.jobs().create(&new).await.unwrap();
+            let job = creator.jobs().create(&new).await.unwrap();
             let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
             user.jobs().update(&job.id, &queued).await.unwrap();
             job
