@@ -618,12 +618,16 @@ pub async fn serve(
     let mut worker = Worker::new(settings, &opts)?;
     let mut summary = ServeSummary::default();
     let listen = worker.settings.server.listen.clone();
+    let poll = worker.settings.queue.poll_interval_s;
+    // degraded once polls have failed for 3 poll intervals (each waits up to 1.5 intervals)
+    let polls = super::http::PollHealth::new(Duration::from_secs_f64(3.0 * 1.5 * poll));
     if !listen.is_empty() {
         let addr = super::http::start(
             &listen,
             worker.admin.clone(),
             worker.device,
             worker.metrics.clone(),
+            polls.clone(),
             shutdown.clone(),
         )
         .await
@@ -638,9 +642,13 @@ pub async fn serve(
         device = %crate::device::describe(worker.device),
         "serving"
     );
-    let poll = worker.settings.queue.poll_interval_s;
     while !shutdown.is_cancelled() {
-        match worker.poll().await {
+        let polled = worker.poll().await;
+        match &polled {
+            Ok(_) => polls.succeeded(),
+            Err(e) => polls.failed(&e.to_string()),
+        }
+        match polled {
             Ok(Some((job, round))) => {
                 let finish = worker.run(job.clone(), round, &shutdown).await;
                 summary.jobs.insert(job.id.clone(), finish.label().into());
