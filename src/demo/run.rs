@@ -121,16 +121,21 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
         ServeOptions { worker_id: Some("demo-worker".into()), max_jobs: Some(1) },
         shutdown.clone(),
     ));
-    let mut last = String::new();
+    // every progress report is a JSON line in the job's log: read them all (sampling the job's
+    // current message every half second misses the short steps of a fast job)
+    let mut seen = 0;
     let finished = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let j = world.user.jobs().get(&job.id).await?;
-        let msg = j.progress.as_ref().and_then(|p| p.message.clone()).unwrap_or_default();
-        if msg != last && !msg.is_empty() {
-            let pct = j.progress.as_ref().and_then(|p| p.current).unwrap_or(0.0);
-            progress(&format!("[{pct:5.1}%] {msg}"));
-            last = msg;
+        let log = j.log.as_deref().unwrap_or_default();
+        for entry in log.iter().skip(seen) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(entry.trim()) else { continue };
+            let (Some(p), Some(title)) = (v["progress"].as_f64(), v["title"].as_str()) else { continue };
+            let info = v["info"].as_str().unwrap_or_default();
+            let msg = if info.is_empty() { title.to_string() } else { format!("{title}: {info}") };
+            progress(&format!("[{:5.1}%] {msg}", p * 100.0));
         }
+        seen = seen.max(log.len());
         if j.status.is_terminal() {
             break j;
         }

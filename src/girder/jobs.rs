@@ -120,9 +120,6 @@ pub struct Job {
     pub job_info_spec: Option<JobInfoSpec>,
     #[serde(rename = "parentId", default)]
     pub parent_id: Option<String>,
-    /// The job's owner: the user who created it.
-    #[serde(rename = "userId", default)]
-    pub user_id: Option<String>,
 }
 
 /// Fields of `PUT /job/{id}`; `None` leaves a field as it is.

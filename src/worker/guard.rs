@@ -2,7 +2,7 @@
 //! see [`super::claim`]), and its token belongs to its owner.
 
 use super::claim::{died_attempts, Line, MAX_CRASHED};
-use crate::girder::{GirderClient, Job, JobUpdate, User};
+use crate::girder::{GirderClient, Job, JobFilter, JobStatus, JobUpdate, User};
 
 /// Refuses a job whose last [`MAX_CRASHED`] attempts died without progress; otherwise appends
 /// this worker's `attempt` line (in its own `PUT`, before anything is downloaded or loaded).
@@ -40,35 +40,34 @@ pub(crate) async fn record_attempt(
 
 /// A job runs only with a token of its owner: a queued job whose `kwargs.token` belongs to
 /// someone else would read and write that other user's data.
-pub(crate) fn check_token_owner(job: &Job, me: &User) -> Result<(), String> {
-    match job.user_id.as_deref() {
-        Some(owner) if owner == me.id => Ok(()),
-        Some(owner) => Err(format!(
-            "the job's token belongs to user {} ({}), not to the job's owner (user id {owner}); \
-             the job is not run with another user's token",
+///
+/// Girder does not show a job's `userId` to anyone (girder_jobs exposes no such field), so the
+/// owner is checked the one way Girder allows: `GET /job` with the job's token lists that user's
+/// own jobs, and the claimed (RUNNING) job must be among them. `Err` is the job's error message,
+/// or the Girder error when the listing itself failed.
+pub(crate) async fn check_token_owner(user: &GirderClient, job: &Job, me: &User) -> Result<(), OwnerError> {
+    let filter = JobFilter {
+        types: Some(vec![job.job_type.clone()]),
+        statuses: Some(vec![JobStatus::RUNNING]),
+        limit: Some(0),
+        ..Default::default()
+    };
+    let own = user.jobs().list(&filter).await.map_err(OwnerError::Girder)?;
+    if own.iter().any(|j| j.id == job.id) {
+        Ok(())
+    } else {
+        Err(OwnerError::NotOwner(format!(
+            "the job's token belongs to user {} ({}), who does not own this job; the job is not run \
+             with another user's token",
             me.login, me.id
-        )),
-        None => Err("the job has no owner (userId), so its token cannot be checked; it is not run".into()),
+        )))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(user: Option<&str>) -> Job {
-        serde_json::from_value(serde_json::json!({
-            "_id": "j1", "title": "t", "type": "cellpose_train", "status": 0, "userId": user
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn only_the_owners_token_runs_a_job() {
-        let me: User = serde_json::from_value(serde_json::json!({"_id": "u1", "login": "alice"})).unwrap();
-        assert!(check_token_owner(&job(Some("u1")), &me).is_ok());
-        let err = check_token_owner(&job(Some("u2")), &me).unwrap_err();
-        assert!(err.contains("alice") && err.contains("u2"), "{err}");
-        assert!(check_token_owner(&job(None), &me).is_err());
-    }
+/// Why [`check_token_owner`] refused.
+#[derive(Debug)]
+pub(crate) enum OwnerError {
+    NotOwner(String),
+    Girder(crate::girder::GirderError),
 }
+

@@ -298,8 +298,15 @@ impl Worker {
                 return self.fail(&job.id, &e.to_string(), &e.info()).await;
             }
         };
-        if let Err(message) = super::guard::check_token_owner(job, &me) {
-            return self.fail(&job.id, &message, "Resubmit the job from your own NimbusImage account.").await;
+        match super::guard::check_token_owner(&user, job, &me).await {
+            Ok(()) => {}
+            Err(super::guard::OwnerError::NotOwner(message)) => {
+                return self.fail(&job.id, &message, "Resubmit the job from your own NimbusImage account.").await
+            }
+            Err(super::guard::OwnerError::Girder(e)) => {
+                let e = JobError::from(e);
+                return self.fail(&job.id, &e.to_string(), &e.info()).await;
+            }
         }
         let span = tracing::info_span!("job", job_id = %job.id, dataset = %request.dataset_id, user = %me.login, round);
         self.run_as_user(job, round, request, user, me.id, shutdown).instrument(span).await
@@ -630,12 +637,16 @@ pub async fn serve(
     let mut worker = Worker::new(settings, &opts)?;
     let mut summary = ServeSummary::default();
     let listen = worker.settings.server.listen.clone();
+    let poll = worker.settings.queue.poll_interval_s;
+    // degraded once polls have failed for 3 poll intervals (each waits up to 1.5 intervals)
+    let polls = super::http::PollHealth::new(Duration::from_secs_f64(3.0 * 1.5 * poll));
     if !listen.is_empty() {
         let addr = super::http::start(
             &listen,
             worker.admin.clone(),
             worker.device,
             worker.metrics.clone(),
+            polls.clone(),
             shutdown.clone(),
         )
         .await
@@ -650,9 +661,13 @@ pub async fn serve(
         device = %crate::device::describe(worker.device),
         "serving"
     );
-    let poll = worker.settings.queue.poll_interval_s;
     while !shutdown.is_cancelled() {
-        match worker.poll().await {
+        let polled = worker.poll().await;
+        match &polled {
+            Ok(_) => polls.succeeded(),
+            Err(e) => polls.failed(&e.to_string()),
+        }
+        match polled {
             Ok(Some((job, round))) => {
                 let finish = worker.run(job.clone(), round, &shutdown).await;
                 summary.jobs.insert(job.id.clone(), finish.label().into());

@@ -417,8 +417,10 @@ async fn serve_runs_a_job_and_the_ops_endpoint_reports_health_and_metrics() {
         cellpose_train_worker::girder::Auth::Anonymous,
     )
     .unwrap();
-    let addr =
-        worker::http::start("127.0.0.1:0", admin, tch::Device::Cpu, metrics, shutdown.clone()).await.unwrap();
+    let polls = worker::http::PollHealth::new(Duration::from_secs(1));
+    let addr = worker::http::start("127.0.0.1:0", admin, tch::Device::Cpu, metrics, polls, shutdown.clone())
+        .await
+        .unwrap();
     let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
     let body: Value = health.json().await.unwrap();
@@ -545,4 +547,59 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
     assert_eq!(good_job.status, JobStatus::SUCCESS, "{}", text(good_job));
     let names: Vec<String> = models(&world).await.into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"good".to_string()) && !names.iter().any(|n| n == "foreign" || n == "pill" || n == "from-crafted"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_degraded_while_queue_polls_fail_and_ok_again_after_one_succeeds() {
+    use cellpose_train_worker::worker;
+    let (mock, world) = world().await;
+    // a free port for the ops endpoint, known before serve starts
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut settings = cellpose_train_worker::config::Settings::default();
+    settings.girder.api_url = mock.api_url.clone();
+    settings.girder.api_key = Some(world.admin_api_key.clone());
+    settings.girder.max_retries = 0;
+    settings.training.device = "cpu".into();
+    settings.queue.poll_interval_s = 0.2;
+    settings.server.listen = format!("127.0.0.1:{port}");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let opts = worker::ServeOptions { worker_id: Some("h".into()), max_jobs: None };
+    let serving = tokio::spawn(worker::serve(settings, opts, shutdown.clone()));
+    let health = || async move {
+        match reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
+            Ok(r) => Some((r.status().as_u16(), r.json::<Value>().await.unwrap())),
+            Err(_) => None, // not listening yet
+        }
+    };
+    let wait_for = |want: u16| async move {
+        let t0 = Instant::now();
+        loop {
+            if let Some((code, body)) = health().await {
+                if code == want {
+                    return (body, t0.elapsed());
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "/healthz never answered {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (body, _) = wait_for(200).await;
+    assert_eq!(body["status"], json!("ok"), "{body}");
+
+    // Girder still answers /system/version, but every poll of the queue fails
+    fault(&mock, json!({"method": "GET", "path": "^/api/v1/job/all$", "count": 100000, "status": 500})).await;
+    let (body, after) = wait_for(503).await;
+    assert_eq!(body["status"], json!("degraded"), "{body}");
+    assert_eq!(body["girder"]["ok"], json!(true), "{body}");
+    assert!(body["polls"]["error"].as_str().is_some_and(|e| e.contains("500")), "{body}");
+    assert!(body["polls"]["failing_since"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+    assert!(body["polls"]["failing_for_s"].as_f64().is_some_and(|s| s > 0.9), "{body}");
+    assert!(after < Duration::from_secs(5), "degraded only after {after:?}");
+
+    // one successful poll: ok again
+    reqwest::Client::new().delete(format!("{}/mock/faults", mock.base_url)).send().await.unwrap();
+    let (body, _) = wait_for(200).await;
+    assert_eq!((body["status"].clone(), body["polls"]["ok"].clone()), (json!("ok"), json!(true)), "{body}");
+    shutdown.cancel();
+    serving.await.unwrap().unwrap();
 }

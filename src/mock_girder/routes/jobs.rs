@@ -108,7 +108,7 @@ pub(crate) fn job_doc(job: &JobRec, base_url: &str, viewer: Option<&UserRec>, wi
         },
         "meta": job.meta, "parentId": job.parent_id, "progress": job.progress, "public": job.public,
         "status": job.status, "timestamps": job.timestamps, "title": job.title, "type": job.job_type,
-        "updated": job.updated, "userId": job.user_id, "when": job.created,
+        "updated": job.updated, "when": job.created,
     });
     if with_log {
         doc["log"] = json!(job.log);
