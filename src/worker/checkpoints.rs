@@ -58,6 +58,13 @@ pub async fn save(
     let folder = folder(client, user_id, job_id).await?;
     let name = item_name(point);
     let old = client.items().list(&folder.id).await?;
+    // A shutdown checkpoint at an epoch boundary is the periodic one of that epoch again: the
+    // same training state. Storing it twice would make Girder rename the second `... (1)`, and
+    // deleting the first would then leave no checkpoint a resume can find.
+    if old.iter().any(|i| i.name == name) {
+        tracing::debug!(checkpoint = %name, "already stored");
+        return Ok(());
+    }
     let size = bytes.len() as u64;
     let item = client.items().create(&folder.id, &format!("{name}.partial"), None).await?;
     let stored = client.files().upload_to_item(&item.id, "checkpoint.cpwt", Bytes::from(bytes), MIME).await;

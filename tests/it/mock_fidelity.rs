@@ -29,8 +29,8 @@ async fn a_body_less_post_or_put_without_content_length_is_411() {
     let token = s.alice.token().await.unwrap().expect("alice has a token");
     let auth = format!("Girder-Token: {}", token.expose());
     let folder = format!("/api/v1/folder?parentType=folder&parentId={}&name=made", s.private.id);
-    let job = s
-        .alice
+    let creator = s.alice.with_token(s.admin.jobs().creator_token(&s.alice_user.id).await.unwrap());
+    let job = creator
         .jobs()
         .create(&NewJob { title: "t".into(), job_type: "x".into(), ..Default::default() })
         .await

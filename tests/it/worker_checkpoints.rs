@@ -63,3 +63,18 @@ async fn with_a_local_worker_the_checkpoint_folder_goes_too() {
     assert!(s.alice.folders().list(ParentType::Folder, &parent.id).await.unwrap().is_empty());
     assert!(s.alice.folders().get(&folder).await.is_err());
 }
+
+#[tokio::test]
+async fn a_checkpoint_at_a_point_already_stored_keeps_it_resumable() {
+    // SIGTERM right at an epoch boundary checkpoints the epoch the periodic checkpoint just saved
+    let s = seeded().await;
+    let uid = &s.alice_user.id;
+    let at8 = Point { epoch: 8, step: 0 };
+    checkpoints::save(&s.alice, uid, JOB, at8, vec![8; 1000]).await.unwrap();
+    checkpoints::save(&s.alice, uid, JOB, at8, vec![8; 1000]).await.unwrap();
+    let folder = store::cellpose_folder(&s.alice, uid, &["checkpoints", JOB]).await.unwrap().id;
+    let names: Vec<String> = s.alice.items().list(&folder).await.unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["epoch-000008"]);
+    let (point, bytes) = checkpoints::latest(&s.alice, uid, JOB).await.unwrap().expect("still resumable");
+    assert_eq!((point, bytes.len()), (at8, 1000));
+}
