@@ -8,8 +8,8 @@ mod files;
 mod table;
 
 pub use files::{
-    evaluate_folder, flow_pages, output_paths, segment_file, write_outputs, Folder, OutputPaths,
-    SegmentSettings,
+    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder,
+    OutputPaths, SegmentSettings,
 };
 pub use table::{summary_json, summary_table};
 
@@ -93,6 +93,28 @@ pub fn segment_image(
         ..Default::default()
     };
     let m = segment::compute_masks(prediction.dp.view(), prediction.cellprob.view(), &params, device)?;
+    Ok(Segmentation { prediction, masks: m })
+}
+
+/// cellpose 4.2.1.1 `CellposeModel.eval` for one 2-D image `[C, H, W]` and a cpsam model:
+/// [`crate::predict_cpsam::predict_cp4`], then [`segment::compute_masks_cp4`] with cellpose 4's
+/// step count.
+pub fn segment_image_cp4(
+    model: &crate::model::CpsamModel,
+    raw: &Array3<f32>,
+    opts: &crate::predict_cpsam::Cp4Options,
+    masks: &MaskOptions,
+    device: Device,
+) -> Result<Segmentation, EvaluateError> {
+    let prediction = crate::predict_cpsam::predict_cp4(model, raw, opts)?;
+    let params = MaskParams {
+        niter: crate::predict_cpsam::cp4_niter(masks.niter, prediction.rescale, opts.resample),
+        cellprob_threshold: masks.cellprob_threshold,
+        flow_threshold: masks.flow_threshold,
+        min_size: masks.min_size,
+        ..Default::default()
+    };
+    let m = segment::compute_masks_cp4(prediction.dp.view(), prediction.cellprob.view(), &params, device)?;
     Ok(Segmentation { prediction, masks: m })
 }
 

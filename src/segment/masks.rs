@@ -110,6 +110,33 @@ pub fn compute_masks_with(
     integrator: Integrator,
     device: Device,
 ) -> Result<Array2<u32>, SegmentError> {
+    masks_impl(dp, cellprob, params, integrator, false, device)
+}
+
+/// Masks from a cpsam network's outputs, cellpose 4.2.1.1 `resize_and_compute_masks`. It differs
+/// from cellpose 3.1.1.2's [`compute_masks`] in two places: the flows are followed with the
+/// torch `grid_sample` integrator on every device (cellpose 4 dropped the CPU interpolation
+/// path), and the labels are renumbered right after the flow-error check (`fastremap.renumber`
+/// in `remove_bad_flow_masks`), so the size filter removes the labels it means to (cellpose 4's
+/// `fill_holes_and_remove_small_masks` looks the small labels up; on consecutive labels that is
+/// what cellpose 3's index arithmetic does too).
+pub fn compute_masks_cp4(
+    dp: ArrayView3<f32>,
+    cellprob: ArrayView2<f32>,
+    params: &MaskParams,
+    device: Device,
+) -> Result<Array2<u32>, SegmentError> {
+    masks_impl(dp, cellprob, params, Integrator::GridSample, true, device)
+}
+
+fn masks_impl(
+    dp: ArrayView3<f32>,
+    cellprob: ArrayView2<f32>,
+    params: &MaskParams,
+    integrator: Integrator,
+    renumber_after_flow_check: bool,
+    device: Device,
+) -> Result<Array2<u32>, SegmentError> {
     let (c, h, w) = dp.dim();
     if c != 2 || cellprob.dim() != (h, w) {
         return Err(SegmentError::ShapeMismatch { dp: dp.dim(), cellprob: cellprob.dim() });
@@ -140,6 +167,9 @@ pub fn compute_masks_with(
         let mut masks = get_masks(&ends, &starts, (h, w), params.max_size_fraction, device).map_err(torch)?;
         if params.flow_threshold > 0.0 && masks.iter().any(|&v| v > 0) {
             remove_bad_flow_masks(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
+            if renumber_after_flow_check {
+                renumber_in_place(&mut masks);
+            }
         }
         masks
     };
