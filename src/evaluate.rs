@@ -212,6 +212,24 @@ pub fn score_masks(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Resul
     })
 }
 
+/// [`score_masks`] with cellpose 4.2.1.1's object counts: `len(np.unique(m)) - 1`, which is one
+/// short for a label image without background (cellpose 3 counts by the largest label). A cpsam
+/// model's `eval` scores with these.
+pub fn score_masks_cp4(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Result<ImageScore, EvaluateError> {
+    let mut s = score_masks(name, truth, pred)?;
+    let short = |m: &Array2<u32>| usize::from(!m.is_empty() && m.iter().all(|&v| v != 0));
+    let (dt, dp) = (short(truth), short(pred));
+    s.n_true -= dt.min(s.n_true);
+    s.n_pred -= dp.min(s.n_pred);
+    for i in 0..s.ap.len() {
+        s.fn_[i] = s.fn_[i].saturating_sub(dt as u64);
+        s.fp[i] = s.fp[i].saturating_sub(dp as u64);
+        let d = (s.tp[i] + s.fp[i] + s.fn_[i]) as f64;
+        s.ap[i] = if d > 0.0 { s.tp[i] as f64 / d } else { f64::NAN };
+    }
+    Ok(s)
+}
+
 /// Segments prepared examples (already channel-converted and normalised) with `model` at each
 /// example's annotated median diameter, and scores them against their labels. Used for
 /// validation before and after training: both models see the same images at the same scale, so

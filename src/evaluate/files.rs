@@ -163,7 +163,11 @@ pub fn evaluate_folder(
         };
         let seg = segment_any(model, &raw.image, settings, device).map_err(|e| e.in_file(&pair.image))?;
         let name = pair.image.strip_prefix(folder.dir).unwrap_or(&pair.image).display().to_string();
-        let score = score_masks(&name, &raw.labels, &seg.masks).map_err(|e| e.in_file(&pair.image))?;
+        let score = match model {
+            AnyModel::Cpnet(_) => score_masks(&name, &raw.labels, &seg.masks),
+            AnyModel::Cpsam(_) => super::score_masks_cp4(&name, &raw.labels, &seg.masks),
+        }
+        .map_err(|e| e.in_file(&pair.image))?;
         on_image(&score);
         scores.push(score);
     }

@@ -7,7 +7,9 @@
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Zip};
 use tch::{Device, Kind, Tensor};
 
-use super::cleanup::{fill_holes_and_remove_small_masks, remove_bad_flow_masks, resize_nearest};
+use super::cleanup::{
+    fill_holes_and_remove_small_masks, remove_bad_flow_masks, remove_bad_flow_masks_cp4, resize_nearest,
+};
 use super::dynamics::{follow_flows_cpu, follow_flows_torch};
 use super::labels::{remove_labels, renumber_in_place, sorted_counts};
 
@@ -114,12 +116,13 @@ pub fn compute_masks_with(
 }
 
 /// Masks from a cpsam network's outputs, cellpose 4.2.1.1 `resize_and_compute_masks`. It differs
-/// from cellpose 3.1.1.2's [`compute_masks`] in two places: the flows are followed with the
-/// torch `grid_sample` integrator on every device (cellpose 4 dropped the CPU interpolation
-/// path), and the labels are renumbered right after the flow-error check (`fastremap.renumber`
-/// in `remove_bad_flow_masks`), so the size filter removes the labels it means to (cellpose 4's
-/// `fill_holes_and_remove_small_masks` looks the small labels up; on consecutive labels that is
-/// what cellpose 3's index arithmetic does too).
+/// from cellpose 3.1.1.2's [`compute_masks`] in three places, all on the CPU: the flows are
+/// followed with the torch `grid_sample` integrator on every device (cellpose 4 dropped the CPU
+/// interpolation path); the flow-error check recomputes the masks' flows with the torch
+/// diffusion (`masks_to_flows_gpu`) on every device; and the labels are renumbered right after
+/// that check (`fastremap.renumber`), so the size filter removes the labels it means to
+/// (cellpose 4's `fill_holes_and_remove_small_masks` looks the small labels up; on consecutive
+/// labels that is what cellpose 3's index arithmetic does too).
 pub fn compute_masks_cp4(
     dp: ArrayView3<f32>,
     cellprob: ArrayView2<f32>,
@@ -134,7 +137,7 @@ fn masks_impl(
     cellprob: ArrayView2<f32>,
     params: &MaskParams,
     integrator: Integrator,
-    renumber_after_flow_check: bool,
+    cellpose4: bool,
     device: Device,
 ) -> Result<Array2<u32>, SegmentError> {
     let (c, h, w) = dp.dim();
@@ -166,9 +169,10 @@ fn masks_impl(
         };
         let mut masks = get_masks(&ends, &starts, (h, w), params.max_size_fraction, device).map_err(torch)?;
         if params.flow_threshold > 0.0 && masks.iter().any(|&v| v > 0) {
-            remove_bad_flow_masks(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
-            if renumber_after_flow_check {
-                renumber_in_place(&mut masks);
+            if cellpose4 {
+                remove_bad_flow_masks_cp4(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
+            } else {
+                remove_bad_flow_masks(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
             }
         }
         masks

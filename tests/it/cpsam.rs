@@ -178,7 +178,7 @@ fn cpsam_masks_and_ap_match_cellpose4() {
         let ref_n = ref_masks.iter().copied().max().unwrap_or(0);
         let our_n = ours.iter().copied().max().unwrap_or(0);
         let same = ours.iter().zip(ref_masks.iter()).filter(|(a, b)| (**a > 0) == (**b > 0)).count();
-        let ap = cellpose_train_worker::evaluate::score_masks("img", &ref_masks, &ours).unwrap();
+        let ap = cellpose_train_worker::evaluate::score_masks_cp4("img", &ref_masks, &ours).unwrap();
         eprintln!(
             "cpsam masks (diameter {diameter}): flows max abs diff {dp_diff:.2e}, cellprob {cp_diff:.2e}, \
              masks ours {our_n} / cellpose 4 {ref_n}, AP@0.5/0.75/0.9 ours vs ref {:?}, foreground agreement {:.5}",
@@ -187,8 +187,10 @@ fn cpsam_masks_and_ap_match_cellpose4() {
         );
         assert!(ref_n > 500, "the fixture should give many masks ({ref_n})");
         assert!(dp_diff < 1e-3 && cp_diff < 1e-3, "flows differ: {dp_diff} {cp_diff}");
-        assert!(our_n.abs_diff(ref_n) <= ref_n / 100, "mask counts {our_n} vs {ref_n}");
-        assert!(ap.ap[0] >= 0.99 && ap.ap[1] >= 0.98, "AP of our masks against cellpose 4's: {:?}", ap.ap);
+        // measured: identical masks at both scales; a few pixels may flip on another CPU
+        assert!(our_n.abs_diff(ref_n) <= ref_n / 200, "mask counts {our_n} vs {ref_n}");
+        assert!(same as f64 / ours.len() as f64 >= 0.999, "foreground agreement {same}");
+        assert!(ap.ap[0] >= 0.995 && ap.ap[2] >= 0.99, "AP of our masks against cellpose 4's: {:?}", ap.ap);
     }
 }
 
@@ -212,7 +214,8 @@ fn cpsam_ap_matches_cellpose4_metrics() {
         dir.path().join("p.npy").to_str().unwrap(),
     ]);
     let vals: Vec<f64> = printed.split_whitespace().take(3).map(|v| v.parse().unwrap()).collect();
-    let ours = cellpose_train_worker::evaluate::score_masks("x", &truth, &pred).unwrap();
+    // the truth has no background: cellpose 4 counts unique values - 1 (one object short)
+    let ours = cellpose_train_worker::evaluate::score_masks_cp4("x", &truth, &pred).unwrap();
     eprintln!("cpsam AP ours {:?} vs cellpose 4 {vals:?}", ours.ap);
     for (a, b) in ours.ap.iter().zip(&vals) {
         assert!((a - b).abs() < 1e-6, "AP {:?} vs cellpose 4 {vals:?}", ours.ap);
