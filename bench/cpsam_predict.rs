@@ -58,7 +58,8 @@ fn main() {
         .output()
         .expect("run the cellpose 4 reference");
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
-    let t_py: f64 = String::from_utf8_lossy(&py.stdout).trim().lines().last().and_then(|l| l.parse().ok()).expect("time");
+    let t_py: f64 =
+        String::from_utf8_lossy(&py.stdout).trim().lines().last().and_then(|l| l.parse().ok()).expect("time");
 
     let mut m = CpsamModel::load(&model, device).expect("load the model");
     if precision == "bf16" {

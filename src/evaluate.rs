@@ -8,8 +8,8 @@ mod files;
 mod table;
 
 pub use files::{
-    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder,
-    OutputPaths, SegmentSettings,
+    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths,
+    SegmentSettings,
 };
 pub use table::{summary_json, summary_table};
 
@@ -215,7 +215,11 @@ pub fn score_masks(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Resul
 /// [`score_masks`] with cellpose 4.2.1.1's object counts: `len(np.unique(m)) - 1`, which is one
 /// short for a label image without background (cellpose 3 counts by the largest label). A cpsam
 /// model's `eval` scores with these.
-pub fn score_masks_cp4(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Result<ImageScore, EvaluateError> {
+pub fn score_masks_cp4(
+    name: &str,
+    truth: &Array2<u32>,
+    pred: &Array2<u32>,
+) -> Result<ImageScore, EvaluateError> {
     let mut s = score_masks(name, truth, pred)?;
     let short = |m: &Array2<u32>| usize::from(!m.is_empty() && m.iter().all(|&v| v != 0));
     let (dt, dp) = (short(truth), short(pred));

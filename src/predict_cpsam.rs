@@ -58,7 +58,13 @@ pub struct Cp4Options {
 
 impl Default for Cp4Options {
     fn default() -> Self {
-        Cp4Options { normalize: Normalize::default(), diameter: None, tile_overlap: 0.1, batch_size: 8, resample: true }
+        Cp4Options {
+            normalize: Normalize::default(),
+            diameter: None,
+            tile_overlap: 0.1,
+            batch_size: 8,
+            resample: true,
+        }
     }
 }
 
@@ -89,7 +95,11 @@ pub fn run_net_cp4(model: &CpsamModel, img: &Tensor, rsz: Option<f64>, opts: &Cp
         Some(r) => ((ly0 as f64 * r) as i64, (lx0 as f64 * r) as i64),
         None => (ly0, lx0),
     };
-    let img = if (lyr, lxr) != (ly0, lx0) { transforms::resize_bilinear(img, lyr, lxr) } else { img.shallow_clone() };
+    let img = if (lyr, lxr) != (ly0, lx0) {
+        transforms::resize_bilinear(img, lyr, lxr)
+    } else {
+        img.shallow_clone()
+    };
     let (y1, y2) = cp4_pad(lyr, bs);
     let (x1, x2) = cp4_pad(lxr, bs);
     let padded = img.constant_pad_nd([x1, x2, y1, y2]);
@@ -103,7 +113,8 @@ pub fn run_net_cp4(model: &CpsamModel, img: &Tensor, rsz: Option<f64>, opts: &Cp
     let navg = Tensor::zeros([ly, lx], (Kind::Float, Device::Cpu));
     tch::no_grad(|| {
         for chunk in coords.chunks(opts.batch_size.max(1) as usize) {
-            let tiles: Vec<Tensor> = chunk.iter().map(|&(y, x)| padded.narrow(1, y, bs).narrow(2, x, bs)).collect();
+            let tiles: Vec<Tensor> =
+                chunk.iter().map(|&(y, x)| padded.narrow(1, y, bs).narrow(2, x, bs)).collect();
             let batch = Tensor::stack(&tiles, 0).to_device(device);
             let maps = net.forward_t(&batch, false).to_device(Device::Cpu).to_kind(Kind::Float);
             for (i, &(y, x)) in chunk.iter().enumerate() {

@@ -115,7 +115,9 @@ impl NetworkArgs {
     /// cellpose 3 flags as before (with `--all-channels` and no `--nchan`, the model's input
     /// channels); a cpsam model reads them with cellpose 4's meaning: `--chan/--chan2` are ignored
     /// (with a warning, as cellpose 4 does), the first three channels are used.
-    pub fn open(&self) -> anyhow::Result<(crate::model::AnyModel, crate::predict::PredictOptions, tch::Device)> {
+    pub fn open(
+        &self,
+    ) -> anyhow::Result<(crate::model::AnyModel, crate::predict::PredictOptions, tch::Device)> {
         use crate::model::AnyModel;
         anyhow::ensure!(
             self.diameter >= 0.0 && self.diameter.is_finite(),
@@ -127,7 +129,11 @@ impl NetworkArgs {
         let mut loaded = crate::model::open_any(&self.model, &self.models_dir.resolve(), device)?;
         let channels = match &mut loaded {
             AnyModel::Cpnet(m) => {
-                anyhow::ensure!(self.bsize.is_none(), "--bsize applies to cpsam models only ({} is a CPnet)", self.model);
+                anyhow::ensure!(
+                    self.bsize.is_none(),
+                    "--bsize applies to cpsam models only ({} is a CPnet)",
+                    self.model
+                );
                 self.channels.to_channels(m.model.net.config.nbase[0] as usize)?
             }
             AnyModel::Cpsam(m) => {

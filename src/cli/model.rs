@@ -84,12 +84,19 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|t| serde_json::json!({"name": t.name, "shape": t.shape, "dtype": format!("{:?}", t.dtype)}))
                     .collect();
-                let doc = serde_json::json!({"file": origin, "family": "cpsam", "config": c, "tensors": tensors});
+                let doc =
+                    serde_json::json!({"file": origin, "family": "cpsam", "config": c, "tensors": tensors});
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 println!("file:        {origin}");
                 println!("family:      cpsam (cellpose 4 Cellpose-SAM)");
-                println!("width:       {}  depth: {}  heads: {}  neck: {}", c.dim, c.depth(), c.heads(), c.neck);
+                println!(
+                    "width:       {}  depth: {}  heads: {}  neck: {}",
+                    c.dim,
+                    c.depth(),
+                    c.heads(),
+                    c.neck
+                );
                 println!("patch:       {}  tile: {}  nout: {}", c.ps, c.bsize(), c.nout);
                 println!("tensors:     {}", metas.len());
                 for t in &metas {

@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn w2_marks_cpsam_with_or_without_module_prefix() {
         assert_eq!(ModelFamily::from_names(["diam_mean", "W2"]), Some(ModelFamily::Cpsam));
-        assert_eq!(ModelFamily::from_names(["module.encoder.pos_embed", "module.W2"]), Some(ModelFamily::Cpsam));
+        assert_eq!(
+            ModelFamily::from_names(["module.encoder.pos_embed", "module.W2"]),
+            Some(ModelFamily::Cpsam)
+        );
         assert_eq!(ModelFamily::from_names(["diam_mean", CPNET_MARKER]), Some(ModelFamily::Cpnet));
         assert_eq!(ModelFamily::from_names(["diam_mean", "encoder.pos_embed"]), None);
     }

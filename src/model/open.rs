@@ -46,8 +46,9 @@ pub struct LoadedCpsam {
 
 /// A model of either family, opened from whatever the spec names.
 pub enum AnyModel {
-    Cpnet(LoadedModel),
-    Cpsam(LoadedCpsam),
+    // boxed: the two differ much in size (a cpsam model carries its ViT blocks inline)
+    Cpnet(Box<LoadedModel>),
+    Cpsam(Box<LoadedCpsam>),
 }
 
 impl AnyModel {
@@ -71,7 +72,11 @@ pub fn open_any(spec: &str, models_dir: &Path, device: Device) -> Result<AnyMode
     let source = registry::resolve(spec, models_dir)?;
     let family = ModelFamily::detect(&source.path).map_err(ModelError::from)?;
     Ok(match family {
-        ModelFamily::Cpnet => AnyModel::Cpnet(LoadedModel { model: Model::load(&source.path, device)?, source }),
-        ModelFamily::Cpsam => AnyModel::Cpsam(LoadedCpsam { model: CpsamModel::load(&source.path, device)?, source }),
+        ModelFamily::Cpnet => {
+            AnyModel::Cpnet(Box::new(LoadedModel { model: Model::load(&source.path, device)?, source }))
+        }
+        ModelFamily::Cpsam => {
+            AnyModel::Cpsam(Box::new(LoadedCpsam { model: CpsamModel::load(&source.path, device)?, source }))
+        }
     })
 }

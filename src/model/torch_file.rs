@@ -152,7 +152,8 @@ pub fn read_state_dict_bytes(bytes: &[u8], origin: &str) -> Result<StateDict, Mo
     let wrap = |kind| ModelFileError { path: PathBuf::from(origin), kind };
     check_magic(bytes, bytes.len() as u64).map_err(wrap)?;
     let mut entries = Vec::new();
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| wrap(ModelFileErrorKind::Zip(e.to_string())))?;
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| wrap(ModelFileErrorKind::Zip(e.to_string())))?;
     visit_tensors(&mut zip, |name, t| {
         entries.push((name, t));
         Ok(())
@@ -192,8 +193,8 @@ pub fn read_tensor_metas(path: &Path) -> Result<Vec<TensorMeta>, ModelFileError>
         let name = k
             .as_str()
             .ok_or_else(|| wrap(K::NotStateDict(format!("a key is a {}, not a name", k.type_name()))))?;
-        let (dtype, shape) = tensor_header(v)
-            .map_err(|detail| wrap(K::BadTensor { name: name.to_string(), detail }))?;
+        let (dtype, shape) =
+            tensor_header(v).map_err(|detail| wrap(K::BadTensor { name: name.to_string(), detail }))?;
         metas.push(TensorMeta { name: name.to_string(), dtype, shape });
     }
     Ok(metas)
@@ -230,7 +231,9 @@ enum VisitError<E> {
     Visitor(E),
 }
 
-fn open_archive(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>, ModelFileErrorKind> {
+fn open_archive(
+    path: &Path,
+) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>, ModelFileErrorKind> {
     let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let mut head = Vec::with_capacity(10);

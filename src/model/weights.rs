@@ -61,7 +61,9 @@ impl Model {
     pub fn load(path: &Path, device: Device) -> Result<Model, ModelError> {
         // the index alone tells a cpsam file, before reading ~1.2 GB of weights
         let metas = torch_file::read_tensor_metas(path)?;
-        if let Some(found @ ModelFamily::Cpsam) = ModelFamily::from_names(metas.iter().map(|m| m.name.as_str())) {
+        if let Some(found @ ModelFamily::Cpsam) =
+            ModelFamily::from_names(metas.iter().map(|m| m.name.as_str()))
+        {
             let origin = path.display().to_string();
             return Err(ModelError::WrongFamily { origin, found: Some(found), wanted: ModelFamily::Cpnet });
         }
@@ -70,8 +72,14 @@ impl Model {
     }
 
     pub fn from_state_dict(sd: &StateDict, device: Device, origin: &str) -> Result<Model, ModelError> {
-        if let Some(found @ ModelFamily::Cpsam) = ModelFamily::from_names(sd.entries.iter().map(|(n, _)| n.as_str())) {
-            return Err(ModelError::WrongFamily { origin: origin.into(), found: Some(found), wanted: ModelFamily::Cpnet });
+        if let Some(found @ ModelFamily::Cpsam) =
+            ModelFamily::from_names(sd.entries.iter().map(|(n, _)| n.as_str()))
+        {
+            return Err(ModelError::WrongFamily {
+                origin: origin.into(),
+                found: Some(found),
+                wanted: ModelFamily::Cpnet,
+            });
         }
         let config = infer_config(sd, origin)?;
         let model = Model::new(config, device);

@@ -13,7 +13,8 @@ pub use cleanup::{fill_holes_and_remove_small_masks, flow_error, remove_bad_flow
 pub use dynamics::{follow_flows, follow_flows_cpu, follow_flows_torch};
 pub use labels::relabel_consecutive;
 pub use masks::{
-    compute_masks, compute_masks_cp4, compute_masks_with, eval_niter, get_masks, Integrator, MaskParams, SegmentError,
+    compute_masks, compute_masks_cp4, compute_masks_with, eval_niter, get_masks, Integrator, MaskParams,
+    SegmentError,
 };
 pub use metrics::{
     aggregated_jaccard_index, average_precision, average_precision_cellpose, mask_ious, sum_counts,

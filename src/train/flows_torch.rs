@@ -93,11 +93,7 @@ fn masks_to_flows_torch_impl(
             .filter(|(_, &v)| v == label)
             .map(|((y, x), _)| (y as i64, x as i64))
             .collect();
-        let (cy, cx) = if center_of_mass {
-            cp4_center(&coords)
-        } else {
-            coords[center_pixel(&coords)]
-        };
+        let (cy, cx) = if center_of_mass { cp4_center(&coords) } else { coords[center_pixel(&coords)] };
         meds.push((bbox.y0 as i64 + cy + 1) * w + bbox.x0 as i64 + cx + 1);
         ext_max = ext_max.max((bbox.height() + bbox.width() + 2) as i64);
     }

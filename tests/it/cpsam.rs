@@ -48,7 +48,14 @@ fn cpsam_tiny_network_matches_cellpose4() {
     tensor_to_npy(&x2, &p("x2.npy"));
     let tiny = fixture("cpsam/tiny.pth");
     let arg = |q: &Path| q.to_str().unwrap().to_string();
-    run_cp4_tool(&["forward".to_string(), arg(&tiny), arg(&p("x3.npy")), arg(&p("y3.npy")), arg(&p("x2.npy")), arg(&p("y2.npy"))]);
+    run_cp4_tool(&[
+        "forward".to_string(),
+        arg(&tiny),
+        arg(&p("x3.npy")),
+        arg(&p("y3.npy")),
+        arg(&p("x2.npy")),
+        arg(&p("y2.npy")),
+    ]);
     for (x, y) in [(&x3, "y3.npy"), (&x2, "y2.npy")] {
         let ours = tch::no_grad(|| model.net.forward_t(x, false));
         let reference = npy_to_tensor(&p(y));
@@ -110,10 +117,7 @@ fn cpsam_wrong_family_errors_name_the_file_and_the_family() {
     let msg = Model::load(&cpsam, Device::Cpu).err().expect("a cpsam file is not a CPnet").to_string();
     assert!(msg.contains(cpsam.to_str().unwrap()) && msg.contains("Cellpose-SAM"), "{msg}");
     // through the CLI: training a CPnet from a cpsam file fails before any work
-    let out = bin()
-        .args(["model", "inspect", cpsam.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = bin().args(["model", "inspect", cpsam.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("family:      cpsam"));
 }
@@ -155,7 +159,14 @@ fn cpsam_masks_and_ap_match_cellpose4() {
     for (i, diameter) in ["0", "20"].iter().enumerate() {
         let out = dir.path().join(format!("out{i}"));
         let st = bin()
-            .args(["segment", "--image", tif.to_str().unwrap(), "--out", out.to_str().unwrap(), "--save-flows"])
+            .args([
+                "segment",
+                "--image",
+                tif.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--save-flows",
+            ])
             .args(["--model", model.to_str().unwrap(), "--diameter", diameter, "--device", "cpu"])
             .output()
             .unwrap();
@@ -173,8 +184,12 @@ fn cpsam_masks_and_ap_match_cellpose4() {
             .zip(ref_dp.iter())
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, dmax);
-        let cp_diff =
-            flows.index_axis(ndarray::Axis(0), 2).iter().zip(ref_cp.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, dmax);
+        let cp_diff = flows
+            .index_axis(ndarray::Axis(0), 2)
+            .iter()
+            .zip(ref_cp.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, dmax);
         let ref_n = ref_masks.iter().copied().max().unwrap_or(0);
         let our_n = ours.iter().copied().max().unwrap_or(0);
         let same = ours.iter().zip(ref_masks.iter()).filter(|(a, b)| (**a > 0) == (**b > 0)).count();

@@ -27,7 +27,12 @@ pub fn rel_pos_for(table: &Tensor, size: i64) -> Tensor {
         table.shallow_clone()
     } else {
         // [L, C] -> [1, C, L] -> linear resize -> [want, C]
-        table.transpose(0, 1).unsqueeze(0).upsample_linear1d([want], false, None).squeeze_dim(0).transpose(0, 1)
+        table
+            .transpose(0, 1)
+            .unsqueeze(0)
+            .upsample_linear1d([want], false, None)
+            .squeeze_dim(0)
+            .transpose(0, 1)
     };
     let i = Tensor::arange(size, (Kind::Int64, table.device()));
     let idx = i.unsqueeze(1) - i.unsqueeze(0) + (size - 1);
@@ -145,7 +150,10 @@ pub struct LayerNorm2d {
 
 impl LayerNorm2d {
     pub fn new(vs: nn::Path, n: i64) -> Self {
-        LayerNorm2d { weight: vs.var("weight", &[n], Init::Const(1.0)), bias: vs.var("bias", &[n], Init::Const(0.0)) }
+        LayerNorm2d {
+            weight: vs.var("weight", &[n], Init::Const(1.0)),
+            bias: vs.var("bias", &[n], Init::Const(0.0)),
+        }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let u = x.mean_dim(1, true, None);

@@ -59,7 +59,11 @@ impl CpsamModel {
                 });
             }
             if !matches!(raw.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-                return Err(ModelError::WrongDtype { origin: origin.clone(), name: key.to_string(), found: raw.dtype });
+                return Err(ModelError::WrongDtype {
+                    origin: origin.clone(),
+                    name: key.to_string(),
+                    found: raw.dtype,
+                });
             }
             let src = raw_to_tensor(&raw);
             tch::no_grad(|| var.shallow_clone().copy_(&src));
@@ -84,11 +88,15 @@ impl CpsamModel {
         let keys = state_dict_keys(&self.net.config);
         let mut metas = Vec::with_capacity(keys.len());
         for k in &keys {
-            let v = vars.get(k).ok_or_else(|| ModelError::MissingTensor { origin: "the network".into(), name: k.clone() })?;
+            let v = vars
+                .get(k)
+                .ok_or_else(|| ModelError::MissingTensor { origin: "the network".into(), name: k.clone() })?;
             metas.push(TensorMeta { name: k.clone(), dtype: DType::F32, shape: v.size() });
         }
         torch_file::write_tensors(path, &metas, |i| {
-            let t = vars.get(&keys[i]).ok_or_else(|| std::io::Error::other(format!("no variable {}", keys[i])))?;
+            let t = vars
+                .get(&keys[i])
+                .ok_or_else(|| std::io::Error::other(format!("no variable {}", keys[i])))?;
             Ok(tensor_to_raw(&t.to_kind(Kind::Float)).data)
         })?;
         Ok(())
@@ -104,7 +112,8 @@ impl CpsamModel {
 /// `diam_mean` from `BaseModel`, then `W2`), then `encoder` (its `pos_embed`, then `patch_embed`,
 /// `blocks`, `neck`), then `out`.
 pub fn state_dict_keys(c: &CpsamConfig) -> Vec<String> {
-    let mut k: Vec<String> = ["diam_labels", "diam_mean", "W2", "encoder.pos_embed"].map(String::from).to_vec();
+    let mut k: Vec<String> =
+        ["diam_labels", "diam_mean", "W2", "encoder.pos_embed"].map(String::from).to_vec();
     k.push("encoder.patch_embed.proj.weight".into());
     k.push("encoder.patch_embed.proj.bias".into());
     for i in 0..c.blocks.len() {
@@ -176,7 +185,8 @@ pub fn infer_cpsam_config(metas: &[TensorMeta], origin: &str) -> Result<CpsamCon
         blocks.push(BlockShape { dim, heads: dim / head_dim, mlp_dim, rel_len: (rh[0], rw[0]) });
     }
     let nout = w2[1];
-    let config = CpsamConfig { in_chans, dim, blocks, ps, grid: (pos[1], pos[2]), neck, nout, ..Default::default() };
+    let config =
+        CpsamConfig { in_chans, dim, blocks, ps, grid: (pos[1], pos[2]), neck, nout, ..Default::default() };
     if w2[0] != nout * ps * ps || pos[3] != dim {
         return Err(ModelError::WrongShape {
             origin: origin.into(),
@@ -192,7 +202,9 @@ impl From<FamilyError> for ModelError {
     fn from(e: FamilyError) -> Self {
         match e {
             FamilyError::File(f) => ModelError::File(f),
-            FamilyError::Unknown { path, .. } => ModelError::WrongFamily { origin: path, found: None, wanted: ModelFamily::Cpsam },
+            FamilyError::Unknown { path, .. } => {
+                ModelError::WrongFamily { origin: path, found: None, wanted: ModelFamily::Cpsam }
+            }
         }
     }
 }
@@ -222,7 +234,8 @@ mod tests {
         let m = CpsamModel::new(cfg.clone(), Device::Cpu);
         let path = dir.path().join("m");
         m.save(&path).unwrap();
-        let names: Vec<_> = torch_file::read_tensor_metas(&path).unwrap().into_iter().map(|t| t.name).collect();
+        let names: Vec<_> =
+            torch_file::read_tensor_metas(&path).unwrap().into_iter().map(|t| t.name).collect();
         assert_eq!(names, state_dict_keys(&cfg));
         let back = CpsamModel::load(&path, Device::Cpu).unwrap();
         assert_eq!(back.net.config, cfg);

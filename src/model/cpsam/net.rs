@@ -84,8 +84,10 @@ impl Cpsam {
             ps,
             nn::ConvConfig { stride: ps, ..Default::default() },
         );
-        let pos_embed = enc.var("pos_embed", &[1, config.grid.0, config.grid.1, config.dim], nn::Init::Const(0.0));
-        let blocks = config.blocks.iter().enumerate().map(|(i, s)| Block::new(&enc / "blocks" / i, *s)).collect();
+        let pos_embed =
+            enc.var("pos_embed", &[1, config.grid.0, config.grid.1, config.dim], nn::Init::Const(0.0));
+        let blocks =
+            config.blocks.iter().enumerate().map(|(i, s)| Block::new(&enc / "blocks" / i, *s)).collect();
         let neck = Neck::new(&enc / "neck", config.dim, config.neck);
         let nmap = config.nout * ps * ps;
         let out = nn::conv2d(vs / "out", config.neck, nmap, 1, Default::default());
@@ -110,7 +112,8 @@ impl Cpsam {
         let w = self.patch.ws.detach().narrow(1, 0, c);
         let b = self.patch.bs.as_ref().map(|b| b.detach());
         let ps = self.config.ps;
-        let mut x = x.conv2d(&w, b.as_ref(), [ps, ps], [0, 0], [1, 1], 1).permute([0, 2, 3, 1]) + &self.pos_embed;
+        let mut x =
+            x.conv2d(&w, b.as_ref(), [ps, ps], [0, 0], [1, 1], 1).permute([0, 2, 3, 1]) + &self.pos_embed;
         let nlay = self.blocks.len() as i64;
         if train && self.config.rdrop > 0.0 && nlay > 0 {
             let batch = x.size()[0];
@@ -185,7 +188,8 @@ mod tests {
         cfg.rdrop = 1.0; // the last block is always dropped in training
         let net = Cpsam::new(&vs.root(), cfg);
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let (e1, e2, t) = tch::no_grad(|| (net.forward_t(&x, false), net.forward_t(&x, false), net.forward_t(&x, true)));
+        let (e1, e2, t) =
+            tch::no_grad(|| (net.forward_t(&x, false), net.forward_t(&x, false), net.forward_t(&x, true)));
         assert!(e1.allclose(&e2, 0.0, 0.0, false));
         assert!((e1 - t).abs().max().double_value(&[]) > 1e-6);
     }
