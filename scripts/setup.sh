@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with the pinned torch (whose libtorch the Rust build links against) and the Python
-# reference packages the tests use. Idempotent: does nothing when the venv is already complete.
+# reference packages the tests use, .venv-cp4 with the cellpose 4 reference (Cellpose-SAM), and
+# .venv-girder with the real Girder 5 the tests start.
+# Idempotent: each part does nothing when its stamp matches its requirements file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,14 +21,26 @@ if ! { [ -f "$girder_stamp" ] && [ "$(cat "$girder_stamp")" = "$girder_want" ]; 
   echo "$girder_want" > "$girder_stamp"
 fi
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -e .venv/torch/lib/libtorch.so ]; then
-  exit 0
+if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -e .venv/torch/lib/libtorch.so ]; }; then
+  echo "setup: creating .venv (torch 2.11.0 + reference packages; first run downloads ~4 GB)" >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -r tools/requirements.txt
+  site=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+  # .cargo/config.toml points LIBTORCH at .venv/torch; the link hides the python version.
+  ln -sfn "$site" .venv/torch
+  echo "$want" > "$stamp"
 fi
-echo "setup: creating .venv (torch 2.11.0 + reference packages; first run downloads ~4 GB)" >&2
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -r tools/requirements.txt
-site=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
-# .cargo/config.toml points LIBTORCH at .venv/torch; the link hides the python version.
-ln -sfn "$site" .venv/torch
-echo "$want" > "$stamp"
+
+# cellpose 4.2.1.1 beside cellpose 3.1.1.2: a --target folder put first on PYTHONPATH by the tests
+# (tests/it/helpers.rs run_python_cp4). --no-deps: torch and the rest come from .venv.
+stamp4=.venv-cp4/.requirements.sha
+want4=$(sha256sum tools/requirements-cp4.txt | cut -d' ' -f1)
+if ! { [ -f "$stamp4" ] && [ "$(cat "$stamp4")" = "$want4" ]; }; then
+  echo "setup: creating .venv-cp4 (cellpose 4.2.1.1, segment-anything, torchvision; ~25 MB)" >&2
+  rm -rf .venv-cp4
+  .venv/bin/python -m pip install -q --no-deps --target .venv-cp4 -r tools/requirements-cp4.txt
+  PYTHONPATH="$PWD/.venv-cp4" .venv/bin/python -c \
+    'import cellpose, cellpose.vit, cellpose.models, torch; from cellpose.version import version; assert version == "4.2.1.1", version; assert torch.__version__.startswith("2.11.0")'
+  echo "$want4" > "$stamp4"
+fi

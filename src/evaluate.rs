@@ -8,7 +8,7 @@ mod files;
 mod table;
 
 pub use files::{
-    evaluate_folder, flow_pages, output_paths, segment_file, write_outputs, Folder, OutputPaths,
+    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths,
     SegmentSettings,
 };
 pub use table::{summary_json, summary_table};
@@ -93,6 +93,28 @@ pub fn segment_image(
         ..Default::default()
     };
     let m = segment::compute_masks(prediction.dp.view(), prediction.cellprob.view(), &params, device)?;
+    Ok(Segmentation { prediction, masks: m })
+}
+
+/// cellpose 4.2.1.1 `CellposeModel.eval` for one 2-D image `[C, H, W]` and a cpsam model:
+/// [`crate::predict_cpsam::predict_cp4`], then [`segment::compute_masks_cp4`] with cellpose 4's
+/// step count.
+pub fn segment_image_cp4(
+    model: &crate::model::CpsamModel,
+    raw: &Array3<f32>,
+    opts: &crate::predict_cpsam::Cp4Options,
+    masks: &MaskOptions,
+    device: Device,
+) -> Result<Segmentation, EvaluateError> {
+    let prediction = crate::predict_cpsam::predict_cp4(model, raw, opts)?;
+    let params = MaskParams {
+        niter: crate::predict_cpsam::cp4_niter(masks.niter, prediction.rescale, opts.resample),
+        cellprob_threshold: masks.cellprob_threshold,
+        flow_threshold: masks.flow_threshold,
+        min_size: masks.min_size,
+        ..Default::default()
+    };
+    let m = segment::compute_masks_cp4(prediction.dp.view(), prediction.cellprob.view(), &params, device)?;
     Ok(Segmentation { prediction, masks: m })
 }
 
@@ -188,6 +210,28 @@ pub fn score_masks(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Resul
         fp: counts.iter().map(|c| c.fp).collect(),
         fn_: counts.iter().map(|c| c.fn_).collect(),
     })
+}
+
+/// [`score_masks`] with cellpose 4.2.1.1's object counts: `len(np.unique(m)) - 1`, which is one
+/// short for a label image without background (cellpose 3 counts by the largest label). A cpsam
+/// model's `eval` scores with these.
+pub fn score_masks_cp4(
+    name: &str,
+    truth: &Array2<u32>,
+    pred: &Array2<u32>,
+) -> Result<ImageScore, EvaluateError> {
+    let mut s = score_masks(name, truth, pred)?;
+    let short = |m: &Array2<u32>| usize::from(!m.is_empty() && m.iter().all(|&v| v != 0));
+    let (dt, dp) = (short(truth), short(pred));
+    s.n_true -= dt.min(s.n_true);
+    s.n_pred -= dp.min(s.n_pred);
+    for i in 0..s.ap.len() {
+        s.fn_[i] = s.fn_[i].saturating_sub(dt as u64);
+        s.fp[i] = s.fp[i].saturating_sub(dp as u64);
+        let d = (s.tp[i] + s.fp[i] + s.fn_[i]) as f64;
+        s.ap[i] = if d > 0.0 { s.tp[i] as f64 / d } else { f64::NAN };
+    }
+    Ok(s)
 }
 
 /// Segments prepared examples (already channel-converted and normalised) with `model` at each

@@ -3,10 +3,12 @@
 //! Map of the crate:
 //! - [`pickle`]: safe pickle reading (allow-listed globals) and writing, shared by model files and
 //!   numpy region responses.
-//! - [`model`]: the CPnet network in tch, PyTorch state_dict files, built-in model registry.
+//! - [`model`]: the CPnet and Cellpose-SAM networks in tch, model families, PyTorch state_dict
+//!   files, built-in model registry.
 //! - [`imageio`]: TIFF/PNG images and label masks.
 //! - [`transforms`]: cellpose preprocessing (channels, percentile normalisation, resize).
 //! - [`predict`]: tiled network inference (cellpose `run_net`).
+//! - [`predict_cpsam`]: the same for Cellpose-SAM models with cellpose 4's semantics.
 //! - [`segment`]: flows -> masks (cellpose `compute_masks`) and average-precision metrics.
 //! - [`evaluate`]: image -> masks (cellpose `eval`), AP against ground truth, `segment`/`eval` files.
 //! - [`report`]: training history: metrics.jsonl, TensorBoard events, the report picture.
@@ -32,6 +34,7 @@ pub mod model;
 pub mod numpy;
 pub mod pickle;
 pub mod predict;
+pub mod predict_cpsam;
 pub mod rasterize;
 pub mod report;
 pub mod segment;

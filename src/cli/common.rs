@@ -80,7 +80,8 @@ impl ModelsDirArg {
 /// Model and network-input flags shared by `predict`, `segment` and `eval`.
 #[derive(Args, Debug, Clone)]
 pub struct NetworkArgs {
-    /// Model: a file, a built-in name (cyto3, nuclei, ...) or a model in the models directory.
+    /// Model: a file, a built-in name (cyto3, nuclei, ..., cpsam_v2, cpsam) or a model in the
+    /// models directory. Its family (cellpose 3 CPnet or cellpose 4 cpsam) is read from the file.
     #[arg(long)]
     pub model: String,
     #[command(flatten)]
@@ -97,6 +98,12 @@ pub struct NetworkArgs {
     /// Tiles per network batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: i64,
+    /// cpsam only: tile size (cellpose 4 `--bsize`; must be 256, the network's position grid).
+    #[arg(long)]
+    pub bsize: Option<i64>,
+    /// cpsam only: weight precision (auto = bf16 on CUDA as cellpose 4 does, fp32 on the CPU).
+    #[arg(long, value_enum, default_value_t = crate::predict_cpsam::Precision::Auto)]
+    pub precision: crate::predict_cpsam::Precision,
     #[command(flatten)]
     pub device: DeviceArg,
     #[command(flatten)]
@@ -104,11 +111,14 @@ pub struct NetworkArgs {
 }
 
 impl NetworkArgs {
-    /// Checks the flags and opens the model; with `--all-channels` and no `--nchan` the model's
-    /// input channel count is used.
+    /// Checks the flags and opens the model of whichever family the file holds. A CPnet uses the
+    /// cellpose 3 flags as before (with `--all-channels` and no `--nchan`, the model's input
+    /// channels); a cpsam model reads them with cellpose 4's meaning: `--chan/--chan2` are ignored
+    /// (with a warning, as cellpose 4 does), the first three channels are used.
     pub fn open(
         &self,
-    ) -> anyhow::Result<(crate::model::LoadedModel, crate::predict::PredictOptions, tch::Device)> {
+    ) -> anyhow::Result<(crate::model::AnyModel, crate::predict::PredictOptions, tch::Device)> {
+        use crate::model::AnyModel;
         anyhow::ensure!(
             self.diameter >= 0.0 && self.diameter.is_finite(),
             "--diameter must be >= 0 (got {})",
@@ -116,8 +126,30 @@ impl NetworkArgs {
         );
         anyhow::ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
         let device = self.device.resolve()?;
-        let loaded = crate::model::open_model(&self.model, &self.models_dir.resolve(), device)?;
-        let channels = self.channels.to_channels(loaded.model.net.config.nbase[0] as usize)?;
+        let mut loaded = crate::model::open_any(&self.model, &self.models_dir.resolve(), device)?;
+        let channels = match &mut loaded {
+            AnyModel::Cpnet(m) => {
+                anyhow::ensure!(
+                    self.bsize.is_none(),
+                    "--bsize applies to cpsam models only ({} is a CPnet)",
+                    self.model
+                );
+                self.channels.to_channels(m.model.net.config.nbase[0] as usize)?
+            }
+            AnyModel::Cpsam(m) => {
+                let bs = m.model.net.config.bsize();
+                if let Some(b) = self.bsize.filter(|&b| b != bs) {
+                    anyhow::bail!("--bsize {b} is not supported for cpsam models; cellpose 4 requires {bs}");
+                }
+                if self.channels.chan != 0 || self.channels.chan2 != 0 || self.channels.nchan.is_some() {
+                    tracing::warn!(
+                        "--chan/--chan2/--nchan are ignored for cpsam models: cellpose 4 uses the first 3 channels as they are"
+                    );
+                }
+                m.model.to_kind(self.precision.kind_on(device));
+                crate::transforms::Channels::All { nchan: crate::predict_cpsam::CP4_MAX_CHANNELS }
+            }
+        };
         let mut predict =
             crate::predict::PredictOptions { channels, diameter: Some(self.diameter), ..Default::default() };
         predict.normalize.normalize = !self.no_normalize;
@@ -150,7 +182,7 @@ impl SegmentFlags {
     /// Checks the flags and opens the model.
     pub fn open(
         &self,
-    ) -> anyhow::Result<(crate::model::LoadedModel, crate::evaluate::SegmentSettings, tch::Device)> {
+    ) -> anyhow::Result<(crate::model::AnyModel, crate::evaluate::SegmentSettings, tch::Device)> {
         anyhow::ensure!(
             self.flow_threshold >= 0.0,
             "--flow-threshold must be >= 0 (got {})",

@@ -38,7 +38,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         device,
         &mut |s| tracing::debug!(image = %s.name, n_true = s.n_true, n_pred = s.n_pred, ap50 = s.ap[0], "scored"),
     )?;
-    let model = loaded.source.path.display().to_string();
+    let model = loaded.source().path.display().to_string();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&evaluate::summary_json(&summary, &model))?);
     } else {

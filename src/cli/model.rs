@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::model::{infer_config, torch_file, CpnetConfig, Model};
+use crate::model::{infer_config, torch_file, CpnetConfig, CpsamConfig, CpsamModel, Model, ModelFamily};
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
@@ -16,10 +16,15 @@ pub struct ModelArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
-    /// Write a freshly initialised CPnet (PyTorch init, as cellpose's untrained network).
+    /// Write a freshly initialised network: a CPnet (PyTorch init, as cellpose 3's untrained
+    /// network; the default) or a full-size Cellpose-SAM (`--family cpsam`: SAM ViT-L shape as
+    /// cellpose 4 `CPSAM()`, ~1.2 GB; the CPnet shape flags do not apply).
     Init {
         #[arg(long)]
         out: PathBuf,
+        /// cpnet (cellpose 3) or cpsam (cellpose 4).
+        #[arg(long, value_enum, default_value_t = ModelFamily::Cpnet)]
+        family: ModelFamily,
         /// Input channels.
         #[arg(long, default_value_t = 2)]
         nchan: i64,
@@ -45,7 +50,18 @@ pub enum ModelCommand {
 
 pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        ModelCommand::Init { out, nchan, nbase, nout, diam_mean, seed } => {
+        ModelCommand::Init { out, family: ModelFamily::Cpsam, seed, .. } => {
+            tch::manual_seed(seed);
+            let model = CpsamModel::new(CpsamConfig::default(), tch::Device::Cpu);
+            model.save(&out).with_context(|| format!("failed to write {}", out.display()))?;
+            eprintln!(
+                "wrote {} (cpsam, {} tensors, {:.1} M parameters)",
+                out.display(),
+                model.vs.variables().len(),
+                model.num_params() as f64 / 1e6
+            );
+        }
+        ModelCommand::Init { out, family: ModelFamily::Cpnet, nchan, nbase, nout, diam_mean, seed } => {
             anyhow::ensure!(nchan >= 1, "--nchan must be at least 1 (got {nchan})");
             anyhow::ensure!(
                 !nbase.is_empty() && nbase.iter().all(|&c| c > 0),
@@ -58,6 +74,35 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
             let model = Model::new(config, tch::Device::Cpu);
             model.save(&out).with_context(|| format!("failed to write {}", out.display()))?;
             eprintln!("wrote {} ({} tensors)", out.display(), model.vs.variables().len());
+        }
+        ModelCommand::Inspect { file, json } if ModelFamily::detect(&file)? == ModelFamily::Cpsam => {
+            let metas = torch_file::read_tensor_metas(&file)?;
+            let origin = file.display().to_string();
+            let c = crate::model::cpsam::infer_cpsam_config(&metas, &origin)?;
+            if json {
+                let tensors: Vec<_> = metas
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name, "shape": t.shape, "dtype": format!("{:?}", t.dtype)}))
+                    .collect();
+                let doc =
+                    serde_json::json!({"file": origin, "family": "cpsam", "config": c, "tensors": tensors});
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("file:        {origin}");
+                println!("family:      cpsam (cellpose 4 Cellpose-SAM)");
+                println!(
+                    "width:       {}  depth: {}  heads: {}  neck: {}",
+                    c.dim,
+                    c.depth(),
+                    c.heads(),
+                    c.neck
+                );
+                println!("patch:       {}  tile: {}  nout: {}", c.ps, c.bsize(), c.nout);
+                println!("tensors:     {}", metas.len());
+                for t in &metas {
+                    println!("  {:<70} {:?} {:?}", t.name, t.shape, t.dtype);
+                }
+            }
         }
         ModelCommand::Inspect { file, json } => {
             let sd = torch_file::read_state_dict(&file)?;

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::cli::common::NetworkArgs;
-use crate::predict;
+use crate::model::AnyModel;
+use crate::{predict, predict_cpsam};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -24,19 +25,25 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let (loaded, opts, device) = args.network.open()?;
     let raw = crate::imageio::read_image(&args.image)?;
-    loaded.model.check_io(
-        opts.channels.nchan() as i64,
-        loaded.model.net.config.nout,
-        &loaded.source.path.display().to_string(),
-    )?;
-    let pred = predict::predict(&loaded.model, loaded.diam_mean(), &raw, &opts, device)
-        .with_context(|| format!("failed to prepare {}", args.image.display()))?;
+    let pred = match &loaded {
+        AnyModel::Cpnet(loaded) => {
+            loaded.model.check_io(
+                opts.channels.nchan() as i64,
+                loaded.model.net.config.nout,
+                &loaded.source.path.display().to_string(),
+            )?;
+            predict::predict(&loaded.model, loaded.diam_mean(), &raw, &opts, device)
+        }
+        AnyModel::Cpsam(loaded) => predict_cpsam::predict_cp4(&loaded.model, &raw, &(&opts).into()),
+    }
+    .with_context(|| format!("failed to prepare {}", args.image.display()))?;
     let (_, h, w) = pred.dp.dim();
     let out = crate::evaluate::flow_pages(&pred);
     crate::imageio::write_tiff_f32(&args.out, &out)?;
     eprintln!(
-        "wrote {} (dY, dX, cellprob; {}x{}; rescale {:.3}; device {})",
+        "wrote {} (dY, dX, cellprob; {} model; {}x{}; rescale {:.3}; device {})",
         args.out.display(),
+        loaded.family(),
         h,
         w,
         pred.rescale,

@@ -79,7 +79,7 @@ pub fn run(args: SegmentArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "segmented {} image(s) with {} (device {})",
         images.len(),
-        loaded.source.path.display(),
+        loaded.source().path.display(),
         crate::device::describe(device)
     );
     Ok(ExitCode::SUCCESS)

@@ -8,16 +8,51 @@ use std::path::{Path, PathBuf};
 use ndarray::Array3;
 use tch::Device;
 
-use super::{score_masks, segment_image, ApSummary, EvaluateError, ImageScore, MaskOptions, Segmentation};
+use super::{
+    score_masks, segment_image, segment_image_cp4, ApSummary, EvaluateError, ImageScore, MaskOptions,
+    Segmentation,
+};
 use crate::imageio::{self, ImageError};
-use crate::model::LoadedModel;
+use crate::model::{AnyModel, LoadedModel};
 use crate::predict::{PredictOptions, Prediction};
+use crate::predict_cpsam::Cp4Options;
 
-/// What decides the masks besides the model (cellpose `eval` arguments).
+/// What decides the masks besides the model (cellpose `eval` arguments). A cpsam model reads
+/// the same settings with cellpose 4's meaning ([`Cp4Options::from`]: channels ignored, no
+/// diam_labels fallback).
 #[derive(Debug, Clone, Default)]
 pub struct SegmentSettings {
     pub predict: PredictOptions,
     pub masks: MaskOptions,
+}
+
+impl From<&PredictOptions> for Cp4Options {
+    fn from(p: &PredictOptions) -> Cp4Options {
+        Cp4Options {
+            normalize: p.normalize,
+            diameter: p.diameter,
+            tile_overlap: p.tiles.tile_overlap,
+            batch_size: p.tiles.batch_size,
+            resample: p.resample,
+        }
+    }
+}
+
+/// Segments one image with a model of either family, each with its cellpose version's semantics.
+pub fn segment_any(
+    model: &AnyModel,
+    raw: &Array3<f32>,
+    settings: &SegmentSettings,
+    device: Device,
+) -> Result<Segmentation, EvaluateError> {
+    match model {
+        AnyModel::Cpnet(m) => {
+            segment_image(&m.model, m.diam_mean(), raw, &settings.predict, &settings.masks, device)
+        }
+        AnyModel::Cpsam(m) => {
+            segment_image_cp4(&m.model, raw, &Cp4Options::from(&settings.predict), &settings.masks, device)
+        }
+    }
 }
 
 /// Where the outputs for one image go.
@@ -56,7 +91,13 @@ pub fn flow_pages(pred: &Prediction) -> Array3<f32> {
     out
 }
 
-fn check_model(model: &LoadedModel, settings: &SegmentSettings) -> Result<(), EvaluateError> {
+fn check_model(model: &AnyModel, settings: &SegmentSettings) -> Result<(), EvaluateError> {
+    // cpsam takes any 1-3 channels (cellpose 4 has no channel selection)
+    let AnyModel::Cpnet(model) = model else { return Ok(()) };
+    check_cpnet(model, settings)
+}
+
+fn check_cpnet(model: &LoadedModel, settings: &SegmentSettings) -> Result<(), EvaluateError> {
     let net = &model.model.net;
     let origin = model.source.path.display().to_string();
     Ok(model.model.check_io(settings.predict.channels.nchan() as i64, net.config.nout, &origin)?)
@@ -64,15 +105,14 @@ fn check_model(model: &LoadedModel, settings: &SegmentSettings) -> Result<(), Ev
 
 /// Reads `image` and segments it; errors name the file.
 pub fn segment_file(
-    model: &LoadedModel,
+    model: &AnyModel,
     image: &Path,
     settings: &SegmentSettings,
     device: Device,
 ) -> Result<Segmentation, EvaluateError> {
     check_model(model, settings)?;
     let raw = imageio::read_image(image)?;
-    segment_image(&model.model, model.diam_mean(), &raw, &settings.predict, &settings.masks, device)
-        .map_err(|e| e.in_file(image))
+    segment_any(model, &raw, settings, device).map_err(|e| e.in_file(image))
 }
 
 /// Writes the masks (and the flows when asked), creating the output folder.
@@ -103,7 +143,7 @@ pub struct Folder<'a> {
 /// Segments every image of `folder` and scores it against its mask. `on_image` sees each score
 /// as it is computed (progress). Image names are paths relative to the folder.
 pub fn evaluate_folder(
-    model: &LoadedModel,
+    model: &AnyModel,
     folder: &Folder,
     settings: &SegmentSettings,
     device: Device,
@@ -121,17 +161,13 @@ pub fn evaluate_folder(
         let Some(raw) = crate::train::load_pairs(std::slice::from_ref(pair))?.into_iter().next() else {
             continue;
         };
-        let seg = segment_image(
-            &model.model,
-            model.diam_mean(),
-            &raw.image,
-            &settings.predict,
-            &settings.masks,
-            device,
-        )
-        .map_err(|e| e.in_file(&pair.image))?;
+        let seg = segment_any(model, &raw.image, settings, device).map_err(|e| e.in_file(&pair.image))?;
         let name = pair.image.strip_prefix(folder.dir).unwrap_or(&pair.image).display().to_string();
-        let score = score_masks(&name, &raw.labels, &seg.masks).map_err(|e| e.in_file(&pair.image))?;
+        let score = match model {
+            AnyModel::Cpnet(_) => score_masks(&name, &raw.labels, &seg.masks),
+            AnyModel::Cpsam(_) => super::score_masks_cp4(&name, &raw.labels, &seg.masks),
+        }
+        .map_err(|e| e.in_file(&pair.image))?;
         on_image(&score);
         scores.push(score);
     }

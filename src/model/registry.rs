@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::family::ModelFamily;
+
 /// cellpose 3.1.1.2 `MODEL_NAMES`: names that mean a built-in model, not a user file.
 pub const BUILTIN_MODELS: &[&str] = &[
     "cyto3",
@@ -46,11 +48,37 @@ pub fn models_dir(configured: Option<&Path>) -> PathBuf {
     home.join(".cellpose").join("models")
 }
 
+/// cellpose 4.2.1.1 `MODEL_NAMES` that are Cellpose-SAM (cpdino needs dinov3 and is not built).
+pub const CPSAM_BUILTIN_MODELS: &[&str] = &["cpsam_v2", "cpsam"];
+
+/// Where cellpose 4 downloads its built-ins from (`models._MODEL_URL`); only named in errors.
+const CPSAM_MODEL_URL: &str = "https://huggingface.co/mouseland/cellpose-sam/resolve/main/";
+
 pub fn is_builtin(name: &str) -> bool {
-    BUILTIN_MODELS.contains(&name)
+    BUILTIN_MODELS.contains(&name) || CPSAM_BUILTIN_MODELS.contains(&name)
 }
 
-/// File name of a built-in model in the models directory (cellpose `model_path`).
+/// The family a built-in name belongs to.
+pub fn builtin_family(name: &str) -> Option<ModelFamily> {
+    if CPSAM_BUILTIN_MODELS.contains(&name) {
+        Some(ModelFamily::Cpsam)
+    } else if BUILTIN_MODELS.contains(&name) {
+        Some(ModelFamily::Cpnet)
+    } else {
+        None
+    }
+}
+
+/// Where a built-in comes from, for the "not installed" message.
+fn builtin_url(name: &str, file: &str) -> String {
+    match builtin_family(name) {
+        Some(ModelFamily::Cpsam) => format!("{CPSAM_MODEL_URL}{file}"),
+        _ => format!("https://www.cellpose.org/models/{file}"),
+    }
+}
+
+/// File name of a built-in model in the models directory (cellpose 3 `model_path`; cellpose 4
+/// `cache_model_path` keeps the name as it is: `cpsam_v2`, `cpsam`).
 pub fn builtin_file_name(name: &str) -> String {
     match name {
         "cyto" | "cyto2" | "nuclei" => format!("{name}torch_0"),
@@ -72,11 +100,10 @@ pub struct ResolvedModel {
 pub enum RegistryError {
     #[error(
         "built-in model `{name}` is not installed: expected the file {path}. Nothing is downloaded at run \
-         time; copy it from https://www.cellpose.org/models/{file} (or from a cellpose install's \
-         ~/.cellpose/models) to that path, or point CELLPOSE_LOCAL_MODELS_PATH / [paths] models_dir at a \
-         folder that has it"
+         time; copy it from {url} (or from a cellpose install's ~/.cellpose/models) to that path, or \
+         point CELLPOSE_LOCAL_MODELS_PATH / [paths] models_dir at a folder that has it"
     )]
-    BuiltinMissing { name: String, path: PathBuf, file: String },
+    BuiltinMissing { name: String, path: PathBuf, file: String, url: String },
     #[error(
         "unknown model `{spec}`: it is not a file, not a built-in name ({}), and there is no {} ",
         BUILTIN_MODELS[..4].join(", "),
@@ -107,7 +134,8 @@ pub fn resolve(spec: &str, dir: &Path) -> Result<ResolvedModel, RegistryError> {
         let file = builtin_file_name(spec);
         let path = dir.join(&file);
         if !path.is_file() {
-            return Err(RegistryError::BuiltinMissing { name: spec.into(), path, file });
+            let url = builtin_url(spec, &file);
+            return Err(RegistryError::BuiltinMissing { name: spec.into(), path, file, url });
         }
         let diam = if spec == "nuclei" { 17.0 } else { 30.0 };
         return Ok(ResolvedModel { path, name: spec.into(), builtin_diam_mean: Some(diam) });
@@ -137,6 +165,19 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains(&dir.path().join("cyto3").display().to_string()), "{msg}");
         assert!(msg.contains("Nothing is downloaded"), "{msg}");
+    }
+
+    #[test]
+    fn cpsam_builtins_keep_cellpose4_names_and_say_where_they_come_from() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(builtin_family("cpsam_v2"), Some(ModelFamily::Cpsam));
+        assert_eq!(builtin_family("cyto3"), Some(ModelFamily::Cpnet));
+        let msg = resolve("cpsam_v2", dir.path()).unwrap_err().to_string();
+        assert!(msg.contains(&dir.path().join("cpsam_v2").display().to_string()), "{msg}");
+        assert!(msg.contains("huggingface.co/mouseland/cellpose-sam/resolve/main/cpsam_v2"), "{msg}");
+        std::fs::write(dir.path().join("cpsam"), b"x").unwrap();
+        let r = resolve("cpsam", dir.path()).unwrap();
+        assert_eq!(r.path, dir.path().join("cpsam"));
     }
 
     #[test]

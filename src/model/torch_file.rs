@@ -162,32 +162,138 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelFileError> {
     if len > MAX_MODEL_BYTES {
         return Err(wrap(ModelFileErrorKind::TooLarge { what: "the file".into(), bytes: len }));
     }
-    let bytes = std::fs::read(path).map_err(|e| wrap(ModelFileErrorKind::Io(e)))?;
-    parse_state_dict(&bytes).map_err(wrap)
+    let mut entries = Vec::new();
+    for_each_tensor(path, |name, t| {
+        entries.push((name, t));
+        Ok::<(), ModelFileError>(())
+    })?;
+    Ok(StateDict { entries })
 }
 
 /// Reads a state_dict from bytes (a download, say); `origin` names them in errors.
 pub fn read_state_dict_bytes(bytes: &[u8], origin: &str) -> Result<StateDict, ModelFileError> {
-    parse_state_dict(bytes).map_err(|kind| ModelFileError { path: PathBuf::from(origin), kind })
+    let wrap = |kind| ModelFileError { path: PathBuf::from(origin), kind };
+    check_magic(bytes, bytes.len() as u64).map_err(wrap)?;
+    let mut entries = Vec::new();
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| wrap(ModelFileErrorKind::Zip(e.to_string())))?;
+    visit_tensors(&mut zip, |name, t| {
+        entries.push((name, t));
+        Ok(())
+    })
+    .map_err(|e: VisitError<std::convert::Infallible>| match e {
+        VisitError::File(kind) => wrap(kind),
+        VisitError::Visitor(never) => match never {},
+    })?;
+    Ok(StateDict { entries })
 }
 
-fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
+/// Streams the tensors of a `torch.save` file to `f` in file order, one at a time, reading the
+/// archive from disk: a 1.2 GB cellpose 4 model is never held twice (the caller copies each
+/// tensor where it belongs and drops it). An error from `f` stops the walk and is returned.
+pub fn for_each_tensor<E, F>(path: &Path, f: F) -> Result<(), E>
+where
+    E: From<ModelFileError>,
+    F: FnMut(String, RawTensor) -> Result<(), E>,
+{
+    let wrap = |kind| ModelFileError { path: path.to_path_buf(), kind };
+    let mut zip = open_archive(path).map_err(|k| E::from(wrap(k)))?;
+    visit_tensors(&mut zip, f).map_err(|e| match e {
+        VisitError::File(kind) => E::from(wrap(kind)),
+        VisitError::Visitor(e) => e,
+    })
+}
+
+/// Names, element types and shapes in file order, from `data.pkl` alone (no tensor data is
+/// read): enough to tell a model's family and size its network before loading it.
+pub fn read_tensor_metas(path: &Path) -> Result<Vec<TensorMeta>, ModelFileError> {
     use ModelFileErrorKind as K;
-    if !bytes.starts_with(b"PK\x03\x04") {
-        // torch < 1.6 wrote a bare pickle starting with the magic number 0x1950a86a20f9469cfc6c
-        if bytes.starts_with(&[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46]) {
-            return Err(K::Legacy);
-        }
-        let what = if bytes.is_empty() {
-            "an empty file".to_string()
-        } else if bytes.starts_with(b"<") || bytes.starts_with(b"{") {
-            "text (an HTML/JSON error page saved as a model?)".to_string()
-        } else {
-            format!("{} bytes starting {:02x?}", bytes.len(), &bytes[..bytes.len().min(4)])
-        };
-        return Err(K::NotZip(what));
+    let wrap = |kind| ModelFileError { path: path.to_path_buf(), kind };
+    let mut zip = open_archive(path).map_err(wrap)?;
+    let (_, _, items) = read_root(&mut zip).map_err(wrap)?;
+    let mut metas = Vec::with_capacity(items.len());
+    for (k, v) in &items {
+        let name = k
+            .as_str()
+            .ok_or_else(|| wrap(K::NotStateDict(format!("a key is a {}, not a name", k.type_name()))))?;
+        let (dtype, shape) =
+            tensor_header(v).map_err(|detail| wrap(K::BadTensor { name: name.to_string(), detail }))?;
+        metas.push(TensorMeta { name: name.to_string(), dtype, shape });
     }
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| K::Zip(e.to_string()))?;
+    Ok(metas)
+}
+
+/// Element type and shape of a pickled `_rebuild_tensor_v2` / `_rebuild_parameter` call.
+fn tensor_header(value: &Value) -> Result<(DType, Vec<i64>), String> {
+    let Value::Call(call) = value else {
+        return Err(format!("is a {}, not a tensor", value.type_name()));
+    };
+    let call = call.borrow();
+    if call.func.name == "_rebuild_parameter" {
+        return tensor_header(call.args.first().ok_or("parameter without data")?);
+    }
+    if call.func.name != "_rebuild_tensor_v2" || call.args.len() < 4 {
+        return Err(format!("built by {} with {} arguments, not a plain tensor", call.func, call.args.len()));
+    }
+    let Value::PersistentId(pid) = &call.args[0] else {
+        return Err("tensor has no storage reference".into());
+    };
+    let pid = pid.as_seq().ok_or("storage reference is not a tuple")?;
+    let dtype = match pid.as_slice() {
+        [Value::Str(tag), Value::Global(g), _key, _location, _numel] if tag == "storage" => {
+            DType::from_storage_name(&g.name).ok_or_else(|| format!("unsupported storage type {g}"))?
+        }
+        _ => return Err("storage reference has an unexpected layout".into()),
+    };
+    let shape = call.args[2].as_int_seq().ok_or("size is not a tuple of ints")?;
+    Ok((dtype, shape))
+}
+
+enum VisitError<E> {
+    File(ModelFileErrorKind),
+    Visitor(E),
+}
+
+fn open_archive(
+    path: &Path,
+) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>, ModelFileErrorKind> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut head = Vec::with_capacity(10);
+    (&file).take(10).read_to_end(&mut head)?;
+    check_magic(&head, len)?;
+    let mut reader = std::io::BufReader::new(file);
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    zip::ZipArchive::new(reader).map_err(|e| ModelFileErrorKind::Zip(e.to_string()))
+}
+
+/// Tells a torch.save zip from the legacy format, an empty file or an error page.
+fn check_magic(head: &[u8], len: u64) -> Result<(), ModelFileErrorKind> {
+    use ModelFileErrorKind as K;
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(());
+    }
+    // torch < 1.6 wrote a bare pickle starting with the magic number 0x1950a86a20f9469cfc6c
+    if head.starts_with(&[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46]) {
+        return Err(K::Legacy);
+    }
+    let what = if len == 0 {
+        "an empty file".to_string()
+    } else if head.starts_with(b"<") || head.starts_with(b"{") {
+        "text (an HTML/JSON error page saved as a model?)".to_string()
+    } else {
+        format!("{len} bytes starting {:02x?}", &head[..head.len().min(4)])
+    };
+    Err(K::NotZip(what))
+}
+
+type RootItems = Vec<(Value, Value)>;
+
+/// Locates `data.pkl`, reads the byte order and unpickles the top-level dict.
+fn read_root<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+) -> Result<(String, bool, RootItems), ModelFileErrorKind> {
+    use ModelFileErrorKind as K;
     let pkl_name = zip
         .file_names()
         .filter(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
@@ -195,11 +301,11 @@ fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
         .map(str::to_string)
         .ok_or(K::NoDataPkl)?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let big_endian = match read_entry(&mut zip, &format!("{prefix}byteorder"), MAX_RECORD_BYTES) {
+    let big_endian = match read_entry(zip, &format!("{prefix}byteorder"), MAX_RECORD_BYTES) {
         Ok(b) => b.trim_ascii() == b"big",
         Err(_) => false, // files before torch 2.1 have no byteorder record: little-endian
     };
-    let pkl = read_entry(&mut zip, &pkl_name, MAX_RECORD_BYTES)?;
+    let pkl = read_entry(zip, &pkl_name, MAX_RECORD_BYTES)?;
     let root = pickle::read(&pkl, &allowed_globals())?;
     let Value::Dict(items) = root else {
         return Err(K::NotStateDict(format!(
@@ -207,17 +313,26 @@ fn parse_state_dict(bytes: &[u8]) -> Result<StateDict, ModelFileErrorKind> {
             root.type_name()
         )));
     };
-    let mut entries = Vec::new();
+    let items = items.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    Ok((prefix, big_endian, items))
+}
+
+fn visit_tensors<R: Read + Seek, E>(
+    zip: &mut zip::ZipArchive<R>,
+    mut f: impl FnMut(String, RawTensor) -> Result<(), E>,
+) -> Result<(), VisitError<E>> {
+    use ModelFileErrorKind as K;
+    let (prefix, big_endian, items) = read_root(zip).map_err(VisitError::File)?;
     let mut budget = Budget { left: MAX_MODEL_BYTES, seen: HashSet::new() };
-    for (key, value) in items.borrow().iter() {
-        let name = key
-            .as_str()
-            .ok_or_else(|| K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))?;
-        let t = rebuild_tensor(value, &mut zip, &prefix, big_endian, &mut budget)
-            .map_err(|detail| K::BadTensor { name: name.to_string(), detail })?;
-        entries.push((name.to_string(), t));
+    for (key, value) in &items {
+        let name = key.as_str().ok_or_else(|| {
+            VisitError::File(K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))
+        })?;
+        let t = rebuild_tensor(value, zip, &prefix, big_endian, &mut budget)
+            .map_err(|detail| VisitError::File(K::BadTensor { name: name.to_string(), detail }))?;
+        f(name.to_string(), t).map_err(VisitError::Visitor)?;
     }
-    Ok(StateDict { entries })
+    Ok(())
 }
 
 /// What the storages of one file may still inflate to; a storage shared by several tensors
@@ -370,16 +485,58 @@ fn rebuild_tensor<R: Read + Seek>(
 /// `torch.load(path, weights_only=True)` returns an `OrderedDict` of tensors.
 /// Writes to a temporary file next to `path` and renames it, so a crash never leaves half a model.
 pub fn write_state_dict(path: &Path, sd: &StateDict) -> Result<(), ModelFileError> {
+    let metas: Vec<TensorMeta> = sd
+        .entries
+        .iter()
+        .map(|(n, t)| TensorMeta { name: n.clone(), dtype: t.dtype, shape: t.shape.clone() })
+        .collect();
+    write_tensors(path, &metas, |i| Ok(sd.entries[i].1.data.clone()))
+}
+
+/// Name, element type and shape of a tensor to be written; its bytes come later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+/// Streams a `torch.save` file to `path` (atomically, via a temporary file): `data(i)` gives the
+/// little-endian bytes of tensor `i` when it is written, so only one tensor is in memory at a time.
+pub fn write_tensors(
+    path: &Path,
+    metas: &[TensorMeta],
+    mut data: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+) -> Result<(), ModelFileError> {
     let wrap =
         |e: std::io::Error| ModelFileError { path: path.to_path_buf(), kind: ModelFileErrorKind::Io(e) };
-    let bytes = state_dict_to_bytes(sd).map_err(wrap)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(wrap)?;
+    let result = (|| -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let file = write_archive(file, metas, &mut data)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(wrap(e));
+    }
     std::fs::rename(&tmp, path).map_err(wrap)
 }
 
 /// The bytes of a `torch.save` file for `sd`.
 pub fn state_dict_to_bytes(sd: &StateDict) -> std::io::Result<Vec<u8>> {
+    let metas: Vec<TensorMeta> = sd
+        .entries
+        .iter()
+        .map(|(n, t)| TensorMeta { name: n.clone(), dtype: t.dtype, shape: t.shape.clone() })
+        .collect();
+    let out = write_archive(Cursor::new(Vec::new()), &metas, &mut |i| Ok(sd.entries[i].1.data.clone()))?;
+    Ok(out.into_inner())
+}
+
+/// The `data.pkl` of a state_dict: an `OrderedDict` of `_rebuild_tensor_v2` calls whose storages
+/// are the archive records `data/<i>`.
+fn state_dict_pickle(metas: &[TensorMeta]) -> Vec<u8> {
     let mut p = pickle::Writer::new();
     p.global("collections", "OrderedDict");
     let od = p.put();
@@ -390,8 +547,8 @@ pub fn state_dict_to_bytes(sd: &StateDict) -> std::io::Result<Vec<u8>> {
     let mut rebuild = None;
     let mut storage_tag = None;
     let mut storage_globals: Vec<(DType, u32)> = Vec::new();
-    for (i, (name, t)) in sd.entries.iter().enumerate() {
-        p.str(name);
+    for (i, t) in metas.iter().enumerate() {
+        p.str(&t.name);
         match rebuild {
             Some(k) => p.get(k),
             None => {
@@ -419,7 +576,7 @@ pub fn state_dict_to_bytes(sd: &StateDict) -> std::io::Result<Vec<u8>> {
         }
         p.str(&i.to_string());
         p.str("cpu");
-        p.int(t.numel() as i64);
+        p.int(t.shape.iter().product::<i64>().max(0));
         p.tuple();
         p.binpersid();
         p.int(0);
@@ -433,28 +590,43 @@ pub fn state_dict_to_bytes(sd: &StateDict) -> std::io::Result<Vec<u8>> {
         p.reduce();
     }
     p.setitems();
-    let pkl = p.stop();
+    p.stop()
+}
 
-    let mut out = Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut out);
-        // torch's reader accepts any alignment; 64 bytes matches what torch writes (and mmap loading wants).
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored)
-            .with_alignment(64);
-        let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
-            zip.start_file(format!("archive/{name}"), opts).map_err(std::io::Error::other)?;
-            zip.write_all(data)
-        };
-        add("data.pkl", &pkl)?;
-        add("byteorder", b"little")?;
-        for (i, (_, t)) in sd.entries.iter().enumerate() {
-            add(&format!("data/{i}"), &t.data)?;
+fn write_archive<W: Write + Seek>(
+    out: W,
+    metas: &[TensorMeta],
+    data: &mut dyn FnMut(usize) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<W> {
+    let pkl = state_dict_pickle(metas);
+    let mut zip = zip::ZipWriter::new(out);
+    // torch's reader accepts any alignment; 64 bytes matches what torch writes (and mmap loading wants).
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(metas.iter().any(|t| t.shape.iter().product::<i64>() * t.dtype.size() as i64 >= 1 << 31))
+        .with_alignment(64);
+    let add = |zip: &mut zip::ZipWriter<W>, name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        zip.start_file(format!("archive/{name}"), opts).map_err(std::io::Error::other)?;
+        zip.write_all(bytes)
+    };
+    add(&mut zip, "data.pkl", &pkl)?;
+    add(&mut zip, "byteorder", b"little")?;
+    for (i, t) in metas.iter().enumerate() {
+        let bytes = data(i)?;
+        let want = t.shape.iter().product::<i64>().max(0) as usize * t.dtype.size();
+        if bytes.len() != want {
+            return Err(std::io::Error::other(format!(
+                "tensor `{}`: {} bytes for shape {:?} {:?} (needs {want})",
+                t.name,
+                bytes.len(),
+                t.shape,
+                t.dtype
+            )));
         }
-        add("version", b"3\n")?;
-        zip.finish().map_err(std::io::Error::other)?;
+        add(&mut zip, &format!("data/{i}"), &bytes)?;
     }
-    Ok(out.into_inner())
+    add(&mut zip, "version", b"3\n")?;
+    zip.finish().map_err(std::io::Error::other)
 }
 
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {

@@ -6,6 +6,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::cpnet::{Cpnet, CpnetConfig};
+use super::family::ModelFamily;
 use super::torch_file::{self, DType, ModelFileError, RawTensor, StateDict};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +29,17 @@ pub enum ModelError {
          transfer learning needs a base model with the same outputs"
     )]
     OutputMismatch { origin: String, model: i64, wanted: i64 },
+    #[error("{origin} is {}, but {} is needed here{}", found.map(|f| format!("a {}", f.describe())).unwrap_or_else(|| "not a cellpose model (no `W2`, no CPnet tensors)".into()), format!("a {}", wanted.describe()), wrong_family_hint(*wanted))]
+    WrongFamily { origin: String, found: Option<ModelFamily>, wanted: ModelFamily },
     #[error("torch error while {context}: {source}")]
     Torch { context: String, source: tch::TchError },
+}
+
+fn wrong_family_hint(wanted: ModelFamily) -> &'static str {
+    match wanted {
+        ModelFamily::Cpnet => " (cellpose 3 cannot read cellpose 4 files; pass a CPnet model such as cyto3)",
+        ModelFamily::Cpsam => " (cellpose 4 refuses cellpose 3 files; pass a cpsam model such as cpsam_v2)",
+    }
 }
 
 /// A CPnet with its variables. The `VarStore` owns the tensors; `net` holds handles to them.
@@ -48,11 +58,28 @@ impl Model {
 
     /// Loads a model file; nchan, nbase and nout come from the tensor shapes.
     pub fn load(path: &Path, device: Device) -> Result<Model, ModelError> {
+        // the index alone tells a cpsam file, before reading ~1.2 GB of weights
+        let metas = torch_file::read_tensor_metas(path)?;
+        if let Some(found @ ModelFamily::Cpsam) =
+            ModelFamily::from_names(metas.iter().map(|m| m.name.as_str()))
+        {
+            let origin = path.display().to_string();
+            return Err(ModelError::WrongFamily { origin, found: Some(found), wanted: ModelFamily::Cpnet });
+        }
         let sd = torch_file::read_state_dict(path)?;
         Model::from_state_dict(&sd, device, &path.display().to_string())
     }
 
     pub fn from_state_dict(sd: &StateDict, device: Device, origin: &str) -> Result<Model, ModelError> {
+        if let Some(found @ ModelFamily::Cpsam) =
+            ModelFamily::from_names(sd.entries.iter().map(|(n, _)| n.as_str()))
+        {
+            return Err(ModelError::WrongFamily {
+                origin: origin.into(),
+                found: Some(found),
+                wanted: ModelFamily::Cpnet,
+            });
+        }
         let config = infer_config(sd, origin)?;
         let model = Model::new(config, device);
         model.copy_from(sd, origin)?;

@@ -9,7 +9,7 @@ use tch::Device;
 
 use super::labels::{bounding_boxes, max_label, remove_labels, renumber_in_place, sorted_counts};
 use crate::train::flows::masks_to_flows;
-use crate::train::flows_torch::masks_to_flows_torch;
+use crate::train::flows_torch::{masks_to_flows_torch, masks_to_flows_torch_cp4};
 
 /// Flow error per mask, cellpose `metrics.flow_error`: flows recomputed from the masks (with
 /// cellpose's algorithm for `device`) against the network's `dp / 5`, squared difference
@@ -20,9 +20,37 @@ pub fn flow_error(
     dp: ArrayView3<f32>,
     device: Device,
 ) -> Result<Vec<f64>, tch::TchError> {
+    flow_error_impl(masks, dp, device, false)
+}
+
+/// cellpose 4.2.1.1 `dynamics.remove_bad_flow_masks`: the flow error from cellpose 4's torch
+/// `masks_to_flows_gpu` on every device (cellpose 4 has no CPU diffusion; its centres are
+/// truncated centres of mass), then the removal and `fastremap.renumber`.
+pub fn remove_bad_flow_masks_cp4(
+    masks: &mut Array2<u32>,
+    dp: ArrayView3<f32>,
+    threshold: f64,
+    device: Device,
+) -> Result<(), tch::TchError> {
+    let errors = flow_error_impl(masks.view(), dp, device, true)?;
+    let bad: Vec<u32> =
+        errors.iter().enumerate().filter(|(_, &e)| e > threshold).map(|(i, _)| i as u32 + 1).collect();
+    remove_labels(masks, &bad);
+    renumber_in_place(masks);
+    Ok(())
+}
+
+fn flow_error_impl(
+    masks: ArrayView2<u32>,
+    dp: ArrayView3<f32>,
+    device: Device,
+    cp4: bool,
+) -> Result<Vec<f64>, tch::TchError> {
     let n = max_label(masks) as usize;
     let mu = if n == 0 {
         ndarray::Array3::zeros((2, masks.nrows(), masks.ncols()))
+    } else if cp4 {
+        masks_to_flows_torch_cp4(masks, None, device)?
     } else if device.is_cuda() {
         masks_to_flows_torch(masks, None, device)?
     } else {

@@ -7,7 +7,9 @@
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis, Zip};
 use tch::{Device, Kind, Tensor};
 
-use super::cleanup::{fill_holes_and_remove_small_masks, remove_bad_flow_masks, resize_nearest};
+use super::cleanup::{
+    fill_holes_and_remove_small_masks, remove_bad_flow_masks, remove_bad_flow_masks_cp4, resize_nearest,
+};
 use super::dynamics::{follow_flows_cpu, follow_flows_torch};
 use super::labels::{remove_labels, renumber_in_place, sorted_counts};
 
@@ -110,6 +112,34 @@ pub fn compute_masks_with(
     integrator: Integrator,
     device: Device,
 ) -> Result<Array2<u32>, SegmentError> {
+    masks_impl(dp, cellprob, params, integrator, false, device)
+}
+
+/// Masks from a cpsam network's outputs, cellpose 4.2.1.1 `resize_and_compute_masks`. It differs
+/// from cellpose 3.1.1.2's [`compute_masks`] in three places, all on the CPU: the flows are
+/// followed with the torch `grid_sample` integrator on every device (cellpose 4 dropped the CPU
+/// interpolation path); the flow-error check recomputes the masks' flows with the torch
+/// diffusion (`masks_to_flows_gpu`) on every device; and the labels are renumbered right after
+/// that check (`fastremap.renumber`), so the size filter removes the labels it means to
+/// (cellpose 4's `fill_holes_and_remove_small_masks` looks the small labels up; on consecutive
+/// labels that is what cellpose 3's index arithmetic does too).
+pub fn compute_masks_cp4(
+    dp: ArrayView3<f32>,
+    cellprob: ArrayView2<f32>,
+    params: &MaskParams,
+    device: Device,
+) -> Result<Array2<u32>, SegmentError> {
+    masks_impl(dp, cellprob, params, Integrator::GridSample, true, device)
+}
+
+fn masks_impl(
+    dp: ArrayView3<f32>,
+    cellprob: ArrayView2<f32>,
+    params: &MaskParams,
+    integrator: Integrator,
+    cellpose4: bool,
+    device: Device,
+) -> Result<Array2<u32>, SegmentError> {
     let (c, h, w) = dp.dim();
     if c != 2 || cellprob.dim() != (h, w) {
         return Err(SegmentError::ShapeMismatch { dp: dp.dim(), cellprob: cellprob.dim() });
@@ -139,7 +169,11 @@ pub fn compute_masks_with(
         };
         let mut masks = get_masks(&ends, &starts, (h, w), params.max_size_fraction, device).map_err(torch)?;
         if params.flow_threshold > 0.0 && masks.iter().any(|&v| v > 0) {
-            remove_bad_flow_masks(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
+            if cellpose4 {
+                remove_bad_flow_masks_cp4(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
+            } else {
+                remove_bad_flow_masks(&mut masks, dp, params.flow_threshold, device).map_err(torch)?;
+            }
         }
         masks
     };

@@ -1,4 +1,5 @@
-//! Segmentation after the network, as cellpose 3.1.1.2: flows -> masks ([`compute_masks`]:
+//! Segmentation after the network, as cellpose 3.1.1.2 (and 4.2.1.1 for cpsam models,
+//! [`compute_masks_cp4`]): flows -> masks ([`compute_masks`]:
 //! Euler integration in [`dynamics`], clustering in [`get_masks`], clean-up in `cleanup`),
 //! label bookkeeping ([`labels`]) and average-precision scoring ([`metrics`]).
 mod assignment;
@@ -12,7 +13,8 @@ pub use cleanup::{fill_holes_and_remove_small_masks, flow_error, remove_bad_flow
 pub use dynamics::{follow_flows, follow_flows_cpu, follow_flows_torch};
 pub use labels::relabel_consecutive;
 pub use masks::{
-    compute_masks, compute_masks_with, eval_niter, get_masks, Integrator, MaskParams, SegmentError,
+    compute_masks, compute_masks_cp4, compute_masks_with, eval_niter, get_masks, Integrator, MaskParams,
+    SegmentError,
 };
 pub use metrics::{
     aggregated_jaccard_index, average_precision, average_precision_cellpose, mask_ious, sum_counts,

@@ -19,6 +19,39 @@ pub fn masks_to_flows_torch(
     niter: Option<u32>,
     device: Device,
 ) -> Result<Array3<f64>, tch::TchError> {
+    masks_to_flows_torch_impl(labels, niter, device, false)
+}
+
+/// cellpose 4.2.1.1 `masks_to_flows_gpu`: the same diffusion, but each mask's heat source is
+/// [`cp4_center`], not cellpose 3's mask pixel nearest to the unrounded mean.
+pub fn masks_to_flows_torch_cp4(
+    labels: ArrayView2<u32>,
+    niter: Option<u32>,
+    device: Device,
+) -> Result<Array3<f64>, tch::TchError> {
+    masks_to_flows_torch_impl(labels, niter, device, true)
+}
+
+/// cellpose 4.2.1.1 `dynamics.center_of_mass` (which shadows scipy's): the mean position rounded
+/// half to even (`np.round`); if that is not a mask pixel, the mask pixel nearest to it (first
+/// in row-major order on ties). `coords` are the mask's pixels in row-major order.
+pub fn cp4_center(coords: &[(i64, i64)]) -> (i64, i64) {
+    let n = coords.len().max(1) as f64;
+    let ry = (coords.iter().map(|c| c.0).sum::<i64>() as f64 / n).round_ties_even() as i64;
+    let rx = (coords.iter().map(|c| c.1).sum::<i64>() as f64 / n).round_ties_even() as i64;
+    if coords.contains(&(ry, rx)) {
+        return (ry, rx);
+    }
+    let d = |c: &(i64, i64)| (c.1 - rx).pow(2) + (c.0 - ry).pow(2);
+    coords.iter().copied().min_by_key(d).unwrap_or((ry, rx))
+}
+
+fn masks_to_flows_torch_impl(
+    labels: ArrayView2<u32>,
+    niter: Option<u32>,
+    device: Device,
+    center_of_mass: bool,
+) -> Result<Array3<f64>, tch::TchError> {
     let (h0, w0) = labels.dim();
     let (h, w) = (h0 as i64 + 2, w0 as i64 + 2);
     let mut mu = Array3::<f64>::zeros((2, h0, w0));
@@ -60,7 +93,7 @@ pub fn masks_to_flows_torch(
             .filter(|(_, &v)| v == label)
             .map(|((y, x), _)| (y as i64, x as i64))
             .collect();
-        let (cy, cx) = coords[center_pixel(&coords)];
+        let (cy, cx) = if center_of_mass { cp4_center(&coords) } else { coords[center_pixel(&coords)] };
         meds.push((bbox.y0 as i64 + cy + 1) * w + bbox.x0 as i64 + cx + 1);
         ext_max = ext_max.max((bbox.height() + bbox.width() + 2) as i64);
     }

@@ -54,3 +54,35 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// The `pip --target` folder with cellpose 4.2.1.1 and segment-anything (scripts/setup.sh);
+/// `CPW_CP4_PATH` overrides it.
+pub fn cp4_path() -> PathBuf {
+    std::env::var_os("CPW_CP4_PATH").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv-cp4"))
+}
+
+/// Runs `tools/cpsam_ref.py` with the reference interpreter and cellpose 4 first on PYTHONPATH;
+/// panics with its stderr when it fails. Fails loudly, never skips, when .venv-cp4 is missing.
+pub fn run_cp4_tool<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> String {
+    let cp4 = cp4_path();
+    assert!(
+        cp4.join("cellpose").join("vit.py").is_file(),
+        "{} has no cellpose 4 (run scripts/setup.sh)",
+        cp4.display()
+    );
+    let out = Command::new(python())
+        .arg(repo_root().join("tools/cpsam_ref.py"))
+        .args(args)
+        .env("PYTHONPATH", &cp4)
+        .env("PYTHONWARNINGS", "ignore")
+        .env("OMP_NUM_THREADS", "2")
+        .output()
+        .expect("failed to start the reference Python (run scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "cellpose 4 reference failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,5 +1,6 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
 mod annotations;
+mod cpsam;
 mod demo;
 mod deploy;
 mod dynamics;

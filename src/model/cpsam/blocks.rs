@@ -1,0 +1,231 @@
+//! The blocks of Cellpose-SAM's encoder, SAM's `ImageEncoderViT` as cellpose 4 modifies it
+//! (segment_anything `modeling/image_encoder.py`, `modeling/common.py`): pre-norm transformer
+//! blocks with global multi-head attention plus SAM's decomposed relative-position terms, an MLP
+//! with exact GELU, and the convolutional neck with channel-wise `LayerNorm2d`.
+//!
+//! Paths equal the PyTorch attribute names (`norm1`, `attn.qkv`, `attn.rel_pos_h`, `mlp.lin1`,
+//! `neck.0`, ...), so `VarStore` names are cellpose 4's state_dict keys.
+
+use tch::nn::{self, Init, Module};
+use tch::{Kind, Tensor};
+
+/// SAM builds every LayerNorm with `eps=1e-6` (`partial(nn.LayerNorm, eps=1e-6)`, `LayerNorm2d`).
+pub const LN_EPS: f64 = 1e-6;
+
+fn layer_norm(p: nn::Path, dim: i64) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps: LN_EPS, ..Default::default() })
+}
+
+/// SAM `get_rel_pos` for equal query and key sizes: the table (`[L, head_dim]`, sized for the
+/// window the block was pre-trained with) is linearly resized to `2 * size - 1` rows
+/// (`F.interpolate(mode="linear")`, align_corners=False) and gathered at `i - j + size - 1`,
+/// giving `[size, size, head_dim]`.
+pub fn rel_pos_for(table: &Tensor, size: i64) -> Tensor {
+    let want = 2 * size - 1;
+    let rows = table.size()[0];
+    let resized = if rows == want {
+        table.shallow_clone()
+    } else {
+        // [L, C] -> [1, C, L] -> linear resize -> [want, C]
+        table
+            .transpose(0, 1)
+            .unsqueeze(0)
+            .upsample_linear1d([want], false, None)
+            .squeeze_dim(0)
+            .transpose(0, 1)
+    };
+    let i = Tensor::arange(size, (Kind::Int64, table.device()));
+    let idx = i.unsqueeze(1) - i.unsqueeze(0) + (size - 1);
+    resized.index_select(0, &idx.flatten(0, 1)).view([size, size, -1])
+}
+
+/// `Attention`: fused qkv projection, global attention over the token grid with the additive
+/// decomposed relative-position bias (SAM `add_decomposed_rel_pos`), output projection.
+#[derive(Debug)]
+pub struct Attention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    rel_pos_h: Tensor,
+    rel_pos_w: Tensor,
+    heads: i64,
+}
+
+impl Attention {
+    /// `rel_len` = rows of the stored tables (`2 * window - 1`; SAM's pre-training windows).
+    pub fn new(vs: nn::Path, dim: i64, heads: i64, rel_len: (i64, i64)) -> Self {
+        let head_dim = dim / heads;
+        Attention {
+            qkv: nn::linear(&vs / "qkv", dim, 3 * dim, Default::default()),
+            proj: nn::linear(&vs / "proj", dim, dim, Default::default()),
+            // SAM zero-initialises the tables (rel_pos_zero_init=True)
+            rel_pos_h: vs.var("rel_pos_h", &[rel_len.0, head_dim], Init::Const(0.0)),
+            rel_pos_w: vs.var("rel_pos_w", &[rel_len.1, head_dim], Init::Const(0.0)),
+            heads,
+        }
+    }
+
+    /// `x`: `[B, H, W, dim]` tokens -> `[B, H, W, dim]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let (b, h, w, dim) = (s[0], s[1], s[2], s[3]);
+        let hd = dim / self.heads;
+        // [B, HW, 3, heads, hd] -> [3, B, heads, HW, hd]
+        let qkv = self.qkv.forward(x).reshape([b, h * w, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        // relative-position bias from the unscaled queries, as SAM computes it
+        let rh = rel_pos_for(&self.rel_pos_h, h);
+        let rw = rel_pos_for(&self.rel_pos_w, w);
+        let rq = q.reshape([b * self.heads, h, w, hd]);
+        let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>);
+        let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>);
+        let bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b, self.heads, h * w, h * w]);
+        // softmax(q k^T / sqrt(hd) + bias) v: libtorch's fused kernel, the same sum as SAM's
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
+        let y = y.view([b, self.heads, h, w, hd]).permute([0, 2, 3, 1, 4]).reshape([b, h, w, dim]);
+        self.proj.forward(&y)
+    }
+}
+
+/// `MLPBlock`: lin1 -> GELU (exact, erf) -> lin2.
+#[derive(Debug)]
+pub struct Mlp {
+    lin1: nn::Linear,
+    lin2: nn::Linear,
+}
+
+impl Mlp {
+    pub fn new(vs: nn::Path, dim: i64, hidden: i64) -> Self {
+        Mlp {
+            lin1: nn::linear(&vs / "lin1", dim, hidden, Default::default()),
+            lin2: nn::linear(&vs / "lin2", hidden, dim, Default::default()),
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.lin2.forward(&self.lin1.forward(x).gelu("none"))
+    }
+}
+
+/// SAM `Block` with `window_size = 0` (cellpose 4 sets every block global):
+/// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Debug)]
+pub struct Block {
+    norm1: nn::LayerNorm,
+    attn: Attention,
+    norm2: nn::LayerNorm,
+    mlp: Mlp,
+}
+
+/// Sizes of one transformer block, read from the file (or SAM ViT-L's for a new model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BlockShape {
+    pub dim: i64,
+    pub heads: i64,
+    pub mlp_dim: i64,
+    /// Rows of `rel_pos_h` and `rel_pos_w`.
+    pub rel_len: (i64, i64),
+}
+
+impl Block {
+    pub fn new(vs: nn::Path, shape: BlockShape) -> Self {
+        Block {
+            norm1: layer_norm(&vs / "norm1", shape.dim),
+            attn: Attention::new(&vs / "attn", shape.dim, shape.heads, shape.rel_len),
+            norm2: layer_norm(&vs / "norm2", shape.dim),
+            mlp: Mlp::new(&vs / "mlp", shape.dim, shape.mlp_dim),
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + self.attn.forward(&self.norm1.forward(x));
+        let y = self.mlp.forward(&self.norm2.forward(&x));
+        x + y
+    }
+}
+
+/// segment_anything `LayerNorm2d`: normalises `[B, C, H, W]` over C with biased variance.
+#[derive(Debug)]
+pub struct LayerNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm2d {
+    pub fn new(vs: nn::Path, n: i64) -> Self {
+        LayerNorm2d {
+            weight: vs.var("weight", &[n], Init::Const(1.0)),
+            bias: vs.var("bias", &[n], Init::Const(0.0)),
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let u = x.mean_dim(1, true, None);
+        let d = x - &u;
+        let s = d.square().mean_dim(1, true, None);
+        let y = d / (s + LN_EPS).sqrt();
+        y * self.weight.view([1, -1, 1, 1]) + self.bias.view([1, -1, 1, 1])
+    }
+}
+
+/// The neck: `0` 1x1 conv (no bias) dim -> neck, `1` LayerNorm2d, `2` 3x3 conv (no bias), `3` LayerNorm2d.
+#[derive(Debug)]
+pub struct Neck {
+    conv0: nn::Conv2D,
+    norm1: LayerNorm2d,
+    conv2: nn::Conv2D,
+    norm3: LayerNorm2d,
+}
+
+impl Neck {
+    pub fn new(vs: nn::Path, dim: i64, neck: i64) -> Self {
+        let c1 = nn::ConvConfig { bias: false, ..Default::default() };
+        let c3 = nn::ConvConfig { bias: false, padding: 1, ..Default::default() };
+        Neck {
+            conv0: nn::conv2d(&vs / "0", dim, neck, 1, c1),
+            norm1: LayerNorm2d::new(&vs / "1", neck),
+            conv2: nn::conv2d(&vs / "2", neck, neck, 3, c3),
+            norm3: LayerNorm2d::new(&vs / "3", neck),
+        }
+    }
+    /// `[B, dim, H, W]` -> `[B, neck, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = self.norm1.forward(&self.conv0.forward(x));
+        self.norm3.forward(&self.conv2.forward(&x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_pos_gathers_offsets_without_resizing_when_sizes_match() {
+        // table row r holds the value r; size 3 needs 5 rows; entry [i][j] = i - j + 2
+        let table = Tensor::arange(5, (Kind::Float, tch::Device::Cpu)).unsqueeze(1);
+        let r = rel_pos_for(&table, 3).squeeze_dim(2);
+        let got: Vec<f32> = Vec::try_from(r.flatten(0, 1)).unwrap();
+        assert_eq!(got, vec![2., 1., 0., 3., 2., 1., 4., 3., 2.]);
+    }
+
+    #[test]
+    fn rel_pos_resizes_a_short_table_linearly() {
+        // 3 rows [0, 1, 2] resized to 5 rows (align_corners=False): [0, 0.4, 1, 1.6, 2]
+        let table = Tensor::from_slice(&[0f32, 1., 2.]).unsqueeze(1);
+        let r = rel_pos_for(&table, 3);
+        // [0][2] -> row 0, [2][0] -> row 4, [1][1] -> row 2, [0][1] -> row 1
+        let v = |i: i64, j: i64| r.double_value(&[i, j, 0]);
+        assert!((v(0, 2) - 0.0).abs() < 1e-6);
+        assert!((v(2, 0) - 2.0).abs() < 1e-6);
+        assert!((v(1, 1) - 1.0).abs() < 1e-6);
+        assert!((v(0, 1) - 0.4).abs() < 1e-6, "{}", v(0, 1));
+    }
+
+    #[test]
+    fn layer_norm_2d_normalises_over_channels() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let ln = LayerNorm2d::new(vs.root(), 4);
+        let x = Tensor::randn([2, 4, 3, 3], (Kind::Float, tch::Device::Cpu)) * 5.0 + 2.0;
+        let y = ln.forward(&x);
+        let mean = y.mean_dim(1, false, None).abs().max().double_value(&[]);
+        let var = y.square().mean_dim(1, false, None).mean(Kind::Float).double_value(&[]);
+        assert!(mean < 1e-5, "{mean}");
+        assert!((var - 1.0).abs() < 1e-3, "{var}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The Cellpose-SAM network (cellpose 4 `vit.CPSAM`) in tch: 8x8 patch embedding, absolute
+//! position embeddings for 256x256 tiles, global-attention ViT blocks, SAM's neck, a 1x1 readout
+//! to `nout * ps^2` maps per token, and the fixed transposed convolution `W2` that lays each
+//! token's maps back out as a `ps x ps` pixel patch.
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use super::blocks::{Block, BlockShape, Neck};
+
+/// Shape of a CPSAM. `Default` is cellpose 4's: SAM ViT-L (width 1024, 24 blocks, 16 heads,
+/// MLP 4096, neck 256) with 8x8 patches on 256x256 tiles, 3 outputs, layer drop up to 0.4.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CpsamConfig {
+    /// Input channels of the patch embedding (3; images with fewer use the first weights).
+    pub in_chans: i64,
+    /// Token width.
+    pub dim: i64,
+    /// One entry per transformer block.
+    pub blocks: Vec<BlockShape>,
+    /// Patch (token) size in pixels.
+    pub ps: i64,
+    /// Token grid of the position embedding (tile size / ps).
+    pub grid: (i64, i64),
+    /// Neck width.
+    pub neck: i64,
+    /// Output maps: dY, dX, cellprob.
+    pub nout: i64,
+    /// Largest layer-drop probability (cellpose `rdrop`), reached by the last block.
+    pub rdrop: f64,
+}
+
+impl Default for CpsamConfig {
+    fn default() -> Self {
+        // SAM ViT-L: windowed blocks (window 14 -> 27 table rows) except the global ones
+        // (5, 11, 17, 23: 64x64 grid -> 127 rows); cellpose 4 keeps those tables as they are.
+        let blocks = (0..24)
+            .map(|i| {
+                let rows = if [5, 11, 17, 23].contains(&i) { 127 } else { 27 };
+                BlockShape { dim: 1024, heads: 16, mlp_dim: 4096, rel_len: (rows, rows) }
+            })
+            .collect();
+        CpsamConfig { in_chans: 3, dim: 1024, blocks, ps: 8, grid: (32, 32), neck: 256, nout: 3, rdrop: 0.4 }
+    }
+}
+
+impl CpsamConfig {
+    /// The tile size the network takes (cellpose 4 `bsize`, 256 for cpsam).
+    pub fn bsize(&self) -> i64 {
+        self.grid.0 * self.ps
+    }
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+    pub fn heads(&self) -> i64 {
+        self.blocks.first().map(|b| b.heads).unwrap_or(0)
+    }
+}
+
+/// cellpose 4 `CPSAM`.
+#[derive(Debug)]
+pub struct Cpsam {
+    pub config: CpsamConfig,
+    patch: nn::Conv2D,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    neck: Neck,
+    out: nn::Conv2D,
+    w2: Tensor,
+    diam_mean: Tensor,
+    diam_labels: Tensor,
+}
+
+impl Cpsam {
+    /// Creates the variables under `vs` with cellpose 4's names; new weights use PyTorch-style
+    /// init (zero position embeddings and relative-position tables, as SAM starts from).
+    pub fn new(vs: &nn::Path, config: CpsamConfig) -> Self {
+        let enc = vs / "encoder";
+        let ps = config.ps;
+        let patch = nn::conv2d(
+            &enc / "patch_embed" / "proj",
+            config.in_chans,
+            config.dim,
+            ps,
+            nn::ConvConfig { stride: ps, ..Default::default() },
+        );
+        let pos_embed =
+            enc.var("pos_embed", &[1, config.grid.0, config.grid.1, config.dim], nn::Init::Const(0.0));
+        let blocks =
+            config.blocks.iter().enumerate().map(|(i, s)| Block::new(&enc / "blocks" / i, *s)).collect();
+        let neck = Neck::new(&enc / "neck", config.dim, config.neck);
+        let nmap = config.nout * ps * ps;
+        let out = nn::conv2d(vs / "out", config.neck, nmap, 1, Default::default());
+        // W2 = eye(nout*ps^2) as a transposed-conv kernel: token map (o, dy, dx) -> pixel (dy, dx) of channel o
+        let eye = Tensor::eye(nmap, (Kind::Float, vs.device())).reshape([nmap, config.nout, ps, ps]);
+        let w2 = vs.add("W2", eye, false);
+        let thirty = || Tensor::from_slice(&[30f32]).to_device(vs.device());
+        let diam_labels = vs.add("diam_labels", thirty(), false);
+        let diam_mean = vs.add("diam_mean", thirty(), false);
+        Cpsam { config, patch, pos_embed, blocks, neck, out, w2, diam_mean, diam_labels }
+    }
+
+    /// `[B, C<=3, bsize, bsize]` -> `[B, nout, bsize, bsize]` (dY, dX, cellprob). The input is cast
+    /// to the weights' dtype (bf16 after [`crate::model::CpsamModel::to_kind`]). `train` turns on
+    /// layer drop: block `i` of `n` is skipped per sample with probability `rdrop * i / (n - 1)`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let kind = self.pos_embed.kind();
+        let x = x.to_kind(kind);
+        let c = x.size()[1];
+        // cellpose 4 convolves with `proj.weight.data[:, :C]`: fewer channels = zero-padded ones,
+        // and `.data` keeps the patch embedding out of the gradient.
+        let w = self.patch.ws.detach().narrow(1, 0, c);
+        let b = self.patch.bs.as_ref().map(|b| b.detach());
+        let ps = self.config.ps;
+        let mut x =
+            x.conv2d(&w, b.as_ref(), [ps, ps], [0, 0], [1, 1], 1).permute([0, 2, 3, 1]) + &self.pos_embed;
+        let nlay = self.blocks.len() as i64;
+        if train && self.config.rdrop > 0.0 && nlay > 0 {
+            let batch = x.size()[0];
+            let p = Tensor::linspace(0.0, self.config.rdrop, nlay, (Kind::Float, x.device()));
+            let skip = Tensor::rand([batch, nlay], (Kind::Float, x.device())).lt_tensor(&p).to_kind(kind);
+            for (i, blk) in self.blocks.iter().enumerate() {
+                let m = skip.select(1, i as i64).view([batch, 1, 1, 1]);
+                let y = blk.forward(&x);
+                x = &x * &m + y * (1.0 - &m);
+            }
+        } else {
+            for blk in &self.blocks {
+                x = blk.forward(&x);
+            }
+        }
+        let feat = self.neck.forward(&x.permute([0, 3, 1, 2]));
+        let maps = self.out.forward(&feat);
+        maps.conv_transpose2d(&self.w2, None::<&Tensor>, [ps, ps], [0, 0], [0, 0], 1, [1, 1])
+    }
+
+    pub fn device(&self) -> Device {
+        self.pos_embed.device()
+    }
+    pub fn kind(&self) -> Kind {
+        self.pos_embed.kind()
+    }
+    /// Stored `diam_mean` (cellpose 4 keeps 30 and rescales by 30 / diameter whatever it says).
+    pub fn diam_mean(&self) -> f64 {
+        self.diam_mean.double_value(&[0])
+    }
+    /// Stored `diam_labels` (mean training-mask diameter of a fine-tuned model).
+    pub fn diam_labels(&self) -> f64 {
+        self.diam_labels.double_value(&[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> CpsamConfig {
+        let b = BlockShape { dim: 16, heads: 2, mlp_dim: 32, rel_len: (7, 7) };
+        CpsamConfig { dim: 16, blocks: vec![b, b], grid: (4, 4), neck: 8, ..Default::default() }
+    }
+
+    #[test]
+    fn output_has_nout_maps_at_input_resolution() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Cpsam::new(&vs.root(), tiny());
+        let x = Tensor::randn([2, 2, 32, 32], (Kind::Float, Device::Cpu));
+        let y = tch::no_grad(|| net.forward_t(&x, false));
+        assert_eq!(y.size(), vec![2, 3, 32, 32]);
+    }
+
+    #[test]
+    fn w2_places_token_maps_as_pixel_patches() {
+        // a single token whose map k = o*ps*ps + dy*ps + dx must land at channel o, pixel (dy, dx)
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Cpsam::new(&vs.root(), tiny());
+        let n = 3 * 64;
+        let maps = Tensor::arange(n, (Kind::Float, Device::Cpu)).view([1, n, 1, 1]);
+        let px = maps.conv_transpose2d(&net.w2, None::<&Tensor>, [8, 8], [0, 0], [0, 0], 1, [1, 1]);
+        assert_eq!(px.size(), vec![1, 3, 8, 8]);
+        assert_eq!(px.double_value(&[0, 2, 3, 5]), (2 * 64 + 3 * 8 + 5) as f64);
+    }
+
+    #[test]
+    fn layer_drop_only_changes_training_forward() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut cfg = tiny();
+        cfg.rdrop = 1.0; // the last block is always dropped in training
+        let net = Cpsam::new(&vs.root(), cfg);
+        let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (e1, e2, t) =
+            tch::no_grad(|| (net.forward_t(&x, false), net.forward_t(&x, false), net.forward_t(&x, true)));
+        assert!(e1.allclose(&e2, 0.0, 0.0, false));
+        assert!((e1 - t).abs().max().double_value(&[]) > 1e-6);
+    }
+
+    #[test]
+    fn default_is_vit_l_with_350_tensors() {
+        let c = CpsamConfig::default();
+        assert_eq!((c.dim, c.depth(), c.heads(), c.neck, c.bsize()), (1024, 24, 16, 256, 256));
+        assert_eq!(c.blocks[5].rel_len, (127, 127));
+        assert_eq!(c.blocks[0].rel_len, (27, 27));
+    }
+}

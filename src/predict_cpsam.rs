@@ -1,0 +1,199 @@
+//! Network inference for Cellpose-SAM models with cellpose 4.2.1.1's semantics
+//! (`CellposeModel.eval(..., compute_masks=False)` -> `_run_net` -> `core.run_net`), which differ
+//! from cellpose 3's ([`crate::predict`]) in these ways:
+//! - channels: no `channels=[c1, c2]`; the first three channels are used as they are and fewer
+//!   are zero-padded (cpsam convolves with the first C kernel slices, the same thing);
+//! - scale: `rescale = 30 / diameter` when a diameter is given, else 1 (no diam_mean/diam_labels);
+//! - tiles: always `bsize` = 256 (the network's position grid); images smaller than a tile are
+//!   padded up to it (`get_pad_yx(min_size=(bsize, bsize))`);
+//! - precision: the weights run in bf16 by default (`use_bfloat16=True`), here on CUDA
+//!   ([`Precision::Auto`]); the tiles and blended maps are float32;
+//! - no style vector (cellpose 4 returns zeros for compatibility).
+//!
+//! Normalisation (1-99 percentiles per channel) and the taper blending are cellpose 3's.
+
+use ndarray::Array3;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::CpsamModel;
+use crate::predict::{taper_mask, tile_starts, Prediction};
+use crate::transforms::{self, Channels, Normalize};
+
+/// The mean diameter cellpose 4 rescales images to (`rescale = 30. / diameter`).
+pub const CP4_DIAMETER: f64 = 30.0;
+/// cellpose 4 takes at most three channels.
+pub const CP4_MAX_CHANNELS: usize = 3;
+
+/// Which dtype the weights run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Precision {
+    /// bf16 on CUDA (cellpose 4's default), fp32 on the CPU (bf16 matmuls are slow there).
+    Auto,
+    Bf16,
+    Fp32,
+}
+
+impl Precision {
+    pub fn kind_on(self, device: Device) -> Kind {
+        match self {
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::Fp32 => Kind::Float,
+            Precision::Auto if device.is_cuda() => Kind::BFloat16,
+            Precision::Auto => Kind::Float,
+        }
+    }
+}
+
+/// cellpose 4 `eval` arguments that decide what the network sees.
+#[derive(Debug, Clone)]
+pub struct Cp4Options {
+    pub normalize: Normalize,
+    /// Object diameter in pixels; `None` or 0 = no rescale.
+    pub diameter: Option<f64>,
+    pub tile_overlap: f64,
+    pub batch_size: i64,
+    /// Resize the maps back to the image (`resample=True`).
+    pub resample: bool,
+}
+
+impl Default for Cp4Options {
+    fn default() -> Self {
+        Cp4Options {
+            normalize: Normalize::default(),
+            diameter: None,
+            tile_overlap: 0.1,
+            batch_size: 8,
+            resample: true,
+        }
+    }
+}
+
+/// cellpose 4's resize factor.
+pub fn cp4_rescale(diameter: Option<f64>) -> f64 {
+    match diameter {
+        Some(d) if d > 0.0 => CP4_DIAMETER / d,
+        _ => 1.0,
+    }
+}
+
+/// cellpose 4 `get_pad_yx(L, div=16, extra=1, min_size=bsize)` along one axis: (before, after).
+pub fn cp4_pad(len: i64, bsize: i64) -> (i64, i64) {
+    let lpad = if len >= bsize { (len + 15) / 16 * 16 - len } else { (bsize - len - 16).max(0) };
+    (8 + lpad / 2, 8 + lpad - lpad / 2)
+}
+
+/// cellpose 4 `core.run_net` for one normalised `[C, H, W]` CPU image: resize by `rsz`, pad,
+/// tile at the network's bsize, run in batches, blend with the taper mask, crop the padding.
+/// Returns `[nout, H*rsz, W*rsz]` float32 maps on the CPU.
+pub fn run_net_cp4(model: &CpsamModel, img: &Tensor, rsz: Option<f64>, opts: &Cp4Options) -> Tensor {
+    let net = &model.net;
+    let device = net.device();
+    let bs = net.config.bsize();
+    let size = img.size();
+    let (ly0, lx0) = (size[1], size[2]);
+    let (lyr, lxr) = match rsz {
+        Some(r) => ((ly0 as f64 * r) as i64, (lx0 as f64 * r) as i64),
+        None => (ly0, lx0),
+    };
+    let img = if (lyr, lxr) != (ly0, lx0) {
+        transforms::resize_bilinear(img, lyr, lxr)
+    } else {
+        img.shallow_clone()
+    };
+    let (y1, y2) = cp4_pad(lyr, bs);
+    let (x1, x2) = cp4_pad(lxr, bs);
+    let padded = img.constant_pad_nd([x1, x2, y1, y2]);
+    let (ly, lx) = (lyr + y1 + y2, lxr + x1 + x2);
+    let ys = tile_starts(ly, bs, opts.tile_overlap);
+    let xs = tile_starts(lx, bs, opts.tile_overlap);
+    let coords: Vec<(i64, i64)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
+    let nout = net.config.nout;
+    let mask = taper_mask(bs, bs);
+    let mut acc = Tensor::zeros([nout, ly, lx], (Kind::Float, Device::Cpu));
+    let navg = Tensor::zeros([ly, lx], (Kind::Float, Device::Cpu));
+    tch::no_grad(|| {
+        for chunk in coords.chunks(opts.batch_size.max(1) as usize) {
+            let tiles: Vec<Tensor> =
+                chunk.iter().map(|&(y, x)| padded.narrow(1, y, bs).narrow(2, x, bs)).collect();
+            let batch = Tensor::stack(&tiles, 0).to_device(device);
+            let maps = net.forward_t(&batch, false).to_device(Device::Cpu).to_kind(Kind::Float);
+            for (i, &(y, x)) in chunk.iter().enumerate() {
+                let mut dst = acc.narrow(1, y, bs).narrow(2, x, bs);
+                dst += maps.get(i as i64) * &mask;
+                let mut n = navg.narrow(0, y, bs).narrow(1, x, bs);
+                n += &mask;
+            }
+        }
+    });
+    acc /= navg;
+    acc.narrow(1, y1, lyr).narrow(2, x1, lxr)
+}
+
+/// cellpose 4 `CellposeModel.eval(x, diameter, compute_masks=False)` for one 2-D `[C, H, W]`
+/// image: the first three channels, normalised, tiled through the network, maps back at the
+/// image size.
+pub fn predict_cp4(
+    model: &CpsamModel,
+    raw: &Array3<f32>,
+    opts: &Cp4Options,
+) -> Result<Prediction, transforms::TransformError> {
+    let nchan = raw.dim().0.clamp(1, CP4_MAX_CHANNELS);
+    let mut x = transforms::convert_channels(raw.view(), Channels::All { nchan })?;
+    transforms::normalize_img(&mut x, &opts.normalize);
+    let (_, h, w) = x.dim();
+    let rescale = cp4_rescale(opts.diameter);
+    let rsz = (rescale != 1.0).then_some(rescale);
+    let t = transforms::array3_to_tensor(&x);
+    let mut yf = run_net_cp4(model, &t, rsz, opts);
+    if opts.resample && rsz.is_some() {
+        yf = transforms::resize_bilinear(&yf, h as i64, w as i64);
+    }
+    let maps = transforms::tensor_to_array3(&yf);
+    let n = maps.dim().0;
+    // cellpose 4: dP = yf[..., -3:-1], cellprob = yf[..., -1]
+    let dp = maps.slice(ndarray::s![n - 3..n - 1, .., ..]).to_owned();
+    let cellprob = maps.index_axis(ndarray::Axis(0), n - 1).to_owned();
+    Ok(Prediction { dp, cellprob, style: vec![0.0; 256], rescale })
+}
+
+/// cellpose 4 `eval`'s Euler step count: `niter` if given (and not 0), else `int(200 / rescale)`
+/// when the flows are resized back (`resample`), else 200.
+pub fn cp4_niter(requested: Option<u32>, rescale: f64, resample: bool) -> u32 {
+    match requested {
+        Some(n) if n > 0 => n,
+        _ if resample => (200.0 / rescale) as u32,
+        _ => 200,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_images_are_padded_to_a_full_tile() {
+        // values of cellpose 4 transforms.get_pad_yx(L, L, min_size=(256, 256))
+        assert_eq!(cp4_pad(100, 256), (78, 78));
+        assert_eq!(cp4_pad(250, 256), (8, 8));
+        assert_eq!(cp4_pad(300, 256), (10, 10));
+        assert_eq!(cp4_pad(301, 256), (9, 10));
+        let (a, b) = cp4_pad(37, 256);
+        assert_eq!(37 + a + b, 256);
+    }
+
+    #[test]
+    fn rescale_and_niter_follow_cellpose4() {
+        assert_eq!(cp4_rescale(None), 1.0);
+        assert_eq!(cp4_rescale(Some(0.0)), 1.0);
+        assert_eq!(cp4_rescale(Some(15.0)), 2.0);
+        assert_eq!(cp4_niter(None, 2.0, true), 100);
+        assert_eq!(cp4_niter(None, 2.0, false), 200);
+        assert_eq!(cp4_niter(Some(7), 2.0, true), 7);
+    }
+
+    #[test]
+    fn precision_auto_is_bf16_only_on_cuda() {
+        assert_eq!(Precision::Auto.kind_on(Device::Cpu), Kind::Float);
+        assert_eq!(Precision::Auto.kind_on(Device::Cuda(0)), Kind::BFloat16);
+    }
+}
