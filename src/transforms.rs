@@ -33,7 +33,9 @@ pub enum TransformError {
     Chan2OutOfRange { chan2: usize, nchan: usize },
     #[error("image is empty ({0}x{1})")]
     Empty(usize, usize),
-    #[error("the network failed in libtorch ({0}); if it ran out of memory, use a smaller image or --diameter")]
+    #[error(
+        "the network failed in libtorch ({0}); if it ran out of memory, use a smaller image or --diameter"
+    )]
     Torch(String),
 }
 

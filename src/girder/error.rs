@@ -254,7 +254,8 @@ mod tests {
         let err = GirderError::from_status("GET", "user/me", 404, b"");
         assert!(err.to_string().contains("should end in /api/v1"), "{err}");
         assert!(err.is_misconfigured());
-        let girder = GirderError::from_status("GET", "item/x", 404, br#"{"message":"no item","type":"rest"}"#);
+        let girder =
+            GirderError::from_status("GET", "item/x", 404, br#"{"message":"no item","type":"rest"}"#);
         assert!(!girder.to_string().contains("/api/v1"), "{girder}");
         assert!(!girder.is_misconfigured());
     }

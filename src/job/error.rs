@@ -90,7 +90,8 @@ impl JobError {
                 "You need read access to the dataset and write access to your Private folder.".into()
             }
             JobError::Girder(e) if e.is_misconfigured() => {
-                "The worker cannot reach Girder at the configured API URL; ask the administrator to check it.".into()
+                "The worker cannot reach Girder at the configured API URL; ask the administrator to check it."
+                    .into()
             }
             JobError::Girder(e) if e.is_transient() => {
                 "The server had a temporary problem; try again in a few minutes.".into()

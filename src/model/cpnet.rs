@@ -315,7 +315,9 @@ impl Cpnet {
         for (n, block) in self.down.iter().enumerate() {
             let y = match xd.last() {
                 None => block.forward_t(&x, ctx)?,
-                Some(prev) => block.forward_t(&prev.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?, ctx)?,
+                Some(prev) => {
+                    block.forward_t(&prev.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?, ctx)?
+                }
             };
             debug_assert_eq!(xd.len(), n);
             xd.push(y);
@@ -362,8 +364,10 @@ mod tests {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let net = Cpnet::new(&vs.root(), CpnetConfig { nbase: vec![2, 4, 8], ..Default::default() });
         // a 2^45-element view of 2 stored floats: the first activation would need 128 TB
-        let x = Tensor::zeros([1, 2, 1, 1], (Kind::Float, tch::Device::Cpu)).expand([1, 2, 1 << 22, 1 << 22], false);
-        let err = tch::no_grad(|| net.forward_t(&x, false)).err().expect("a 128 TB activation cannot be allocated");
+        let x = Tensor::zeros([1, 2, 1, 1], (Kind::Float, tch::Device::Cpu))
+            .expand([1, 2, 1 << 22, 1 << 22], false);
+        let err =
+            tch::no_grad(|| net.forward_t(&x, false)).err().expect("a 128 TB activation cannot be allocated");
         assert!(err.to_string().contains("allocate"), "{err}");
         let small = Tensor::zeros([1, 2, 16, 16], (Kind::Float, tch::Device::Cpu));
         let out = tch::no_grad(|| net.forward_t(&small, false)).expect("a 16x16 image runs");

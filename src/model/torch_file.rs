@@ -138,7 +138,9 @@ pub enum ModelFileErrorKind {
         MAX_MODEL_BYTES
     )]
     TooLarge { what: String, bytes: u64 },
-    #[error("record {name} inflates to more than the {max} bytes it may hold (a deflate bomb or a damaged file)")]
+    #[error(
+        "record {name} inflates to more than the {max} bytes it may hold (a deflate bomb or a damaged file)"
+    )]
     Inflates { name: String, max: u64 },
 }
 
@@ -371,7 +373,10 @@ fn check_view(
     storage_numel: i64,
     esize: usize,
 ) -> Result<usize, String> {
-    if shape.len() != stride.len() || shape.iter().any(|&s| s < 0) || stride.iter().any(|&s| s < 0) || offset < 0
+    if shape.len() != stride.len()
+        || shape.iter().any(|&s| s < 0)
+        || stride.iter().any(|&s| s < 0)
+        || offset < 0
     {
         return Err(format!("inconsistent size {shape:?} / stride {stride:?} / offset {offset}"));
     }
@@ -665,8 +670,8 @@ mod tests {
     fn a_deflate_bomb_stops_at_the_cap() {
         let mut out = Cursor::new(Vec::new());
         let mut zip = zip::ZipWriter::new(&mut out);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let opts =
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zip.start_file("archive/data/0", opts).unwrap();
         zip.write_all(&vec![0u8; 8 << 20]).unwrap();
         zip.finish().unwrap();

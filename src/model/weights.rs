@@ -31,6 +31,9 @@ pub enum ModelError {
     OutputMismatch { origin: String, model: i64, wanted: i64 },
     #[error("{origin} is {}, but {} is needed here{}", found.map(|f| format!("a {}", f.describe())).unwrap_or_else(|| "not a cellpose model (no `W2`, no CPnet tensors)".into()), format!("a {}", wanted.describe()), wrong_family_hint(*wanted))]
     WrongFamily { origin: String, found: Option<ModelFamily>, wanted: ModelFamily },
+    /// Neither family's tensors, where either would do (`predict`, `segment`, `eval`).
+    #[error("{path}: neither a cellpose 3 CPnet nor a cellpose 4 cpsam state_dict ({tensors} tensors, no `W2` and no CPnet tensors); pass a cellpose model file")]
+    NoFamily { path: String, tensors: usize },
     #[error("torch error while {context}: {source}")]
     Torch { context: String, source: tch::TchError },
 }

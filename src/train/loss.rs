@@ -16,7 +16,8 @@ pub fn seg_loss(y: &Tensor, lbl: &Tensor) -> Result<Tensor, TchError> {
     let mse = flows_pred.f_mse_loss(&flows_true, Reduction::Mean)?.f_div_scalar(2.0)?;
     let prob_pred = y.f_select(1, nout - 1)?;
     let prob_true = lbl.f_select(1, 0)?.f_gt(0.5)?.f_to_kind(prob_pred.kind())?;
-    let bce = prob_pred.f_binary_cross_entropy_with_logits::<Tensor>(&prob_true, None, None, Reduction::Mean)?;
+    let bce =
+        prob_pred.f_binary_cross_entropy_with_logits::<Tensor>(&prob_true, None, None, Reduction::Mean)?;
     mse.f_add(&bce)
 }
 

@@ -259,12 +259,7 @@ mod tests {
         let log = vec![attempt(1, "a"), format!("Worker a shut down.\n{release}\n"), attempt(2, "b")];
         assert_eq!(died_attempts(&log).len(), 1);
         // progress long ago does not excuse two deaths since
-        let log = vec![
-            attempt(1, "a"),
-            format!("{CHECKPOINT_SAVED} 2."),
-            attempt(2, "b"),
-            attempt(3, "c"),
-        ];
+        let log = vec![attempt(1, "a"), format!("{CHECKPOINT_SAVED} 2."), attempt(2, "b"), attempt(3, "c")];
         assert_eq!(died_attempts(&log).len(), 2);
     }
 

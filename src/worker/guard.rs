@@ -70,4 +70,3 @@ pub(crate) enum OwnerError {
     NotOwner(String),
     Girder(crate::girder::GirderError),
 }
-

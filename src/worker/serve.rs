@@ -301,7 +301,9 @@ impl Worker {
         match super::guard::check_token_owner(&user, job, &me).await {
             Ok(()) => {}
             Err(super::guard::OwnerError::NotOwner(message)) => {
-                return self.fail(&job.id, &message, "Resubmit the job from your own NimbusImage account.").await
+                return self
+                    .fail(&job.id, &message, "Resubmit the job from your own NimbusImage account.")
+                    .await
             }
             Err(super::guard::OwnerError::Girder(e)) => {
                 let e = JobError::from(e);

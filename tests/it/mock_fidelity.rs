@@ -66,8 +66,11 @@ async fn one_put_job_log_is_one_entry_however_many_lines_it_holds() {
     let jobs = s.alice.jobs();
     // a login token may not create jobs (as in Girder); the admin mints one that may
     let creator = s.alice.with_token(s.admin.jobs().creator_token(&s.alice_user.id).await.unwrap());
-    let job =
-        creator.jobs().create(&NewJob { title: "t".into(), job_type: "x".into(), ..Default::default() }).await.unwrap();
+    let job = creator
+        .jobs()
+        .create(&NewJob { title: "t".into(), job_type: "x".into(), ..Default::default() })
+        .await
+        .unwrap();
     let text = "first line\nsecond line\nthird line\n";
     jobs.update(&job.id, &JobUpdate { log: Some(text.into()), ..Default::default() }).await.unwrap();
     jobs.update(&job.id, &JobUpdate { log: Some("more\n".into()), ..Default::default() }).await.unwrap();

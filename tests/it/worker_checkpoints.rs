@@ -73,7 +73,8 @@ async fn a_checkpoint_at_a_point_already_stored_keeps_it_resumable() {
     checkpoints::save(&s.alice, uid, JOB, at8, vec![8; 1000]).await.unwrap();
     checkpoints::save(&s.alice, uid, JOB, at8, vec![8; 1000]).await.unwrap();
     let folder = store::cellpose_folder(&s.alice, uid, &["checkpoints", JOB]).await.unwrap().id;
-    let names: Vec<String> = s.alice.items().list(&folder).await.unwrap().into_iter().map(|i| i.name).collect();
+    let names: Vec<String> =
+        s.alice.items().list(&folder).await.unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["epoch-000008"]);
     let (point, bytes) = checkpoints::latest(&s.alice, uid, JOB).await.unwrap().expect("still resumable");
     assert_eq!((point, bytes.len()), (at8, 1000));

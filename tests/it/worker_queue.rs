@@ -471,7 +471,12 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
         let user = world.user.clone();
         let creator = world.creator.clone();
         async move {
-            let new = NewJob { title: name, job_type: "cellpose_train".into(), kwargs: Some(kwargs), ..Default::default() };
+            let new = NewJob {
+                title: name,
+                job_type: "cellpose_train".into(),
+                kwargs: Some(kwargs),
+                ..Default::default()
+            };
             let job = creator.jobs().create(&new).await.unwrap();
             let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
             user.jobs().update(&job.id, &queued).await.unwrap();
@@ -479,7 +484,8 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
         }
     };
     let token = world.user_token.expose().to_string();
-    let from_crafted = submit_kwargs("from-crafted".into(), with_base("from-crafted", "crafted", &token)).await;
+    let from_crafted =
+        submit_kwargs("from-crafted".into(), with_base("from-crafted", "crafted", &token)).await;
 
     // a job two workers died on: RUNNING, each marker in its own PUT as the workers wrote them
     let pill = submit_kwargs("pill".into(), with_base("pill", &world.base_model, &token)).await;
@@ -511,7 +517,8 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
         submit_kwargs("foreign".into(), with_base("foreign", &world.base_model, other_token.expose())).await;
     let good = submit_kwargs("good".into(), with_base("good", &world.base_model, &token)).await;
 
-    let mut workers: Vec<Worker> = ["p0", "p1"].iter().map(|id| start_worker(&mock, &world, id, dir.path())).collect();
+    let mut workers: Vec<Worker> =
+        ["p0", "p1"].iter().map(|id| start_worker(&mock, &world, id, dir.path())).collect();
     let ids = [&from_crafted.id, &pill.id, &foreign.id, &good.id];
     let t0 = Instant::now();
     let done = loop {
@@ -523,9 +530,18 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
             break jobs;
         }
         for w in &mut workers {
-            assert!(w.child.try_wait().unwrap().is_none(), "worker {} died: {}", w.id, std::fs::read_to_string(&w.log).unwrap());
+            assert!(
+                w.child.try_wait().unwrap().is_none(),
+                "worker {} died: {}",
+                w.id,
+                std::fs::read_to_string(&w.log).unwrap()
+            );
         }
-        assert!(t0.elapsed() < Duration::from_secs(180), "jobs did not end: {:?}", jobs.iter().map(|j| (&j.title, j.status)).collect::<Vec<_>>());
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "jobs did not end: {:?}",
+            jobs.iter().map(|j| (&j.title, j.status)).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     for w in &mut workers {
@@ -533,20 +549,34 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
         let _ = w.child.kill();
         let _ = w.child.wait();
     }
-    let attempts = |j: &Job| log_of(j).iter().flat_map(|e| e.lines().map(str::to_string).collect::<Vec<_>>()).filter(|l| l.contains("] attempt round=")).count();
+    let attempts = |j: &Job| {
+        log_of(j)
+            .iter()
+            .flat_map(|e| e.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| l.contains("] attempt round="))
+            .count()
+    };
     let text = |j: &Job| log_of(j).join("\n");
     let [crafted_job, pill_job, foreign_job, good_job] = [&done[0], &done[1], &done[2], &done[3]];
     assert_eq!(crafted_job.status, JobStatus::ERROR, "{}", text(crafted_job));
     assert!(text(crafted_job).contains("4398046511104 bytes"), "{}", text(crafted_job));
     assert!(attempts(crafted_job) <= 2, "{}", text(crafted_job));
     assert_eq!(pill_job.status, JobStatus::ERROR, "{}", text(pill_job));
-    assert!(text(pill_job).contains("this job crashed 2 workers: dead-1 (round 1), dead-2 (round 2)"), "{}", text(pill_job));
+    assert!(
+        text(pill_job).contains("this job crashed 2 workers: dead-1 (round 1), dead-2 (round 2)"),
+        "{}",
+        text(pill_job)
+    );
     assert_eq!(attempts(pill_job), 2, "no third attempt: {}", text(pill_job));
     assert_eq!(foreign_job.status, JobStatus::ERROR, "{}", text(foreign_job));
     assert!(text(foreign_job).contains("belongs to user mallory"), "{}", text(foreign_job));
     assert_eq!(good_job.status, JobStatus::SUCCESS, "{}", text(good_job));
     let names: Vec<String> = models(&world).await.into_iter().map(|(n, _)| n).collect();
-    assert!(names.contains(&"good".to_string()) && !names.iter().any(|n| n == "foreign" || n == "pill" || n == "from-crafted"), "{names:?}");
+    assert!(
+        names.contains(&"good".to_string())
+            && !names.iter().any(|n| n == "foreign" || n == "pill" || n == "from-crafted"),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

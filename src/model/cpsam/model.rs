@@ -202,9 +202,7 @@ impl From<FamilyError> for ModelError {
     fn from(e: FamilyError) -> Self {
         match e {
             FamilyError::File(f) => ModelError::File(f),
-            FamilyError::Unknown { path, .. } => {
-                ModelError::WrongFamily { origin: path, found: None, wanted: ModelFamily::Cpsam }
-            }
+            FamilyError::Unknown { path, tensors } => ModelError::NoFamily { path, tensors },
         }
     }
 }
