@@ -451,7 +451,7 @@ fn rebuild_tensor<R: Read + Seek>(
     let stride = call.args[3].as_int_seq().ok_or("stride is not a tuple of ints")?;
     let esize = dtype.size();
     let numel = check_view(&shape, &stride, offset, storage_numel, esize)?;
-    let storage_bytes = (storage_numel as u64).checked_mul(esize as u64).unwrap_or(u64::MAX);
+    let storage_bytes = (storage_numel as u64).saturating_mul(esize as u64);
     if budget.seen.insert(key.clone()) {
         if storage_bytes > budget.left {
             return Err(format!(
