@@ -19,7 +19,7 @@ import tifffile, numpy as np, sys
 a = tifffile.imread('$work/cpu.tif'); b = tifffile.imread('$work/gpu.tif')
 print('predict cuda vs cpu: max abs diff %.3e, max abs value %.3e' % (np.abs(a-b).max(), np.abs(a).max()))"
 echo "== profile (host enqueue vs device time)"
-RUST_LOG=info CPW_PROFILE_STEPS=1 "$BIN" train --dir "$work/d" --pretrained-model None --chan 1 --chan2 2 --n-epochs 2 --batch-size 4 --device cuda --min-train-masks 1 --model-name prof 2>&1 | grep profile | tail -3
+RUST_LOG=info "$BIN" train --profile-steps --dir "$work/d" --pretrained-model None --chan 1 --chan2 2 --n-epochs 2 --batch-size 4 --device cuda --min-train-masks 1 --model-name prof 2>&1 | grep profile | tail -3
 echo "== training benchmark (cuda)"
 bash bench/train_speed.sh cuda "${EPOCHS:-8}" "${NIMG:-32}" 224 2>&1 | tee "$OUT/train_speed_cuda.txt"
 echo "== variants (same data and seed): graphs / channels-last / bf16"

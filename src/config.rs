@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::device::DeviceSpec;
 use crate::telemetry::LogFormat;
 
 pub use crate::girder::Secret;
@@ -80,7 +81,7 @@ impl Default for QueueSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingSettings {
     /// `auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Training patch size (multiple of 16). CPU-only deployments may lower it.
     pub bsize: usize,
     /// Allowed Epochs range (the interface's 100-2000 by default; a deployment may widen it).
@@ -91,21 +92,66 @@ pub struct TrainingSettings {
     /// Largest region (pixels) fetched and trained on; bigger regions are an error.
     pub max_region_pixels: u64,
     /// bfloat16 convolutions: `auto` (on CUDA), `on`, `off`.
-    pub mixed_precision: String,
+    pub mixed_precision: Toggle,
     pub batch_size: usize,
+    /// Let cuDNN time its convolution algorithms once per shape (`auto` = on; CUDA only).
+    pub cudnn_benchmark: Toggle,
+    /// Log per-phase host times of every training step, with a device sync each (profiling
+    /// only: it slows training).
+    pub profile_steps: bool,
 }
 
 impl Default for TrainingSettings {
     fn default() -> Self {
         TrainingSettings {
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             bsize: 224,
             min_epochs: 100,
             max_epochs: 2000,
             checkpoint_every: 10,
             max_region_pixels: 64 * 1024 * 1024,
-            mixed_precision: "auto".into(),
+            mixed_precision: Toggle::Auto,
             batch_size: 8,
+            cudnn_benchmark: Toggle::Auto,
+            profile_steps: false,
+        }
+    }
+}
+
+/// A switch whose `auto` depends on where it runs (see each setting for what `auto` means).
+/// Anything but `auto`, `on` or `off` is refused when the settings load, naming the three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Toggle {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// Reads a string setting that must be one of `choices`; the error names the value and every
+/// allowed spelling (the `config` crate's own enum errors name neither).
+pub fn one_of<'de, D: serde::Deserializer<'de>, T: Copy>(d: D, choices: &[(&str, T)]) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    let wanted = s.trim().to_ascii_lowercase();
+    choices.iter().find(|(name, _)| *name == wanted).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
+        serde::de::Error::custom(format!("`{s}` is not one of {}", names.join(", ")))
+    })
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, &[("auto", Toggle::Auto), ("on", Toggle::On), ("off", Toggle::Off)])
+    }
+}
+
+impl Toggle {
+    /// On or off, with `auto` meaning `when_auto`.
+    pub fn resolve(self, when_auto: bool) -> bool {
+        match self {
+            Toggle::Auto => when_auto,
+            Toggle::On => true,
+            Toggle::Off => false,
         }
     }
 }
@@ -211,8 +257,6 @@ impl Settings {
                 q.lease_s, q.heartbeat_s
             ));
         }
-        crate::device::parse_device_spec(&t.device)
-            .map_err(|e| SettingsError::Invalid(format!("[training] device: {e}")))?;
         Ok(())
     }
 }
@@ -259,6 +303,28 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
         let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
         assert!(err.contains("[training] bsize") && err.contains("100"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_switch_or_device_names_the_value_and_the_allowed_ones() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
+        for (key, value, needles) in [
+            ("CPW_TRAINING__MIXED_PRECISION", "yes", &["yes", "auto", "on", "off"][..]),
+            ("CPW_TRAINING__DEVICE", "gpu", &["gpu", "auto, cpu, cuda or cuda:N"][..]),
+            ("CPW_LOG__FORMAT", "xml", &["xml", "pretty", "json"][..]),
+        ] {
+            let env = std::collections::HashMap::from([(key.to_string(), value.to_string())]);
+            let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
+            for n in needles {
+                assert!(err.contains(n), "{key}={value}: `{n}` missing from: {err}");
+            }
+        }
+        let env = std::collections::HashMap::from([
+            ("CPW_TRAINING__MIXED_PRECISION".to_string(), "off".to_string()),
+            ("CPW_TRAINING__DEVICE".to_string(), "cuda:1".to_string()),
+        ]);
+        let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
+        assert_eq!((s.training.mixed_precision, s.training.device), (Toggle::Off, DeviceSpec::Cuda(1)));
     }
 
     #[test]

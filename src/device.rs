@@ -13,11 +13,38 @@ pub enum DeviceError {
 }
 
 /// A device as written in flags and settings, before checking this machine has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {
+    #[default]
     Auto,
     Cpu,
     Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_device_spec(s)
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Settings files hold the spelling of flags (`auto`, `cpu`, `cuda:1`); a bad one is refused at
+/// load with the accepted spellings.
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_device_spec(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Parses `auto`, `cpu`, `cuda`, `cuda:N` without touching the hardware.
@@ -40,16 +67,21 @@ pub fn parse_device_spec(spec: &str) -> Result<DeviceSpec, DeviceError> {
 
 /// Parses a device spec and checks it is usable here.
 pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
-    match parse_device_spec(spec)? {
+    open(parse_device_spec(spec)?)
+}
+
+/// The device `spec` names, checked to exist on this machine.
+pub fn open(spec: DeviceSpec) -> Result<Device, DeviceError> {
+    match spec {
         DeviceSpec::Auto => Ok(Device::cuda_if_available()),
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(idx) => {
             if !tch::Cuda::is_available() {
-                return Err(DeviceError::NoCuda(spec.into()));
+                return Err(DeviceError::NoCuda(spec.to_string()));
             }
             let count = tch::Cuda::device_count() as usize;
             if idx >= count {
-                return Err(DeviceError::NoSuchGpu { spec: spec.into(), count });
+                return Err(DeviceError::NoSuchGpu { spec: spec.to_string(), count });
             }
             Ok(Device::Cuda(idx))
         }

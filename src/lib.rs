@@ -19,10 +19,12 @@
 //! - [`annotations`]: NimbusImage annotation documents -> validated polygons/rectangles, tags, locations.
 //! - [`rasterize`]: annotations -> label masks (skimage `polygon2mask` pixels), region crops.
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
-//! - [`telemetry`]: tracing set-up.
+//! - [`control`]: the one stop value (cancel / shutdown) passed down to every stage.
+//! - [`telemetry`]: tracing set-up, blocking work inside the caller's span.
 pub mod annotations;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod device;
 pub mod evaluate;

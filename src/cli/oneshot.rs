@@ -7,14 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::Value;
 
 use crate::config::Settings;
+use crate::control::Control;
 use crate::girder::{Auth, GirderClient, GirderConfig, Secret};
 use crate::job::events::{error_line, line_for};
-use crate::job::params::{fields_with_limits, interface_json, BASE_MODELS};
-use crate::job::{self, store, Controls, Events, JobContext};
-use crate::model::registry;
+use crate::job::params::interface_json;
+use crate::job::{self, store, Cpnet, Events, Family, JobContext, JobRequest, Request};
 
 /// The container contract's flags (camelCase, as NimbusImage passes them).
 #[derive(Args, Debug, Default)]
@@ -26,8 +25,8 @@ pub struct OneShotArgs {
     #[arg(long)]
     pub token: Option<String>,
     /// `interface` or `compute`.
-    #[arg(long, value_parser = ["interface", "compute"])]
-    pub request: Option<String>,
+    #[arg(long, value_enum)]
+    pub request: Option<Request>,
     /// The tool parameters as JSON (NimbusImage's `params`).
     #[arg(long)]
     pub parameters: Option<String>,
@@ -55,7 +54,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `compute` that cannot even start (bad flags, settings or `--parameters`) prints one too, so
 /// NimbusImage shows the user why instead of a job that silently failed.
 pub fn run(args: OneShotArgs) -> anyhow::Result<ExitCode> {
-    let compute = args.request.as_deref() == Some("compute");
+    let compute = args.request == Some(Request::Compute);
     run_request(args).inspect_err(|e| {
         if compute {
             println!(
@@ -70,61 +69,48 @@ fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
     let api_url = args.api_url.clone().context("--apiUrl is required")?;
     let token = Secret::new(args.token.clone().context("--token is required")?);
-    let params: Value = serde_json::from_str(args.parameters.as_deref().unwrap_or("{}"))
-        .context("--parameters is not valid JSON")?;
-    anyhow::ensure!(
-        params.is_object(),
-        "--parameters must be a JSON object such as '{{\"workerInterface\": {{...}}}}', not {}",
-        crate::job::json_type(&params)
-    );
+    let kind = args.request.context("--request is required")?;
+    let request =
+        JobRequest::from_command_line(kind, token, args.dataset_id.clone(), args.parameters.as_deref())?;
     let mut gc = GirderConfig::new(api_url);
     gc.timeout = std::time::Duration::from_secs_f64(settings.girder.timeout_s);
     gc.retry.max_retries = settings.girder.max_retries;
-    let client = GirderClient::new(gc, Auth::Token(token))?;
+    let client = GirderClient::new(gc, Auth::Token(request.token.clone()))?;
     let rt = runtime()?;
-    match args.request.as_deref() {
-        Some("interface") => rt.block_on(interface(&client, &settings, &params)),
-        Some("compute") => {
-            let dataset = args
-                .dataset_id
-                .clone()
-                .or_else(|| params.get("datasetId").and_then(Value::as_str).map(str::to_string))
-                .context("--datasetId is required for compute")?;
-            rt.block_on(compute(client, settings, dataset, params))
+    match request.request {
+        Request::Interface => rt.block_on(interface(&Cpnet, &client, &settings, &request)),
+        Request::Compute => {
+            request.dataset()?;
+            rt.block_on(compute(&Cpnet, client, settings, request))
         }
-        other => anyhow::bail!("unknown --request {other:?}: use interface or compute"),
     }
 }
 
-async fn interface(client: &GirderClient, settings: &Settings, params: &Value) -> anyhow::Result<ExitCode> {
-    let image = params
-        .get("image")
-        .and_then(Value::as_str)
-        .context("--parameters must contain \"image\" (the worker image name)")?;
+async fn interface<F: Family>(
+    family: &F,
+    client: &GirderClient,
+    settings: &Settings,
+    request: &JobRequest,
+) -> anyhow::Result<ExitCode> {
+    let image =
+        request.image.as_deref().context("--parameters must contain \"image\" (the worker image name)")?;
     let me = client.users().me().await?;
-    // a built-in is offered only when its weights are installed: a job on a missing one fails
-    let dir = registry::models_dir(settings.paths.models_dir.as_deref());
-    let mut models: Vec<String> =
-        BASE_MODELS.iter().filter(|m| registry::resolve(m, &dir).is_ok()).map(|s| s.to_string()).collect();
-    if models.is_empty() {
-        tracing::warn!(models_dir = %dir.display(), "no built-in model weights installed; offering only the user's models");
-    }
-    models.extend(store::list_user_models(client, &me.id).await?.into_iter().map(|i| i.name));
-    let t = &settings.training;
-    let doc = interface_json(&fields_with_limits(t.min_epochs, t.max_epochs), &models);
+    let mut models = family.offered_builtins(settings);
+    models
+        .extend(store::list_models(client, &me.id, family.root_folder()).await?.into_iter().map(|i| i.name));
+    let doc = interface_json(&family.fields(settings), &models);
     client.worker_interfaces().post(image, &doc).await?;
     tracing::info!(image, "interface posted");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn compute(
+async fn compute<F: Family>(
+    family: &F,
     client: GirderClient,
     settings: Settings,
-    dataset_id: String,
-    params: Value,
+    request: JobRequest,
 ) -> anyhow::Result<ExitCode> {
-    let values = params.get("workerInterface").cloned().unwrap_or(Value::Null);
-    let device = crate::device::parse_device(&settings.training.device)?;
+    let device = crate::device::open(settings.training.device)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
@@ -133,17 +119,26 @@ async fn compute(
             }
         }
     });
+    // the platform stops a one-shot container to cancel it: nothing is uploaded then
+    let control = Control::new();
+    let on_signal = control.clone();
+    let signals = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("interrupted; cancelling the job");
+            on_signal.cancel();
+        }
+    });
     let ctx = JobContext {
         client,
-        dataset_id,
-        values,
+        user: None,
         settings,
         device,
         job_tag: format!("oneshot{}", std::process::id()),
         resume: None,
         seed: 0,
     };
-    let result = job::run_job(&ctx, &Events::new(tx), &Controls::default()).await;
+    let result = job::run_job(family, &ctx, &request, &Events::new(tx), &control).await;
+    signals.abort();
     drop(ctx);
     let _ = printer.await;
     match result {
@@ -153,7 +148,7 @@ async fn compute(
         }
         Err(e) => {
             println!("{}", error_line(&e.to_string(), &e.info()));
-            tracing::error!(error.message = %e, "job failed");
+            tracing::error!(error = %e.chain(), "job failed");
             Ok(ExitCode::FAILURE)
         }
     }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::control::Control;
 use crate::worker::{serve, ServeOptions};
 
 #[derive(Args, Debug)]
@@ -35,7 +35,7 @@ pub fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<ExitCode> {
         .build()
         .context("failed to start the async runtime")?;
     rt.block_on(async {
-        let shutdown = CancellationToken::new();
+        let shutdown = Control::new();
         tokio::spawn(on_signal(shutdown.clone()));
         let opts = ServeOptions { worker_id: args.worker_id, max_jobs: args.max_jobs };
         let summary = serve(settings, opts, shutdown).await?;
@@ -44,8 +44,8 @@ pub fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Cancels `shutdown` on SIGTERM (container stop) or SIGINT (Ctrl-C).
-async fn on_signal(shutdown: CancellationToken) {
+/// Shuts the worker down on SIGTERM (container stop) or SIGINT (Ctrl-C).
+async fn on_signal(shutdown: Control) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -61,5 +61,5 @@ async fn on_signal(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
+    shutdown.shutdown();
 }

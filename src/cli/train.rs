@@ -10,11 +10,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::common::{ChannelArgs, DeviceArg, FolderArgs, ModelsDirArg};
+use crate::config::Toggle;
+use crate::control::Control;
 use crate::model::{CpnetConfig, Model};
 use crate::report::{RunRecorder, Validation};
-use crate::train::{
-    self, CancelToken, EpochInfo, OptimizerKind, PrepareOptions, StepInfo, TrainConfig, TrainHooks,
-};
+use crate::train::{self, EpochInfo, OptimizerKind, PrepareOptions, StepInfo, TrainConfig, TrainHooks};
 use crate::transforms::Normalize;
 
 #[derive(Args, Debug)]
@@ -94,15 +94,21 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub device: DeviceArg,
     /// bfloat16 convolutions: auto = on CUDA only.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub mixed_precision: String,
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub mixed_precision: Toggle,
     /// Capture each training step as a CUDA graph: auto = on CUDA only.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub cuda_graphs: String,
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub cuda_graphs: Toggle,
     /// Channels-last (NHWC) memory layout: auto = on (CUDA, and CPU where oneDNN's NHWC
     /// convolutions measured ~16% faster per step on 2 x86-64 cores).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    pub channels_last: String,
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub channels_last: Toggle,
+    /// cuDNN algorithm benchmarking (CUDA): auto = on.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    pub cudnn_benchmark: Toggle,
+    /// Log per-phase host times of every step (a device sync each): profiling only.
+    #[arg(long)]
+    pub profile_steps: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write the run's summary (losses, timings, paths) as JSON to this file.
@@ -208,13 +214,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "--model-name `{name}`: {} is a folder; choose another name",
         save_path.display()
     );
-    let auto_flag = |v: &str| match v {
-        "on" => true,
-        "off" => false,
-        _ => device.is_cuda(),
-    };
-    let mixed = auto_flag(&args.mixed_precision);
-    let channels_last = args.channels_last != "off";
+    let mixed = args.mixed_precision.resolve(device.is_cuda());
+    let channels_last = args.channels_last.resolve(true);
     let cfg = TrainConfig {
         learning_rate,
         weight_decay: args.weight_decay,
@@ -233,8 +234,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         device,
         mixed_precision: mixed,
         channels_last,
-        cudnn_benchmark: std::env::var_os("CPW_NO_CUDNN_BENCHMARK").is_none(),
-        cuda_graphs: auto_flag(&args.cuda_graphs),
+        cudnn_benchmark: args.cudnn_benchmark.resolve(true),
+        cuda_graphs: args.cuda_graphs.resolve(device.is_cuda()),
+        profile_steps: args.profile_steps,
     };
     train::validate_config(&cfg)?;
     anyhow::ensure!(args.eval_every != Some(0), "--eval-every must be at least 1");
@@ -339,8 +341,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let mut hooks = BarHooks { bar, recorder };
     let train_count = examples.len();
-    let cancel = CancelToken::new();
-    let outcome = train::train_seg(&model, Arc::new(examples), test, &cfg, &mut hooks, &cancel, None)?;
+    let outcome =
+        train::train_seg(&model, Arc::new(examples), test, &cfg, &mut hooks, &Control::new(), None)?;
     hooks.bar.finish_and_clear();
     let mut recorder = hooks.recorder;
     if let Some(ap) = recorder.after(&model, cfg.n_epochs)? {

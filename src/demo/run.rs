@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::seed::{interface_values, seed, DemoSpec};
 use crate::config::Settings;
+use crate::control::Control;
 use crate::girder::{GirderConfig, GirderError, Job, JobStatus, JobUpdate, NewJob};
 use crate::job::store;
 use crate::mock_girder::{spawn_mock, MockConfig};
@@ -50,6 +50,8 @@ pub enum DemoError {
     Girder(#[from] GirderError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     #[error("writing the demo output in {path}: {source}")]
     Output { path: PathBuf, source: std::io::Error },
     #[error("the demo job ended {status}: {message}")]
@@ -83,7 +85,7 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
     settings.girder.api_key = Some(world.admin_api_key.clone());
     settings.queue.poll_interval_s = 0.5;
     settings.queue.heartbeat_s = 2.0;
-    settings.training.device = opts.device.clone();
+    settings.training.device = opts.device.parse()?;
     settings.training.bsize = opts.bsize;
     settings.training.min_epochs = settings.training.min_epochs.min(opts.epochs);
     settings.training.checkpoint_every = (opts.epochs / 4).max(1);
@@ -115,7 +117,7 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
         .await?;
     progress(&format!("Submitted job {} ({} epochs)", job.id, opts.epochs));
 
-    let shutdown = CancellationToken::new();
+    let shutdown = Control::new();
     let worker = tokio::spawn(serve(
         settings,
         ServeOptions { worker_id: Some("demo-worker".into()), max_jobs: Some(1) },
@@ -143,7 +145,7 @@ pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Res
             break j;
         }
     };
-    shutdown.cancel();
+    shutdown.shutdown();
     worker.await.map_err(|e| DemoError::Mock(std::io::Error::other(e.to_string())))??;
     if finished.status != JobStatus::SUCCESS {
         let message = finished.log.as_deref().and_then(|l| l.last().cloned()).unwrap_or_default();

@@ -16,6 +16,7 @@ use super::error::JobError;
 use super::events::Events;
 use super::validate::JobParams;
 use crate::annotations::{self, Annotation, Location};
+use crate::control::Control;
 use crate::girder::{AnnotationQuery, FrameMap, GirderClient, Window};
 use crate::rasterize::{self, Region};
 use crate::train::RawExample;
@@ -102,8 +103,8 @@ pub async fn load_annotations(
     Ok((parsed.annotations, docs.len(), seen))
 }
 
-/// Training and validation examples from the annotations.
-pub struct Samples {
+/// Training and validation crops from the annotations, before preparation.
+pub struct RawSamples {
     pub train: Vec<RawExample>,
     pub validation: Vec<RawExample>,
 }
@@ -142,7 +143,8 @@ pub async fn collect_samples(
     all: &[Annotation],
     max_region_pixels: u64,
     events: &Events,
-) -> Result<Samples, JobError> {
+    control: &Control,
+) -> Result<RawSamples, JobError> {
     let training = annotations::with_any_tag(all, &params.training_tags);
     if training.is_empty() {
         return Err(JobError::NoTrainingAnnotations {
@@ -236,12 +238,14 @@ pub async fn collect_samples(
         }
     }
 
-    let mut out = Samples { train: Vec::new(), validation: Vec::new() };
+    let mut out = RawSamples { train: Vec::new(), validation: Vec::new() };
     let (mut dropped, mut dropped_val) = (0usize, 0usize);
     for Planned { loc, frames, cuts } in plan {
         let labels_from: Vec<&Annotation> = train_at.get(&loc).cloned().unwrap_or_default();
         for cut in cuts {
-            let image = fetch_region(client, img, &frames, &cut.region).await?;
+            // a stop ends the job within one region request
+            let image = control.race(fetch_region(client, img, &frames, &cut.region)).await??;
+            check_finite(&image, &cut.name)?;
             let labels = rasterize::rasterize_region(&cut.region, &labels_from)?;
             if labels.iter().all(|&l| l == 0) {
                 if cut.validation {
@@ -297,6 +301,20 @@ fn frames_at(img: &DatasetImage, params: &JobParams, loc: &Location) -> Result<V
             Ok((slot, frame))
         })
         .collect()
+}
+
+/// A NaN or infinite pixel would poison normalisation and every gradient after it: refuse the
+/// crop by name instead (a float image with holes, a broken tile source).
+fn check_finite(image: &Array3<f32>, name: &str) -> Result<(), JobError> {
+    match image.iter().filter(|v| !v.is_finite()).count() {
+        0 => Ok(()),
+        n => Err(JobError::Dataset {
+            dataset: name.to_string(),
+            detail: format!(
+                "{n} pixel(s) of this crop are NaN or infinite; fix the image (or move the region off those pixels)"
+            ),
+        }),
+    }
 }
 
 /// Reads the planned frames of one region as `[2, h, w]` (a missing secondary stays zeros).

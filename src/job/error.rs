@@ -1,10 +1,13 @@
 //! Why a job failed, in words for the user (`message`) and a hint (`info`), as NimbusImage shows
-//! them; `is_retryable` tells the queue worker whether another attempt could succeed.
+//! them.
 
 use crate::annotations::AnnotationError;
+use crate::control::StopReason;
 use crate::girder::GirderError;
 use crate::model::{ModelError, OpenModelError};
 use crate::rasterize::RasterizeError;
+use crate::telemetry::TaskPanicked;
+use crate::train::checkpoint::CheckpointError;
 use crate::train::TrainError;
 
 use super::validate::ParamErrors;
@@ -46,8 +49,21 @@ pub enum JobError {
     Train(TrainError),
     #[error("The job was cancelled.")]
     Cancelled,
-    #[error("The worker is shutting down; the job was handed back after epoch {epoch}.")]
-    Interrupted { epoch: usize },
+    /// Stopped for a worker shutdown; `epoch` is where training stood (None: before training).
+    #[error("The worker is shutting down; the job was handed back {}.", match epoch {
+        Some(e) => format!("during epoch {}", e + 1),
+        None => "before training started".to_string(),
+    })]
+    Interrupted { epoch: Option<usize> },
+    /// The checkpoint a job was to resume from could not be used.
+    #[error("The checkpoint to resume from is unusable: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// Scoring the validation regions failed.
+    #[error("Scoring the validation regions failed: {0}")]
+    Scoring(String),
+    /// A worker thread panicked: a bug, not the user's input.
+    #[error(transparent)]
+    Internal(#[from] TaskPanicked),
     #[error("Uploading the model failed: {0}")]
     Upload(Box<GirderError>),
     /// The upload failed after training; the model was saved on the worker first, so the hours
@@ -75,6 +91,7 @@ impl From<TrainError> for JobError {
     fn from(e: TrainError) -> Self {
         match e {
             TrainError::Cancelled { .. } => JobError::Cancelled,
+            TrainError::Interrupted { epoch, .. } => JobError::Interrupted { epoch: Some(epoch) },
             other => JobError::Train(other),
         }
     }
@@ -131,6 +148,14 @@ impl JobError {
                     .into()
             }
             JobError::Io(_) => "The worker's disk may be full or not writable.".into(),
+            JobError::Checkpoint(_) => {
+                "Run the job again: it starts over from the base model (the checkpoint is removed).".into()
+            }
+            JobError::Scoring(_) => "Check the validation regions, or run without a Validation Tag.".into(),
+            JobError::Internal(_) => {
+                "This is a bug in the worker. Please report it with the worker log; running the job again may work."
+                    .into()
+            }
             JobError::ModelKept { .. } => {
                 "Your previous model of that name is unchanged. Ask the administrator for the kept file, \
                  or run the job again."
@@ -138,13 +163,31 @@ impl JobError {
             }
         }
     }
+}
 
-    /// Whether running the same job again later could succeed (server or transfer trouble).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            JobError::ModelKept { source, .. } => source.is_retryable(),
-            JobError::Girder(e) | JobError::Upload(e) => e.is_transient(),
-            _ => false,
+impl From<StopReason> for JobError {
+    /// How a stop ends a job outside training (training reports its own epoch).
+    fn from(r: StopReason) -> Self {
+        match r {
+            StopReason::Cancel => JobError::Cancelled,
+            StopReason::Shutdown => JobError::Interrupted { epoch: None },
         }
+    }
+}
+
+impl JobError {
+    /// The error and every cause below it on one line (`a: b: c`), for logs.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
     }
 }

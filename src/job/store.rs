@@ -1,5 +1,5 @@
-//! The user's model folder in Girder (`Private/.cellpose/models`), reports
-//! (`Private/.cellpose/reports`) and checkpoints (`Private/.cellpose/checkpoints/<jobId>`).
+//! The user's model folder in Girder (`Private/.cellpose/models` for CPnet; each family has its
+//! own root), reports (`<root>/reports`) and checkpoints (`Private/.cellpose/checkpoints/<jobId>`).
 //!
 //! Replacing a model never loses it: the new file is uploaded in full into a new item under a
 //! temporary name, and only then is the old item deleted and the new one renamed. A failed upload
@@ -19,23 +19,42 @@ fn upload_error(e: GirderError) -> JobError {
 /// Marks items that are uploads in progress; never offered as models.
 const UPLOADING: &str = ".uploading-";
 
+/// The CPnet family's folder under `Private` (what NimbusImage's Cellpose workers list).
+pub const CELLPOSE: &str = ".cellpose";
+
+/// `Private/<root>/<sub...>` of the user, created when missing (`root` is a model family's
+/// folder, see [`crate::job::family::Family::root_folder`]).
+pub async fn family_folder(
+    client: &GirderClient,
+    user_id: &str,
+    root: &str,
+    sub: &[&str],
+) -> Result<Folder, GirderError> {
+    let private = client.folders().user_folder(user_id, "Private").await?;
+    let mut path = vec![root];
+    path.extend_from_slice(sub);
+    client.folders().ensure_path(&private.id, &path).await
+}
+
 /// `Private/.cellpose/<sub...>` of the user, created when missing.
 pub async fn cellpose_folder(
     client: &GirderClient,
     user_id: &str,
     sub: &[&str],
 ) -> Result<Folder, GirderError> {
-    let private = client.folders().user_folder(user_id, "Private").await?;
-    let mut path = vec![".cellpose"];
-    path.extend_from_slice(sub);
-    client.folders().ensure_path(&private.id, &path).await
+    family_folder(client, user_id, CELLPOSE, sub).await
 }
 
-/// The user's saved models (item names in `Private/.cellpose/models`).
-pub async fn list_user_models(client: &GirderClient, user_id: &str) -> Result<Vec<Item>, GirderError> {
-    let folder = cellpose_folder(client, user_id, &["models"]).await?;
+/// The user's saved models of a family (item names in `Private/<root>/models`).
+pub async fn list_models(client: &GirderClient, user_id: &str, root: &str) -> Result<Vec<Item>, GirderError> {
+    let folder = family_folder(client, user_id, root, &["models"]).await?;
     let items = client.items().list(&folder.id).await?;
     Ok(items.into_iter().filter(|i| !i.name.contains(UPLOADING)).collect())
+}
+
+/// The user's saved CPnet models (`Private/.cellpose/models`).
+pub async fn list_user_models(client: &GirderClient, user_id: &str) -> Result<Vec<Item>, GirderError> {
+    list_models(client, user_id, CELLPOSE).await
 }
 
 /// Downloads a user model's bytes (the item's single file).
@@ -54,8 +73,7 @@ pub async fn download_model(client: &GirderClient, item: &Item) -> Result<Bytes,
     Ok(client.files().download(&file.id).await?)
 }
 
-/// Uploads `bytes` as model `name`, replacing an older model of that name only once the new file
-/// is stored. `tag` makes the temporary name unique (the job id).
+/// [`upload_model_in`] the CPnet folder.
 pub async fn upload_model(
     client: &GirderClient,
     user_id: &str,
@@ -63,7 +81,20 @@ pub async fn upload_model(
     bytes: Bytes,
     tag: &str,
 ) -> Result<Item, JobError> {
-    let folder = cellpose_folder(client, user_id, &["models"]).await?;
+    upload_model_in(client, user_id, CELLPOSE, name, bytes, tag).await
+}
+
+/// Uploads `bytes` as model `name` into `Private/<root>/models`, replacing an older model of
+/// that name only once the new file is stored. `tag` makes the temporary name unique (the job id).
+pub async fn upload_model_in(
+    client: &GirderClient,
+    user_id: &str,
+    root: &str,
+    name: &str,
+    bytes: Bytes,
+    tag: &str,
+) -> Result<Item, JobError> {
+    let folder = family_folder(client, user_id, root, &["models"]).await?;
     let items = client.items().list(&folder.id).await?;
     // leftovers of an interrupted earlier upload of this model
     for stale in items.iter().filter(|i| i.name.starts_with(&format!("{name}{UPLOADING}"))) {
@@ -101,14 +132,15 @@ pub async fn upload_model(
     Ok(renamed)
 }
 
-/// Stores a training report as a new item `<name> report <time>` in `Private/.cellpose/reports`.
+/// Stores a training report as a new item `<name> report <time>` in `Private/<root>/reports`.
 pub async fn upload_report(
     client: &GirderClient,
     user_id: &str,
+    root: &str,
     name: &str,
     files: Vec<(String, Bytes, &'static str)>,
 ) -> Result<Item, JobError> {
-    let folder = cellpose_folder(client, user_id, &["reports"]).await?;
+    let folder = family_folder(client, user_id, root, &["reports"]).await?;
     let stamp = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();

@@ -17,6 +17,9 @@ pub enum CheckpointError {
     File(#[from] ModelFileError),
     #[error("checkpoint: {0}")]
     Invalid(String),
+    /// Its weights do not fit the model being trained (another architecture or channel count).
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

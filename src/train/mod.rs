@@ -21,6 +21,6 @@ pub use data::{
 };
 pub use optim::{Optimizer, OptimizerKind};
 pub use trainer::{
-    train_seg, validate_config, CancelToken, EpochInfo, NoHooks, Resume, StepInfo, TrainConfig, TrainError,
-    TrainHooks, TrainOutcome, TrainState,
+    train_seg, validate_config, EpochInfo, NoHooks, Resume, StepInfo, TrainConfig, TrainError, TrainHooks,
+    TrainOutcome, TrainState,
 };

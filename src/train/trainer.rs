@@ -4,7 +4,6 @@
 //! progress bar and the worker report to Girder, checkpoint, and stop within one step.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use super::loss::seg_loss;
 use super::optim::{Optimizer, OptimizerKind};
 use super::schedule::lr_schedule;
 use super::step::Stepper;
+use crate::control::{Control, StopReason};
 use crate::model::{Model, ModelError};
 
 /// Everything `train_seg` takes besides the data.
@@ -49,6 +49,8 @@ pub struct TrainConfig {
     pub cudnn_benchmark: bool,
     /// Capture the training step as a CUDA graph and replay it (CUDA only).
     pub cuda_graphs: bool,
+    /// Log per-phase host times (with a device sync) of every eager step: for profiling only.
+    pub profile_steps: bool,
 }
 
 impl Default for TrainConfig {
@@ -73,6 +75,7 @@ impl Default for TrainConfig {
             channels_last: false,
             cudnn_benchmark: true,
             cuda_graphs: true,
+            profile_steps: false,
         }
     }
 }
@@ -109,22 +112,6 @@ impl TrainError {
         let size = x.size();
         let detail = e.to_string().lines().next().unwrap_or("").trim().to_string();
         TrainError::StepFailed { batch: size[0], patch: size.get(2).copied().unwrap_or(0), detail }
-    }
-}
-
-/// Set from any thread to stop training at the next step boundary.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
-    }
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -173,12 +160,8 @@ pub trait TrainHooks {
     }
     /// Called when the trainer saved the model file.
     fn on_saved(&mut self, _path: &std::path::Path, _epoch: usize) {}
-    /// Polled before every step: true stops training cleanly (worker shutdown), after
-    /// [`TrainHooks::on_interrupt`] has seen the state to save.
-    fn stop_requested(&mut self) -> bool {
-        false
-    }
-    /// Called once when stopping on request, with everything needed to resume exactly.
+    /// Called once when stopping for a shutdown ([`StopReason::Shutdown`]), before the step
+    /// that would have run next, with everything needed to resume exactly.
     fn on_interrupt(&mut self, _model: &Model, _optim: &Optimizer, _state: &TrainState) {}
 }
 
@@ -208,6 +191,20 @@ pub struct TrainState {
 pub struct Resume {
     pub state: TrainState,
     pub optimizer_state: Vec<(String, Tensor)>,
+}
+
+impl Resume {
+    /// Reads a checkpoint written by [`super::checkpoint::encode`], loads its weights into
+    /// `model` and returns the state to continue from. `origin` names the bytes in errors.
+    pub fn load(
+        bytes: &[u8],
+        origin: &str,
+        model: &Model,
+    ) -> Result<Resume, super::checkpoint::CheckpointError> {
+        let ck = super::checkpoint::decode(bytes, origin)?;
+        model.copy_from(&ck.model, origin)?;
+        Ok(Resume { state: ck.state, optimizer_state: ck.optimizer })
+    }
 }
 
 /// Result of a run.
@@ -271,7 +268,7 @@ pub fn train_seg(
     test: Option<Arc<Vec<Example>>>,
     cfg: &TrainConfig,
     hooks: &mut dyn TrainHooks,
-    cancel: &CancelToken,
+    control: &Control,
     resume: Option<Resume>,
 ) -> Result<TrainOutcome, TrainError> {
     validate_config(cfg)?;
@@ -332,9 +329,7 @@ pub fn train_seg(
     let mut steps_done = 0usize;
     let mut steady: Option<(Instant, usize)> = None;
     let mut data_wait = 0.0f64;
-    // CPW_PROFILE_STEPS=1: per-phase host times (with a device sync) of every eager step
-    let profile = std::env::var_os("CPW_PROFILE_STEPS").is_some();
-    let mut stepper = Stepper::new(model, compute, cfg.device, cfg.cuda_graphs, profile);
+    let mut stepper = Stepper::new(model, compute, cfg.device, cfg.cuda_graphs, cfg.profile_steps);
     if cfg.device.is_cuda() {
         // fixed patch shapes: let cuDNN time its algorithms once and keep the fastest
         tch::Cuda::cudnn_set_benchmark(cfg.cudnn_benchmark);
@@ -349,21 +344,23 @@ pub fn train_seg(
             let _ = stepper.epoch_loss.fill_(if epoch == start { partial } else { 0.0 });
             let first_step = if epoch == start { start_step } else { 0 };
             for step in first_step..steps_per_epoch {
-                if cancel.is_cancelled() {
-                    return Err(TrainError::Cancelled { epoch });
-                }
-                if hooks.stop_requested() {
-                    let state = TrainState {
-                        epoch,
-                        step,
-                        optimizer_steps: optim.steps,
-                        partial_epoch_loss: stepper.epoch_loss.double_value(&[]),
-                        train_losses: train_losses[..epoch].to_vec(),
-                        test_losses: test_losses[..epoch].to_vec(),
-                        epoch_seconds: epoch_seconds[..epoch].to_vec(),
-                    };
-                    hooks.on_interrupt(model, &optim, &state);
-                    return Err(TrainError::Interrupted { epoch, step });
+                // checked before every step: a cancel or a shutdown waits for one step at most
+                match control.reason() {
+                    None => {}
+                    Some(StopReason::Cancel) => return Err(TrainError::Cancelled { epoch }),
+                    Some(StopReason::Shutdown) => {
+                        let state = TrainState {
+                            epoch,
+                            step,
+                            optimizer_steps: optim.steps,
+                            partial_epoch_loss: stepper.epoch_loss.double_value(&[]),
+                            train_losses: train_losses[..epoch].to_vec(),
+                            test_losses: test_losses[..epoch].to_vec(),
+                            epoch_seconds: epoch_seconds[..epoch].to_vec(),
+                        };
+                        hooks.on_interrupt(model, &optim, &state);
+                        return Err(TrainError::Interrupted { epoch, step });
+                    }
                 }
                 let wait_t0 = Instant::now();
                 let batch = rx

@@ -48,6 +48,14 @@ pub const MAX_CRASHED: usize = 2;
 /// died attempt not count as a crash loop (the next attempt resumes from it).
 pub const CHECKPOINT_SAVED: &str = "Checkpoint saved after epoch";
 
+/// The log line for a stored checkpoint, built on [`CHECKPOINT_SAVED`] so the text written and
+/// the text looked for cannot drift apart.
+pub fn checkpoint_saved_line(epoch: usize, step: usize) -> String {
+    let label = crate::job::events::checkpoint_label(epoch, step);
+    let rest = label.strip_prefix("epoch").unwrap_or(&label);
+    format!("{CHECKPOINT_SAVED}{rest}.")
+}
+
 /// A protocol line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
@@ -253,7 +261,9 @@ mod tests {
 
     #[test]
     fn a_checkpoint_or_a_release_between_attempts_is_progress() {
-        let log = vec![attempt(1, "a"), format!("{CHECKPOINT_SAVED} 2."), attempt(2, "b")];
+        assert_eq!(checkpoint_saved_line(2, 0), "Checkpoint saved after epoch 2.");
+        assert_eq!(checkpoint_saved_line(2, 3), "Checkpoint saved after epoch 2 and 3 steps of epoch 3.");
+        let log = vec![attempt(1, "a"), checkpoint_saved_line(2, 0), attempt(2, "b")];
         assert_eq!(died_attempts(&log), vec![DiedAttempt { round: 2, worker: "b".into() }]);
         let release = Line::Release { round: 1, worker: "a".into(), epoch: None };
         let log = vec![attempt(1, "a"), format!("Worker a shut down.\n{release}\n"), attempt(2, "b")];

@@ -76,7 +76,8 @@ impl PollHealth {
     }
 }
 
-/// Binds `listen` (port 0: any free port) and serves until `shutdown`; returns the bound address.
+/// Binds `listen` (port 0: any free port) and serves until `shutdown`; returns the bound address
+/// and the server task, which the caller awaits before exiting (requests in flight finish).
 pub async fn start(
     listen: &str,
     client: GirderClient,
@@ -84,17 +85,17 @@ pub async fn start(
     metrics: WorkerMetrics,
     polls: PollHealth,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .with_state(Ops { client, device, metrics, polls });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });
-    Ok(addr)
+    Ok((addr, task))
 }
 
 async fn healthz(State(ops): State<Ops>) -> impl IntoResponse {

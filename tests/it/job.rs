@@ -6,10 +6,12 @@ use std::process::Output;
 
 use bytes::Bytes;
 use cellpose_train_worker::config::Settings;
+use cellpose_train_worker::control::Control;
 use cellpose_train_worker::demo::seed::{interface_values, seed, DemoSpec, DemoWorld};
 use cellpose_train_worker::girder::GirderClient;
+use cellpose_train_worker::girder::Secret;
 use cellpose_train_worker::job::{
-    run_job, store, Controls, Events, JobContext, JobError, JobEvent, JobOutcome,
+    run_job, store, Cpnet, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
 };
 use cellpose_train_worker::mock_girder::{spawn_mock, MockConfig, MockHandle};
 use serde_json::{json, Value};
@@ -44,7 +46,7 @@ impl Fixture {
     /// Settings for 2 CPU cores: 32-pixel patches, epochs from 1.
     pub(super) fn settings(&self) -> Settings {
         let mut s = Settings::default();
-        s.training.device = "cpu".into();
+        s.training.device = "cpu".parse().unwrap();
         s.training.bsize = 32;
         s.training.min_epochs = 1;
         s.training.checkpoint_every = 1000;
@@ -63,18 +65,36 @@ impl Fixture {
         values: Value,
         settings: Settings,
     ) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
+        self.run_controlled(client, dataset_id, values, settings, &Control::new()).await
+    }
+
+    /// [`Fixture::run_as`] under `control` (tests that stop the job).
+    pub(super) async fn run_controlled(
+        &self,
+        client: &GirderClient,
+        dataset_id: &str,
+        values: Value,
+        settings: Settings,
+        control: &Control,
+    ) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let ctx = JobContext {
             client: client.clone(),
-            dataset_id: dataset_id.into(),
-            values,
+            user: None,
             settings,
             device: tch::Device::Cpu,
             job_tag: "jobtest".into(),
             resume: None,
             seed: 1,
         };
-        let result = run_job(&ctx, &Events::new(tx), &Controls::default()).await;
+        let request = JobRequest {
+            request: Request::Compute,
+            dataset_id: Some(dataset_id.into()),
+            token: Secret::new("unused: the client carries the token"),
+            image: None,
+            values,
+        };
+        let result = run_job(&Cpnet, &ctx, &request, &Events::new(tx), control).await;
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
             events.push(e);
@@ -237,6 +257,8 @@ fn assert_progress_sequence(lines: &[Value], epochs: usize, name: &str) {
         (0.1, "Loading annotations"),
         (0.2, "Processing annotations"),
         (0.3, "Loading training data"),
+        // the fixture has a validation region: the base model is scored before training
+        (0.35, "Scoring base model"),
         (0.4, "Training model"),
     ];
     for e in 1..=epochs {
@@ -251,12 +273,13 @@ fn assert_progress_sequence(lines: &[Value], epochs: usize, name: &str) {
         assert!((p - wp).abs() < 1e-9 && t == wt, "got {got:?}, want {want:?}");
     }
     assert_eq!(progress[0].2, "Retrieving annotations from server");
+    assert_eq!(progress[3].2, format!("Scoring {BASE} on the validation regions"));
     assert!(
-        progress[3].2.starts_with("Training with ") && progress[3].2.ends_with("be patient..."),
+        progress[4].2.starts_with("Training with ") && progress[4].2.ends_with("be patient..."),
         "{:?}",
-        progress[3]
+        progress[4]
     );
-    for (e, (_, _, info)) in progress[4..4 + epochs].iter().enumerate() {
+    for (e, (_, _, info)) in progress[5..5 + epochs].iter().enumerate() {
         let prefix = format!("Epoch {}/{epochs}: loss ", e + 1);
         let rest = info.strip_prefix(&prefix).unwrap_or_else(|| panic!("epoch message: {info}"));
         let (loss, eta) = rest.split_once(", ETA ").unwrap_or_else(|| panic!("no ETA: {info}"));
@@ -268,7 +291,7 @@ fn assert_progress_sequence(lines: &[Value], epochs: usize, name: &str) {
     assert!(done.starts_with(&format!("Model {name} saved to your .cellpose/models folder.")), "{done}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn compute_trains_uploads_a_cellpose_model_and_a_second_run_replaces_it() {
     let f = fixture(128, 14, &FULL).await;
     let token = f.world.user_token.expose().to_string();
@@ -364,7 +387,7 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     assert_eq!(f.folder("reports").await.len(), 2, "one report per run");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn interface_posts_the_fields_with_ranges_and_the_users_models_sorted() {
     let f = fixture(64, 4, &TINY).await;
     let user = &f.world.user;
@@ -447,7 +470,7 @@ async fn interface_posts_the_fields_with_ranges_and_the_users_models_sorted() {
     assert_eq!(doc["Base Model"]["items"], json!(["alpha cells", "cyto2", BASE]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_failed_upload_leaves_the_old_model_as_it_was() {
     let f = fixture(96, 10, &TINY).await;
     let user = &f.world.user;

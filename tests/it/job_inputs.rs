@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::girder_seed::requests;
 use super::job::{fixture, json_lines, oneshot, with, BASE, TINY};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn bad_parameters_and_datasets_fail_before_any_download_with_the_field_named() {
     let f = fixture(64, 4, &TINY).await;
     let ok = interface_values(BASE, "my-model", 1);
@@ -137,7 +137,7 @@ async fn bad_parameters_and_datasets_fail_before_any_download_with_the_field_nam
     assert!(matches!(err, JobError::Token(_)), "{err:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn bad_annotations_missing_frames_and_huge_regions_name_the_culprit() {
     let f = fixture(96, 8, &TINY).await;
     let ok = interface_values(BASE, "my-model", 1);
@@ -208,7 +208,7 @@ async fn bad_annotations_missing_frames_and_huge_regions_name_the_culprit() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn tolerated_inputs_warn_or_clip_and_the_job_still_trains() {
     let f = fixture(96, 8, &TINY).await;
     f.annotate(&[
@@ -239,7 +239,7 @@ async fn tolerated_inputs_warn_or_clip_and_the_job_still_trains() {
     f.model("tolerant").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_expired_token_is_reported_as_one_error_line_and_a_failing_exit() {
     let f = fixture(64, 4, &TINY).await;
     // a token that lives ~0.1 s (tokenDuration is in days)

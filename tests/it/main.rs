@@ -17,6 +17,7 @@ mod girder_tiles;
 mod helpers;
 mod hostile;
 mod job;
+mod job_control;
 mod job_inputs;
 mod metrics;
 mod mock_fidelity;

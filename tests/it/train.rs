@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
+use cellpose_train_worker::control::Control;
 use cellpose_train_worker::model::{CpnetConfig, Model};
 use cellpose_train_worker::synthetic::{synth_image, write_folder, SynthSpec};
-use cellpose_train_worker::train::{
-    self, CancelToken, NoHooks, OptimizerKind, PrepareOptions, RawExample, TrainConfig,
-};
+use cellpose_train_worker::train::{self, NoHooks, OptimizerKind, PrepareOptions, RawExample, TrainConfig};
 use cellpose_train_worker::transforms::{Channels, Normalize};
 use tch::Device;
 
@@ -58,8 +57,7 @@ fn training_on_synthetic_data_lowers_the_loss() {
     let model = Model::new(tiny_config(), Device::Cpu);
     let data = Arc::new(synthetic_examples(4, 96));
     let out =
-        train::train_seg(&model, data, None, &quick_config(40), &mut NoHooks, &CancelToken::new(), None)
-            .unwrap();
+        train::train_seg(&model, data, None, &quick_config(40), &mut NoHooks, &Control::new(), None).unwrap();
     let first: f64 = out.train_losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = out.train_losses[35..].iter().sum::<f64>() / 5.0;
     assert!(
@@ -81,7 +79,7 @@ fn same_seed_gives_bit_identical_models_on_cpu() {
             None,
             &quick_config(4),
             &mut NoHooks,
-            &CancelToken::new(),
+            &Control::new(),
             None,
         )
         .unwrap();
@@ -95,7 +93,7 @@ fn same_seed_gives_bit_identical_models_on_cpu() {
 
 #[test]
 fn cancellation_stops_within_a_step() {
-    struct CancelAfter(usize, CancelToken);
+    struct CancelAfter(usize, Control);
     impl train::TrainHooks for CancelAfter {
         fn on_step(&mut self, s: &train::StepInfo) {
             if s.epoch * s.steps_per_epoch + s.step + 1 >= self.0 {
@@ -104,7 +102,7 @@ fn cancellation_stops_within_a_step() {
         }
     }
     let model = Model::new(tiny_config(), Device::Cpu);
-    let cancel = CancelToken::new();
+    let cancel = Control::new();
     let mut hooks = CancelAfter(3, cancel.clone());
     let err = train::train_seg(
         &model,
@@ -269,19 +267,20 @@ fn bad_training_folders_name_the_file() {
     assert!(e.contains("broken") && e.contains("unreadable"), "{e}");
 }
 
-/// Hooks that stop training at a given global step and keep the checkpoint bytes.
+/// Hooks that shut training down after a given global step and keep the checkpoint bytes.
 struct StopAt {
     at: usize,
     seen: usize,
+    control: Control,
     saved: Option<Vec<u8>>,
 }
 
 impl train::TrainHooks for StopAt {
     fn on_step(&mut self, _s: &train::StepInfo) {
         self.seen += 1;
-    }
-    fn stop_requested(&mut self) -> bool {
-        self.seen >= self.at
+        if self.seen >= self.at {
+            self.control.shutdown();
+        }
     }
     fn on_interrupt(&mut self, model: &Model, optim: &train::Optimizer, state: &train::TrainState) {
         self.saved = Some(train::checkpoint::encode(model, optim, state).unwrap());
@@ -312,22 +311,22 @@ fn resume_is_exact(channels_last: bool) {
         Model::new(tiny_config(), Device::Cpu)
     };
     let straight = fresh();
-    let full = train::train_seg(&straight, data.clone(), None, &cfg, &mut NoHooks, &CancelToken::new(), None)
-        .unwrap();
+    let full =
+        train::train_seg(&straight, data.clone(), None, &cfg, &mut NoHooks, &Control::new(), None).unwrap();
 
     let first = fresh();
-    let mut stop = StopAt { at: 4, seen: 0, saved: None };
-    let err =
-        train::train_seg(&first, data.clone(), None, &cfg, &mut stop, &CancelToken::new(), None).unwrap_err();
+    let control = Control::new();
+    let mut stop = StopAt { at: 4, seen: 0, control: control.clone(), saved: None };
+    let err = train::train_seg(&first, data.clone(), None, &cfg, &mut stop, &control, None).unwrap_err();
     assert!(matches!(err, train::TrainError::Interrupted { epoch: 1, step: 1 }), "{err}");
-    let ckpt = train::checkpoint::decode(&stop.saved.expect("checkpoint written"), "memory").unwrap();
-    assert_eq!((ckpt.state.epoch, ckpt.state.step), (1, 1));
 
-    // a new process: fresh model, weights and optimizer state from the checkpoint
-    let second = Model::from_state_dict(&ckpt.model, Device::Cpu, "checkpoint").unwrap();
-    let resume = train::Resume { state: ckpt.state, optimizer_state: ckpt.optimizer };
+    // a new process: a model with other weights, then weights and optimizer state from the checkpoint
+    tch::manual_seed(99);
+    let second = Model::new(tiny_config(), Device::Cpu);
+    let resume = train::Resume::load(&stop.saved.expect("checkpoint written"), "memory", &second).unwrap();
+    assert_eq!((resume.state.epoch, resume.state.step), (1, 1));
     let resumed =
-        train::train_seg(&second, data, None, &cfg, &mut NoHooks, &CancelToken::new(), Some(resume)).unwrap();
+        train::train_seg(&second, data, None, &cfg, &mut NoHooks, &Control::new(), Some(resume)).unwrap();
     assert_eq!(resumed.train_losses, full.train_losses);
     assert!(second.state_dict() == straight.state_dict(), "resumed model differs from the uninterrupted one");
 }

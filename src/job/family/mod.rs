@@ -1,0 +1,135 @@
+//! The seam between the job's stages and a model family: what a stage needs to know about the
+//! network it trains (how to load a base, prepare examples, train, score, and write the file
+//! Python loads) and where the family's files live in Girder. The stages are generic over
+//! [`Family`]; CPnet (cellpose 3) implements it in [`cpnet`], and another family (Cellpose-SAM)
+//! is added by implementing it, without touching the stages.
+
+pub mod cpnet;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tch::Device;
+
+use super::error::JobError;
+use super::events::{Events, JobEvent};
+use super::params::Field;
+use super::validate::JobParams;
+use crate::config::Settings;
+use crate::control::Control;
+use crate::evaluate::ApSummary;
+use crate::model::ModelFamily;
+use crate::train::{EpochInfo, Example, RawExample, TrainOutcome};
+
+pub use cpnet::Cpnet;
+
+/// A model family as the job's stages see it.
+pub trait Family: Clone + Send + Sync + 'static {
+    /// The loaded network (moved to the training thread and back).
+    type Net: Send + 'static;
+    /// A resume point decoded from a checkpoint, applied by [`Family::train`].
+    type Resume: Send + 'static;
+
+    fn kind(&self) -> ModelFamily;
+    /// The folder under the user's `Private` that holds this family's models, reports and
+    /// checkpoints (`.cellpose` for CPnet: what NimbusImage's segmentation worker lists).
+    fn root_folder(&self) -> &'static str;
+    /// The tool's interface fields, with the deployment's epoch limits.
+    fn fields(&self, settings: &Settings) -> Vec<Field>;
+    /// Names the base-model field accepts besides the user's own models.
+    fn is_builtin(&self, name: &str) -> bool;
+    /// Built-ins to offer in the interface (those whose weights are installed).
+    fn offered_builtins(&self, settings: &Settings) -> Vec<String>;
+
+    /// A user's model file (`origin` names it in errors).
+    fn load_file(&self, bytes: &[u8], origin: &str, device: Device) -> Result<Self::Net, JobError>;
+    /// A built-in model by name.
+    fn load_builtin(&self, name: &str, settings: &Settings, device: Device) -> Result<Self::Net, JobError>;
+    /// Checks that the base model can be trained with these parameters (channels in and out).
+    fn check_base(&self, net: &Self::Net, params: &JobParams) -> Result<(), JobError>;
+
+    /// Raw crops -> examples in the family's channel layout and normalisation; `validation`
+    /// keeps images without masks out of nothing (they are scored, not trained on).
+    fn prepare(
+        &self,
+        raw: Vec<RawExample>,
+        params: &JobParams,
+        validation: bool,
+    ) -> Result<Vec<Example>, JobError>;
+
+    /// Decodes a checkpoint of this family into `net` (weights) and the returned resume point.
+    fn resume(&self, bytes: &[u8], net: &Self::Net) -> Result<(Self::Resume, ResumePoint), JobError>;
+
+    /// Trains `net` in place (blocking; runs on the blocking pool) with this family's
+    /// `train_seg` semantics and the job's parameters, reporting to `reporter` and stopping as
+    /// `control` says.
+    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainOutcome, JobError>
+    where
+        Self: Sized;
+
+    /// AP of `net` on the validation examples (blocking).
+    fn score(&self, net: &Self::Net, examples: &[Example], device: Device) -> Result<ApSummary, JobError>;
+
+    /// The model file, as the family's Python loads it.
+    fn to_file(&self, net: &Self::Net) -> Result<Bytes, JobError>;
+}
+
+/// Where a checkpoint stands: `epoch` epochs done and `step` steps of the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub epoch: usize,
+    pub step: usize,
+}
+
+/// Everything one training run takes, bundled so the trait method stays readable.
+pub struct TrainJob<'a, F: Family> {
+    pub net: &'a F::Net,
+    pub examples: Arc<Vec<Example>>,
+    pub params: &'a JobParams,
+    pub settings: &'a Settings,
+    pub device: Device,
+    pub seed: u64,
+    pub resume: Option<F::Resume>,
+    pub control: &'a Control,
+}
+
+/// What the training thread reports to the job, whatever the family: epochs (progress, metrics)
+/// and checkpoints (already encoded by the family).
+pub struct Reporter {
+    pub events: Events,
+    pub checkpoint_every: usize,
+}
+
+impl Reporter {
+    /// An epoch ended: progress with loss and ETA.
+    pub fn epoch(&self, e: &EpochInfo) {
+        let test = e.test_loss.map(|t| format!(", test loss {t:.4}")).unwrap_or_default();
+        self.events.progress(
+            super::stages::training_fraction(e.epoch + 1, e.n_epochs),
+            super::stages::Step::Training.title(),
+            format!(
+                "Epoch {}/{}: loss {:.4}{test}, ETA {}",
+                e.epoch + 1,
+                e.n_epochs,
+                e.train_loss,
+                super::events::fmt_duration(e.eta_s)
+            ),
+        );
+        self.events.send(JobEvent::Epoch(e.clone()));
+    }
+
+    /// Whether a periodic checkpoint is due after `epochs_done` of `n_epochs` (none after the
+    /// last: the model itself is uploaded then).
+    pub fn checkpoint_due(&self, epochs_done: usize, n_epochs: usize) -> bool {
+        epochs_done < n_epochs && epochs_done.is_multiple_of(self.checkpoint_every.max(1))
+    }
+
+    /// A checkpoint after `epoch` epochs and `step` steps of the next (see [`JobEvent::Checkpoint`]).
+    pub fn checkpoint(&self, epoch: usize, step: usize, bytes: std::io::Result<Vec<u8>>) {
+        match bytes {
+            Ok(bytes) => self.events.send(JobEvent::Checkpoint { epoch, step, bytes }),
+            // a failed checkpoint is logged, not fatal: the job goes on without it
+            Err(err) => tracing::warn!(error = %err, epoch, step, "could not encode a checkpoint"),
+        }
+    }
+}

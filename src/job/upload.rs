@@ -1,0 +1,123 @@
+//! Stage 5, upload: the trained model into the user's models folder (an older model of that
+//! name is replaced only once the new file is stored; a copy is kept on the worker until then),
+//! then the training report beside it.
+
+use bytes::Bytes;
+
+use super::error::JobError;
+use super::evaluate::Scores;
+use super::events::Events;
+use super::family::Family;
+use super::intake::Plan;
+use super::stages::Step;
+use super::store;
+use super::train::Trained;
+use super::{JobContext, JobOutcome};
+use crate::config::Settings;
+use crate::control::Control;
+
+pub async fn upload<F: Family>(
+    family: &F,
+    ctx: &JobContext,
+    plan: &Plan,
+    trained: Trained<F>,
+    scores: Scores,
+    events: &Events,
+    control: &Control,
+) -> Result<JobOutcome, JobError> {
+    let (client, params, user_id) = (&ctx.client, &plan.params, &plan.user.id);
+    let root = family.root_folder();
+    if let Some(r) = control.reason() {
+        return Err(r.into());
+    }
+    Step::Saving.report(events, format!("Uploading model {}", params.output_name));
+    let bytes = family.to_file(&trained.net)?;
+    let kept = keep_locally(&ctx.settings, &ctx.job_tag, &params.output_name, &bytes);
+    // The model upload is not raced against a stop: abandoning it half-way would leave a
+    // partial item behind, and it is one file; the stop is honoured right after it.
+    let item =
+        match store::upload_model_in(client, user_id, root, &params.output_name, bytes, &ctx.job_tag).await {
+            Ok(item) => {
+                if let Some(path) = &kept {
+                    let _ = std::fs::remove_file(path);
+                    let _ = path.parent().map(std::fs::remove_dir);
+                }
+                item
+            }
+            Err(e) => {
+                return Err(match kept {
+                    Some(kept) => JobError::ModelKept { source: Box::new(e), kept },
+                    None => e,
+                })
+            }
+        };
+    let (n_train, n_validation) = (trained.n_train, scores.n_validation);
+    let outcome = &trained.outcome;
+    let report = crate::report::JobReport {
+        model_name: params.output_name.clone(),
+        base_model: params.base_model.clone(),
+        epochs: params.epochs,
+        learning_rate: params.learning_rate,
+        weight_decay: params.weight_decay,
+        n_train,
+        n_validation,
+        train_losses: outcome.train_losses.clone(),
+        epoch_seconds: outcome.epoch_seconds.clone(),
+        ap_before: scores.before.clone(),
+        ap_after: scores.after.clone(),
+        seconds: plan.started.elapsed().as_secs_f64(),
+        device: crate::device::describe(ctx.device),
+    };
+    // the model is stored: a report that fails is a warning, and a stop now skips only it
+    let report_item = match report.files() {
+        Ok(files) => {
+            match control.race(store::upload_report(client, user_id, root, &params.output_name, files)).await
+            {
+                Ok(Ok(i)) => Some(i.id),
+                Ok(Err(e)) => {
+                    events.warning("The training report could not be uploaded.", e.to_string());
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        Err(e) => {
+            events.warning("The training report could not be drawn.", e.to_string());
+            None
+        }
+    };
+    let summary = match (&scores.before, &scores.after) {
+        (Some(b), Some(a)) => format!(" Validation AP@0.5: {:.3} before, {:.3} after.", b.ap50(), a.ap50()),
+        _ => String::new(),
+    };
+    Step::Done
+        .report(events, format!("Model {} saved to your {root}/models folder.{summary}", params.output_name));
+    Ok(JobOutcome {
+        model_name: params.output_name.clone(),
+        model_item_id: item.id,
+        report_item_id: report_item,
+        n_train,
+        n_validation,
+        ap_before: scores.before,
+        ap_after: scores.after,
+        train_losses: trained.outcome.train_losses,
+        resumed_from_epoch: trained.resumed_from_epoch,
+        seconds: plan.started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes the trained model to `<work_dir>/<job>/<name>` before it is uploaded, so that a failed
+/// upload does not lose the training. Best effort: a worker that cannot write locally still uploads.
+fn keep_locally(settings: &Settings, job_tag: &str, name: &str, bytes: &Bytes) -> Option<std::path::PathBuf> {
+    let root =
+        settings.paths.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("cellpose-train-worker"));
+    let dir = root.join(job_tag);
+    let path = dir.join(name);
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes)) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not keep a local copy of the model before uploading");
+            None
+        }
+    }
+}
