@@ -32,3 +32,4 @@ mod train;
 mod train_golden;
 mod worker_checkpoints;
 mod worker_queue;
+mod worker_round;

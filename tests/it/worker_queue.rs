@@ -16,7 +16,7 @@ use super::girder_seed::fault;
 use super::helpers::{bin, tempdir};
 
 /// A small dataset and a small base network so that jobs take seconds on 2 cores.
-async fn world() -> (MockHandle, DemoWorld) {
+pub(super) async fn world() -> (MockHandle, DemoWorld) {
     let mock = spawn_mock(MockConfig::default()).await.unwrap();
     let spec = DemoSpec {
         size: 192,
@@ -29,7 +29,7 @@ async fn world() -> (MockHandle, DemoWorld) {
     (mock, world)
 }
 
-async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job {
+pub(super) async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job {
     let kwargs = json!({
         "request": "compute",
         "datasetId": world.dataset_id,
@@ -146,7 +146,7 @@ fn round_owners(job: &Job) -> Vec<(u64, String)> {
     owners
 }
 
-async fn models(world: &DemoWorld) -> Vec<(String, usize)> {
+pub(super) async fn models(world: &DemoWorld) -> Vec<(String, usize)> {
     let mut out = Vec::new();
     for item in store::list_user_models(&world.user, &world.user_id).await.unwrap() {
         let files = world.user.items().files(&item.id).await.unwrap();
@@ -388,96 +388,6 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
     assert_eq!(models(&world).await.iter().filter(|(n, _)| n == "handed-back").count(), 1);
     second.child.kill().unwrap();
     let _ = second.child.wait();
-}
-
-/// One round of the queue through `Worker::try_execute_job` (no sleeping, the default runtime):
-/// the job the worker ran is what `/metrics` counts, and `/healthz` reports Girder.
-#[tokio::test]
-async fn a_job_run_by_the_worker_is_counted_by_the_ops_endpoint() {
-    use cellpose_train_worker::control::Control;
-    use cellpose_train_worker::worker::{self, Finish, Worker};
-    let (mock, world) = world().await;
-    let mut settings = cellpose_train_worker::config::Settings::default();
-    settings.girder.api_url = mock.api_url.clone();
-    settings.girder.api_key = Some(world.admin_api_key.clone());
-    settings.training.device = "cpu".parse().unwrap();
-    settings.training.bsize = 32;
-    settings.training.min_epochs = 1;
-    let job = submit(&world, "metrics-model", 2).await;
-    let shutdown = Control::new();
-    let opts = worker::ServeOptions { worker_id: Some("m".into()), max_jobs: None };
-    let mut w = Worker::new(settings, &opts, &shutdown).unwrap();
-    let admin = GirderClient::new(
-        GirderConfig::new(mock.api_url.clone()),
-        cellpose_train_worker::girder::Auth::Anonymous,
-    )
-    .unwrap();
-    let polls = worker::http::PollHealth::new(Duration::from_secs(1));
-    let (addr, ops) = worker::http::start(
-        "127.0.0.1:0",
-        admin,
-        tch::Device::Cpu,
-        w.metrics.clone(),
-        polls,
-        shutdown.token().clone(),
-    )
-    .await
-    .unwrap();
-    let metrics =
-        || async move { reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap() };
-    let before = metrics().await;
-    assert!(!before.contains("cellpose_worker_jobs_total{status=\"success\"}"), "{before}");
-
-    assert_eq!(w.try_execute_job().await.unwrap(), Some((job.id.clone(), Finish::Success)));
-    assert_eq!(world.user.jobs().get(&job.id).await.unwrap().status, JobStatus::SUCCESS);
-    let text = metrics().await;
-    for needle in [
-        "cellpose_worker_jobs_total{status=\"success\"} 1",
-        // one observation per epoch of the job's 2
-        "cellpose_worker_training_step_seconds_count 2",
-        "cellpose_worker_queue_wait_seconds_count 1",
-        "cellpose_worker_job_duration_seconds_count 1",
-        "cellpose_worker_jobs_running 0",
-    ] {
-        assert!(text.contains(needle), "{needle} missing from:\n{text}");
-    }
-    // nothing left to take
-    assert_eq!(w.try_execute_job().await.unwrap(), None);
-
-    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
-    assert_eq!(health.status(), 200);
-    let body: Value = health.json().await.unwrap();
-    assert_eq!(body["girder"]["version"], json!("5.0.21"));
-    // Girder gone: unhealthy, and the answer says why
-    mock.shutdown().await;
-    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
-    assert_eq!(health.status(), 503);
-    let body: Value = health.json().await.unwrap();
-    assert_eq!(body["girder"]["ok"], json!(false));
-    shutdown.shutdown();
-    ops.await.unwrap();
-}
-
-#[tokio::test]
-async fn serve_runs_a_job_to_max_jobs_and_reports_its_ops_address() {
-    use cellpose_train_worker::worker;
-    let (mock, world) = world().await;
-    let mut settings = cellpose_train_worker::config::Settings::default();
-    settings.girder.api_url = mock.api_url.clone();
-    settings.girder.api_key = Some(world.admin_api_key.clone());
-    settings.training.device = "cpu".parse().unwrap();
-    settings.training.bsize = 32;
-    settings.training.min_epochs = 1;
-    settings.queue.poll_interval_s = 0.2;
-    settings.server.listen = "127.0.0.1:0".into();
-    let job = submit(&world, "served-model", 1).await;
-    let opts = worker::ServeOptions { worker_id: Some("s".into()), max_jobs: Some(1) };
-    let summary = worker::serve(settings, opts, Default::default()).await.unwrap();
-    assert_eq!(summary.jobs.get(&job.id).map(String::as_str), Some("success"));
-    let addr = summary.ops_addr.expect("ops endpoint");
-    assert_ne!(addr.port(), 0);
-    // serve drained its endpoint before returning
-    assert!(reqwest::get(format!("http://{addr}/metrics")).await.is_err(), "the ops endpoint outlived serve");
 }
 
 /// Issue 14: a job that crashes workers must not crash the next one. Four queued jobs, two
