@@ -153,7 +153,13 @@ fn cpsam_augmentation_replays_cellpose4_draws() {
             let (ox, oy) = a.apply(&x.get(i as i64), &y.get(i as i64), 256);
             let (dx, dy) = (max_abs(&ox, &rx.get(i as i64)), max_abs(&oy, &ry.get(i as i64)));
             eprintln!("augment {h}x{w} image {i} {a:?}: max |diff| image {dx:.2e}, targets {dy:.2e}");
-            assert!(dx < 1e-4 && dy < 1e-4, "augmentation differs from cellpose 4: {dx:e}, {dy:e} ({a:?})");
+            // float32 grids on both sides (cellpose builds its affine matrix from float32 numpy
+            // scalars) differ by ~1e-4 pixel on a 300-pixel source; pixel noise has gradients up
+            // to 1 per pixel, so the sampled values differ by up to ~1e-4
+            assert!(
+                dx < 2.5e-4 && dy < 2.5e-4,
+                "augmentation differs from cellpose 4: {dx:e}, {dy:e} ({a:?})"
+            );
         }
     }
 }
@@ -331,9 +337,13 @@ fn cpsam_short_run_loss_curve_matches_cellpose4() {
         cpsam::prepare_cp4(raw, &Cp4PrepareOptions { min_train_masks: 1, ..Default::default() }).unwrap();
     let model = CpsamModel::load(&tiny, Device::Cpu).unwrap();
     let cfg = CpsamTrainConfig { n_epochs, learning_rate: lr, ..Default::default() };
+    let test = &prepared.examples[..1];
     let outcome =
-        train_seg_cpsam(&model, &prepared.examples, None, &cfg, &mut NoCpsamHooks, &CancelToken::new())
+        train_seg_cpsam(&model, &prepared.examples, Some(test), &cfg, &mut NoCpsamHooks, &CancelToken::new())
             .unwrap();
+    // cellpose 4's test loss cadence: epoch 0, 5 and every 10th
+    let tested: Vec<usize> = (0..n_epochs).filter(|&e| outcome.test_losses[e].is_some()).collect();
+    assert_eq!(tested, vec![0, 5]);
     let ours = &outcome.train_losses;
     eprintln!("cpsam short run: ours {ours:.4?}\n                 cellpose 4 {reference:.4?}");
     let tail = |v: &[f64]| v[n_epochs - 3..].iter().sum::<f64>() / 3.0;

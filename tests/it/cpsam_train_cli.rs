@@ -28,7 +28,7 @@ fn cpsam_train_cli_trains_a_model_cellpose4_loads_with_a_lower_loss() {
         .arg(&data)
         .arg("--pretrained-model")
         .arg(&base)
-        .args(["--n-epochs", "8", "--learning-rate", "1e-3", "--min-train-masks", "1"])
+        .args(["--n-epochs", "6", "--learning-rate", "1e-3", "--min-train-masks", "1"])
         .args(["--model-name", "tiny_trained", "--device", "cpu", "--summary-json"])
         .arg(&summary)
         .output()
