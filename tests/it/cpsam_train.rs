@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ndarray::{Array2, Array4, ArrayD, Axis, IxDyn};
 use ndarray_npy::{read_npy, write_npy};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -110,8 +110,10 @@ fn cpsam_lr_schedule_matches_cellpose4() {
 
 /// A smooth-ish random image `[n, 3, h, w]` and targets `[n, 3, h, w]` with flows from real labels.
 fn aug_inputs(n: usize, h: usize, w: usize, seed: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(seed);
-    let x = Tensor::rand([n as i64, 3, h as i64, w as i64], (Kind::Float, Device::Cpu));
+    // a private RNG: tch's global one is shared with the tests running alongside
+    let mut rng = ChaCha8Rng::seed_from_u64(seed as u64);
+    let values: Vec<f32> = (0..n * 3 * h * w).map(|_| rng.gen::<f32>()).collect();
+    let x = Tensor::from_slice(&values).view([n as i64, 3, h as i64, w as i64]);
     let lbls: Vec<Tensor> = (0..n)
         .map(|i| {
             let (_, labels) = synth_image(&SynthSpec {
