@@ -16,6 +16,7 @@ mod segment;
 mod serve;
 mod synth;
 mod train;
+mod train_cpsam;
 
 #[derive(Parser, Debug)]
 #[command(

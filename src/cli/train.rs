@@ -39,15 +39,18 @@ pub struct TrainArgs {
     /// Accepted for cellpose compatibility: TIFF pages and colour samples are always read as channels.
     #[arg(long, allow_hyphen_values = true)]
     pub channel_axis: Option<i64>,
-    /// Base model: a file, a built-in name (cyto3, cyto2, nuclei, ...), a model in the models
-    /// folder, or None to train from scratch.
+    /// Base model: a file, a built-in name (cyto3, cyto2, nuclei, ..., or cellpose 4's cpsam_v2,
+    /// cpsam), a model in the models folder, or None to train from scratch. A Cellpose-SAM model
+    /// (detected from the file) trains with cellpose 4's train_seg and its defaults.
     #[arg(long, default_value = "cyto3")]
     pub pretrained_model: String,
-    /// Default: 0.2 with SGD (cellpose CLI), 0.005 with AdamW/RAdam (cellpose train_seg).
+    /// Default: 0.2 with SGD (cellpose CLI), 0.005 with AdamW/RAdam (cellpose train_seg);
+    /// 1e-5 for cpsam models (cellpose 4).
     #[arg(long)]
     pub learning_rate: Option<f64>,
-    #[arg(long, default_value_t = 1e-5)]
-    pub weight_decay: f64,
+    /// Default: 1e-5; 0.1 for cpsam models (cellpose 4).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
     /// Same as --optimizer sgd (cellpose's flag).
@@ -56,13 +59,16 @@ pub struct TrainArgs {
     /// Same as --optimizer radam (Omnipose's flag).
     #[arg(long = "RAdam", alias = "radam")]
     pub radam: bool,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 500)]
-    pub n_epochs: usize,
-    /// Training patch size (multiple of 16); Omnipose's --tyx takes "224,224".
-    #[arg(long, alias = "tyx", default_value = "224", value_parser = parse_bsize)]
-    pub bsize: usize,
+    /// Default: 8; 1 for cpsam models (cellpose 4's --train_batch_size).
+    #[arg(long, visible_alias = "train-batch-size")]
+    pub batch_size: Option<usize>,
+    /// Default: 500; 100 for cpsam models (cellpose 4).
+    #[arg(long)]
+    pub n_epochs: Option<usize>,
+    /// Training patch size (multiple of 16; default 224); Omnipose's --tyx takes "224,224".
+    /// cpsam models train on 256 only (cellpose 4 refuses any other).
+    #[arg(long, alias = "tyx", value_parser = parse_bsize)]
+    pub bsize: Option<usize>,
     #[arg(long, default_value_t = 5)]
     pub min_train_masks: usize,
     #[arg(long)]
@@ -130,7 +136,7 @@ fn parse_bsize(s: &str) -> Result<usize, String> {
 }
 
 impl TrainArgs {
-    fn optimizer(&self) -> anyhow::Result<OptimizerKind> {
+    pub(super) fn optimizer(&self) -> anyhow::Result<OptimizerKind> {
         let flags = [
             self.sgd.then_some(OptimizerKind::Sgd),
             self.radam.then_some(OptimizerKind::Radam),
@@ -188,7 +194,24 @@ impl TrainHooks for BarHooks {
     }
 }
 
+/// The family of the base model, when it can be told without loading it (`None`: from
+/// scratch, or a spec that does not resolve, which the CPnet path then reports).
+fn base_family(args: &TrainArgs) -> Option<crate::model::ModelFamily> {
+    let spec = args.pretrained_model.as_str();
+    if ["none", "false", "0", "scratch"].contains(&spec.to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    if let Some(f) = crate::model::registry::builtin_family(spec) {
+        return Some(f);
+    }
+    let source = crate::model::registry::resolve(spec, &args.models_dir.resolve()).ok()?;
+    crate::model::ModelFamily::detect(&source.path).ok()
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if base_family(&args) == Some(crate::model::ModelFamily::Cpsam) {
+        return super::train_cpsam::run(args);
+    }
     let device = args.device.resolve()?;
     let optimizer = args.optimizer()?;
     let learning_rate =
@@ -218,11 +241,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let channels_last = args.channels_last.resolve(true);
     let cfg = TrainConfig {
         learning_rate,
-        weight_decay: args.weight_decay,
+        weight_decay: args.weight_decay.unwrap_or(1e-5),
         optimizer,
-        n_epochs: args.n_epochs,
-        batch_size: args.batch_size,
-        bsize: args.bsize,
+        n_epochs: args.n_epochs.unwrap_or(500),
+        batch_size: args.batch_size.unwrap_or(8),
+        bsize: args.bsize.unwrap_or(224),
         nimg_per_epoch: args.nimg_per_epoch,
         nimg_test_per_epoch: args.nimg_test_per_epoch,
         rescale: args.diameter != Some(0.0),

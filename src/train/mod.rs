@@ -2,9 +2,11 @@
 //! flow targets ([`flows`], with cellpose's CUDA variant in [`flows_torch`]), object diameters
 //! ([`diameters`]), augmentation ([`augment`]) on a producer thread ([`batches`]), losses
 //! ([`loss`]), optimizers ([`optim`]), the LR schedule ([`schedule`]) and the epoch loop ([`trainer`]).
+//! Cellpose-SAM models train with cellpose 4.2.1.1's semantics in [`cpsam`].
 pub mod augment;
 pub mod batches;
 pub mod checkpoint;
+pub mod cpsam;
 pub mod cuda_graph;
 pub mod data;
 pub mod diameters;

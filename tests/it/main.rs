@@ -1,6 +1,8 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
 mod annotations;
 mod cpsam;
+mod cpsam_train;
+mod cpsam_train_cli;
 mod demo;
 mod deploy;
 mod dynamics;
