@@ -11,11 +11,13 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::train::TrainArgs;
+use crate::config::Toggle;
+use crate::control::Control;
 use crate::model::{open_any, AnyModel, CpsamModel};
 use crate::train::cpsam::{
     prepare_cp4, train_seg_cpsam, validate_cpsam_config, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig,
 };
-use crate::train::{self, CancelToken, EpochInfo, StepInfo, TrainError};
+use crate::train::{self, EpochInfo, StepInfo, TrainError};
 use crate::transforms::Normalize;
 
 /// cellpose 4's tile size for every cpsam model.
@@ -66,7 +68,7 @@ fn refuse_cpnet_only(args: &TrainArgs) -> anyhow::Result<()> {
     if args.eval_every.is_some() || args.log_dir.is_some() {
         bad.push("--eval-every/--log-dir (not yet available for cpsam training)");
     }
-    if args.mixed_precision == "on" || args.cuda_graphs == "on" {
+    if args.mixed_precision == Toggle::On || args.cuda_graphs == Toggle::On {
         bad.push("--mixed-precision on/--cuda-graphs on (cellpose 4 trains in float32, eagerly)");
     }
     if !bad.is_empty() {
@@ -165,7 +167,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut hooks = BarHooks { bar };
-    let outcome = train_seg_cpsam(&model, &examples, test.as_deref(), &cfg, &mut hooks, &CancelToken::new())?;
+    let outcome = train_seg_cpsam(&model, &examples, test.as_deref(), &cfg, &mut hooks, &Control::new())?;
     hooks.bar.finish_and_clear();
     if let Some(path) = &args.summary_json {
         let doc = serde_json::json!({

@@ -24,12 +24,13 @@ use tch::{Device, Kind, Tensor};
 
 use super::augment::Cp4Augment;
 use super::schedule::lr_schedule_cp4;
+use crate::control::{Control, StopReason};
 use crate::model::CpsamModel;
 use crate::train::batches::epoch_order;
 use crate::train::data::Example;
 use crate::train::loss::seg_loss;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::trainer::{epoch_path, CancelToken, EpochInfo, StepInfo, TrainError, TrainOutcome};
+use crate::train::trainer::{epoch_path, EpochInfo, StepInfo, TrainError, TrainOutcome};
 use crate::transforms::array3_to_tensor;
 
 /// Everything cellpose 4 `train_seg` takes besides the data, with its defaults.
@@ -202,7 +203,7 @@ pub fn train_seg_cpsam(
     test: Option<&[Example]>,
     cfg: &CpsamTrainConfig,
     hooks: &mut dyn CpsamHooks,
-    cancel: &CancelToken,
+    control: &Control,
 ) -> Result<TrainOutcome, TrainError> {
     let bsize = model.net.config.bsize() as usize;
     validate_cpsam_config(cfg, bsize)?;
@@ -254,8 +255,11 @@ pub fn train_seg_cpsam(
         let mut rng = rng_for(cfg.seed, 1, epoch);
         let mut loss_sum = 0.0;
         for (step, inds) in order.chunks(cfg.batch_size).enumerate() {
-            if cancel.is_cancelled() {
-                return Err(TrainError::Cancelled { epoch });
+            // no checkpoints in this loop yet: a shutdown stops it like a cancel, with its reason
+            match control.reason() {
+                None => {}
+                Some(StopReason::Cancel) => return Err(TrainError::Cancelled { epoch }),
+                Some(StopReason::Shutdown) => return Err(TrainError::Interrupted { epoch, step }),
             }
             let (x, y) = batch(&train_items, inds, &mut rng, bsize, scale_range, rescale);
             let failed = |e| TrainError::step_failed(&x, e);
