@@ -87,8 +87,8 @@ fn cpsam_eval_cli_ap_matches_cellpose4() {
         let shifted = ref_masks[[y, x.saturating_sub(1)]];
         let l = ref_masks[[y, x]];
         match () {
-            _ if shifted > 0 && shifted % 5 == 0 => shifted,
-            _ if l % 5 == 0 || l % 3 == 0 => 0,
+            _ if shifted > 0 && shifted.is_multiple_of(5) => shifted,
+            _ if l.is_multiple_of(5) || l.is_multiple_of(3) => 0,
             _ => l,
         }
     });
