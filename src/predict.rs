@@ -115,17 +115,7 @@ pub fn run_net(
     device: Device,
 ) -> Result<(Tensor, Tensor), tch::TchError> {
     let net = &model.net;
-    let size = img.size();
-    let (ly0, lx0) = (size[1], size[2]);
-    let (lyr, lxr) = match rsz {
-        Some(r) => ((ly0 as f64 * r) as i64, (lx0 as f64 * r) as i64),
-        None => (ly0, lx0),
-    };
-    let img = if (lyr, lxr) != (ly0, lx0) {
-        transforms::resize_bilinear(img, lyr, lxr)
-    } else {
-        img.shallow_clone()
-    };
+    let (img, lyr, lxr) = transforms::resize_by(img, rsz)?;
     let (y1, y2, x1, x2) = pad_yx(lyr, lxr);
     let padded = img.constant_pad_nd([x1, x2, y1, y2]);
     let (ly, lx) = (lyr + y1 + y2, lxr + x1 + x2);

@@ -13,7 +13,7 @@
 //! Normalisation (1-99 percentiles per channel) and the taper blending are cellpose 3's.
 
 use ndarray::Array3;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::model::CpsamModel;
 use crate::predict::{taper_mask, tile_starts, Prediction};
@@ -82,51 +82,91 @@ pub fn cp4_pad(len: i64, bsize: i64) -> (i64, i64) {
     (8 + lpad / 2, 8 + lpad - lpad / 2)
 }
 
+/// A libtorch failure inside cpsam inference, named by the step and the tensor it worked on.
+/// The input decides these (image size -> allocations, channels -> shapes), so they are errors
+/// for the user, not panics.
+#[derive(Debug, thiserror::Error)]
+pub enum Cp4NetError {
+    #[error(
+        "cpsam inference failed {step} (tensor `{tensor}`, shape {shape:?}): {detail}; if libtorch ran \
+         out of memory, use a smaller image, a larger --diameter or a smaller --batch-size"
+    )]
+    Torch { step: &'static str, tensor: &'static str, shape: Vec<i64>, detail: String },
+    #[error("cpsam inference takes a [C, H, W] image, got shape {0:?}")]
+    NotAnImage(Vec<i64>),
+}
+
+/// Maps a libtorch error to [`Cp4NetError::Torch`] for `tensor` (its shape taken now). libtorch's
+/// message runs on with a C++ backtrace; its first line says what went wrong.
+fn at(step: &'static str, name: &'static str, t: &Tensor) -> impl FnOnce(TchError) -> Cp4NetError {
+    let shape = t.size();
+    move |e| Cp4NetError::Torch {
+        step,
+        tensor: name,
+        shape,
+        detail: e.to_string().lines().next().unwrap_or("").trim().to_string(),
+    }
+}
+
 /// cellpose 4 `core.run_net` for one normalised `[C, H, W]` CPU image: resize by `rsz`, pad,
 /// tile at the network's bsize, run in batches, blend with the taper mask, crop the padding.
 /// Returns `[nout, H*rsz, W*rsz]` float32 maps on the CPU.
-pub fn run_net_cp4(model: &CpsamModel, img: &Tensor, rsz: Option<f64>, opts: &Cp4Options) -> Tensor {
+pub fn run_net_cp4(
+    model: &CpsamModel,
+    img: &Tensor,
+    rsz: Option<f64>,
+    opts: &Cp4Options,
+) -> Result<Tensor, Cp4NetError> {
     let net = &model.net;
     let device = net.device();
     let bs = net.config.bsize();
-    let size = img.size();
-    let (ly0, lx0) = (size[1], size[2]);
-    let (lyr, lxr) = match rsz {
-        Some(r) => ((ly0 as f64 * r) as i64, (lx0 as f64 * r) as i64),
-        None => (ly0, lx0),
-    };
-    let img = if (lyr, lxr) != (ly0, lx0) {
-        transforms::resize_bilinear(img, lyr, lxr)
-    } else {
-        img.shallow_clone()
-    };
+    if img.dim() != 3 {
+        return Err(Cp4NetError::NotAnImage(img.size()));
+    }
+    let (img, lyr, lxr) = transforms::resize_by(img, rsz).map_err(at("resizing", "image", img))?;
     let (y1, y2) = cp4_pad(lyr, bs);
     let (x1, x2) = cp4_pad(lxr, bs);
-    let padded = img.constant_pad_nd([x1, x2, y1, y2]);
+    let padded = img.f_constant_pad_nd([x1, x2, y1, y2]).map_err(at("padding", "image", &img))?;
     let (ly, lx) = (lyr + y1 + y2, lxr + x1 + x2);
     let ys = tile_starts(ly, bs, opts.tile_overlap);
     let xs = tile_starts(lx, bs, opts.tile_overlap);
     let coords: Vec<(i64, i64)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
     let nout = net.config.nout;
     let mask = taper_mask(bs, bs);
-    let mut acc = Tensor::zeros([nout, ly, lx], (Kind::Float, Device::Cpu));
-    let navg = Tensor::zeros([ly, lx], (Kind::Float, Device::Cpu));
-    tch::no_grad(|| {
+    let cpu = (Kind::Float, Device::Cpu);
+    let acc = Tensor::f_zeros([nout, ly, lx], cpu).map_err(at("allocating the maps", "padded", &padded))?;
+    let navg = Tensor::f_zeros([ly, lx], cpu).map_err(at("allocating the weights", "padded", &padded))?;
+    tch::no_grad(|| -> Result<(), Cp4NetError> {
         for chunk in coords.chunks(opts.batch_size.max(1) as usize) {
-            let tiles: Vec<Tensor> =
-                chunk.iter().map(|&(y, x)| padded.narrow(1, y, bs).narrow(2, x, bs)).collect();
-            let batch = Tensor::stack(&tiles, 0).to_device(device);
-            let maps = net.forward_t(&batch, false).to_device(Device::Cpu).to_kind(Kind::Float);
+            let tiles = chunk
+                .iter()
+                .map(|&(y, x)| padded.f_narrow(1, y, bs)?.f_narrow(2, x, bs))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(at("cutting tiles", "padded", &padded))?;
+            let batch = Tensor::f_stack(&tiles, 0).and_then(|b| b.f_to_device(device)).map_err(at(
+                "stacking tiles",
+                "padded",
+                &padded,
+            ))?;
+            let maps = net
+                .forward_t(&batch, false)
+                .and_then(|m| m.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float))
+                .map_err(at("in the network", "batch", &batch))?;
             for (i, &(y, x)) in chunk.iter().enumerate() {
-                let mut dst = acc.narrow(1, y, bs).narrow(2, x, bs);
-                dst += maps.get(i as i64) * &mask;
-                let mut n = navg.narrow(0, y, bs).narrow(1, x, bs);
-                n += &mask;
+                let blend = || -> Result<(), TchError> {
+                    let mut dst = acc.f_narrow(1, y, bs)?.f_narrow(2, x, bs)?;
+                    let _ = dst.f_add_(&maps.f_select(0, i as i64)?.f_mul(&mask)?)?;
+                    let mut n = navg.f_narrow(0, y, bs)?.f_narrow(1, x, bs)?;
+                    let _ = n.f_add_(&mask)?;
+                    Ok(())
+                };
+                blend().map_err(at("blending tiles", "maps", &maps))?;
             }
         }
-    });
-    acc /= navg;
-    acc.narrow(1, y1, lyr).narrow(2, x1, lxr)
+        Ok(())
+    })?;
+    let acc = acc.f_div(&navg).map_err(at("averaging tiles", "maps", &acc))?;
+    acc.f_narrow(1, y1, lyr).and_then(|a| a.f_narrow(2, x1, lxr)).map_err(at("cropping", "maps", &acc))
 }
 
 /// cellpose 4 `CellposeModel.eval(x, diameter, compute_masks=False)` for one 2-D `[C, H, W]`
@@ -144,9 +184,13 @@ pub fn predict_cp4(
     let rescale = cp4_rescale(opts.diameter);
     let rsz = (rescale != 1.0).then_some(rescale);
     let t = transforms::array3_to_tensor(&x);
-    let mut yf = run_net_cp4(model, &t, rsz, opts);
+    let mut yf = run_net_cp4(model, &t, rsz, opts)?;
     if opts.resample && rsz.is_some() {
-        yf = transforms::resize_bilinear(&yf, h as i64, w as i64);
+        yf = transforms::f_resize_bilinear(&yf, h as i64, w as i64).map_err(at(
+            "resizing back to the image",
+            "maps",
+            &yf,
+        ))?;
     }
     let maps = transforms::tensor_to_array3(&yf);
     let n = maps.dim().0;
@@ -189,6 +233,50 @@ mod tests {
         assert_eq!(cp4_niter(None, 2.0, true), 100);
         assert_eq!(cp4_niter(None, 2.0, false), 200);
         assert_eq!(cp4_niter(Some(7), 2.0, true), 7);
+    }
+
+    fn tiny_model() -> CpsamModel {
+        use crate::model::cpsam::BlockShape;
+        use crate::model::CpsamConfig;
+        let b = BlockShape { dim: 16, heads: 2, mlp_dim: 32, rel_len: (7, 7) };
+        let cfg = CpsamConfig { dim: 16, blocks: vec![b, b], grid: (4, 4), neck: 8, ..Default::default() };
+        tch::manual_seed(7);
+        CpsamModel::new(cfg, Device::Cpu)
+    }
+
+    #[test]
+    fn a_wrong_input_is_an_error_naming_the_tensor_not_a_panic() {
+        let model = tiny_model();
+        let opts = Cp4Options::default();
+        let flat = Tensor::zeros([40, 50], (Kind::Float, Device::Cpu));
+        assert!(
+            matches!(run_net_cp4(&model, &flat, None, &opts), Err(Cp4NetError::NotAnImage(s)) if s == [40, 50])
+        );
+        // five channels: the patch embedding has three
+        let five = Tensor::zeros([5, 40, 50], (Kind::Float, Device::Cpu));
+        let err = run_net_cp4(&model, &five, None, &opts).expect_err("five channels");
+        let msg = err.to_string();
+        assert!(matches!(&err, Cp4NetError::Torch { tensor: "batch", shape, .. } if shape[1] == 5), "{msg}");
+        assert!(msg.contains("in the network") && msg.contains("1..=3"), "{msg}");
+    }
+
+    #[test]
+    fn bf16_weights_give_the_fp32_maps_within_bf16_precision() {
+        // the CUDA default (Precision::Auto); bf16 runs on the CPU too, so its dtype handling is
+        // checked here: input cast to the weights' kind, float32 maps out
+        let mut model = tiny_model();
+        let raw = Array3::from_shape_fn((2, 40, 50), |(c, y, x)| ((y * 3 + x * 7 + c) % 23) as f32);
+        let opts = Cp4Options { diameter: Some(20.0), ..Default::default() };
+        let fp32 = predict_cp4(&model, &raw, &opts).unwrap();
+        model.to_kind(Precision::Bf16.kind_on(Device::Cpu));
+        assert_eq!(model.net.kind(), Kind::BFloat16);
+        let bf16 = predict_cp4(&model, &raw, &opts).unwrap();
+        assert_eq!(bf16.dp.dim(), fp32.dp.dim());
+        let scale = fp32.dp.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = fp32.dp.iter().zip(bf16.dp.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // bf16 keeps 8 bits of mantissa: ~0.4% per rounding, a few percent after two blocks
+        assert!(diff / scale < 0.05, "bf16 vs fp32: max diff {diff} of {scale}");
+        assert!(diff > 0.0, "bf16 should round somewhere");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum TransformError {
         "the network failed in libtorch ({0}); if it ran out of memory, use a smaller image or --diameter"
     )]
     Torch(String),
+    #[error(transparent)]
+    Cpsam(#[from] crate::predict_cpsam::Cp4NetError),
 }
 
 /// Selects/merges channels of a `[C, H, W]` image into the network's input channels
@@ -167,21 +169,54 @@ pub fn normalize_img(img: &mut Array3<f32>, opts: &Normalize) {
 
 /// Bilinear resize of `[N, C, H, W]` (or `[C, H, W]`) with OpenCV `INTER_LINEAR` / PyTorch
 /// `align_corners=False` semantics (half-pixel centres, no antialiasing), as cellpose's
-/// `cv2.resize` calls do.
+/// `cv2.resize` calls do. Panics where libtorch fails (out of memory); paths that size tensors
+/// from user input use [`f_resize_bilinear`].
 pub fn resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
+    match f_resize_bilinear(x, out_h, out_w) {
+        Ok(y) => y,
+        Err(e) => panic!("bilinear resize of {:?} to {out_h}x{out_w} failed: {e}", x.size()),
+    }
+}
+
+/// [`resize_bilinear`] with libtorch's failures returned.
+pub fn f_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Result<Tensor, tch::TchError> {
     let squeeze = x.dim() == 3;
-    let x4 = if squeeze { x.unsqueeze(0) } else { x.shallow_clone() };
+    let x4 = if squeeze { x.f_unsqueeze(0)? } else { x.shallow_clone() };
     let size = x4.size();
-    if size[2] == out_h && size[3] == out_w {
-        return x.shallow_clone();
+    if size.get(2..4) == Some(&[out_h, out_w][..]) {
+        return Ok(x.shallow_clone());
     }
     let kind = x4.kind();
-    let y = x4.to_kind(Kind::Float).upsample_bilinear2d([out_h, out_w], false, None, None).to_kind(kind);
+    let y = x4
+        .f_to_kind(Kind::Float)?
+        .f_upsample_bilinear2d([out_h, out_w], false, None, None)?
+        .f_to_kind(kind)?;
     if squeeze {
-        y.squeeze_dim(0)
+        y.f_squeeze_dim(0)
     } else {
-        y
+        Ok(y)
     }
+}
+
+/// The size a `ly x lx` image has at resize factor `rsz`: `int(L * rsz)` per axis, as cellpose's
+/// `core.run_net` computes it (both families); `None` keeps the size.
+pub fn rescaled_size(ly: i64, lx: i64, rsz: Option<f64>) -> (i64, i64) {
+    match rsz {
+        Some(r) => ((ly as f64 * r) as i64, (lx as f64 * r) as i64),
+        None => (ly, lx),
+    }
+}
+
+/// cellpose `core.run_net`'s first step for a `[C, H, W]` image: resized by `rsz` to
+/// [`rescaled_size`] (the same tensor when that is its size). Returns the image and its size.
+pub fn resize_by(img: &Tensor, rsz: Option<f64>) -> Result<(Tensor, i64, i64), tch::TchError> {
+    let size = img.size();
+    let [_, ly0, lx0] = size[..] else {
+        return Err(tch::TchError::Shape(format!("expected a [C, H, W] image, got {size:?}")));
+    };
+    let (ly, lx) = rescaled_size(ly0, lx0, rsz);
+    let out = if (ly, lx) != (ly0, lx0) { f_resize_bilinear(img, ly, lx)? } else { img.shallow_clone() };
+    Ok((out, ly, lx))
 }
 
 /// `[C, H, W]` ndarray -> CPU tensor.
@@ -228,6 +263,20 @@ mod tests {
             convert_channels(img.view(), Channels::Pair { chan: 4, chan2: 0 }),
             Err(TransformError::ChanOutOfRange { chan: 4, nchan: 3 })
         ));
+    }
+
+    #[test]
+    fn resize_by_truncates_like_run_net_and_keeps_the_tensor_at_scale_one() {
+        assert_eq!(rescaled_size(300, 410, Some(1.5)), (450, 615));
+        assert_eq!(rescaled_size(101, 33, Some(0.5)), (50, 16));
+        assert_eq!(rescaled_size(7, 9, None), (7, 9));
+        let img = Tensor::ones([2, 10, 12], (Kind::Float, tch::Device::Cpu));
+        let (same, h, w) = resize_by(&img, None).unwrap();
+        assert_eq!((h, w), (10, 12));
+        assert!(same.allclose(&img, 0.0, 0.0, false));
+        let (half, h, w) = resize_by(&img, Some(0.55)).unwrap();
+        assert_eq!((half.size(), h, w), (vec![2, 5, 6], 5, 6));
+        assert!(resize_by(&Tensor::ones([10, 12], (Kind::Float, tch::Device::Cpu)), None).is_err());
     }
 
     #[test]

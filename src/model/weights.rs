@@ -45,6 +45,22 @@ fn wrong_family_hint(wanted: ModelFamily) -> &'static str {
     }
 }
 
+/// The loaders' first check, on tensor names only (before any weights are read): a file of the
+/// other family is refused with [`ModelError::WrongFamily`]. A file with neither family's marker
+/// is refused where a cpsam model is wanted; a CPnet load goes on, so its own shape checks name
+/// the tensor the file lacks.
+pub(crate) fn check_family<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    wanted: ModelFamily,
+    origin: &str,
+) -> Result<(), ModelError> {
+    match (ModelFamily::from_names(names), wanted) {
+        (Some(found), _) if found == wanted => Ok(()),
+        (None, ModelFamily::Cpnet) => Ok(()),
+        (found, _) => Err(ModelError::WrongFamily { origin: origin.into(), found, wanted }),
+    }
+}
+
 /// A CPnet with its variables. The `VarStore` owns the tensors; `net` holds handles to them.
 pub struct Model {
     pub vs: nn::VarStore,
@@ -63,26 +79,13 @@ impl Model {
     pub fn load(path: &Path, device: Device) -> Result<Model, ModelError> {
         // the index alone tells a cpsam file, before reading ~1.2 GB of weights
         let metas = torch_file::read_tensor_metas(path)?;
-        if let Some(found @ ModelFamily::Cpsam) =
-            ModelFamily::from_names(metas.iter().map(|m| m.name.as_str()))
-        {
-            let origin = path.display().to_string();
-            return Err(ModelError::WrongFamily { origin, found: Some(found), wanted: ModelFamily::Cpnet });
-        }
+        check_family(metas.iter().map(|m| m.name.as_str()), ModelFamily::Cpnet, &path.display().to_string())?;
         let sd = torch_file::read_state_dict(path)?;
         Model::from_state_dict(&sd, device, &path.display().to_string())
     }
 
     pub fn from_state_dict(sd: &StateDict, device: Device, origin: &str) -> Result<Model, ModelError> {
-        if let Some(found @ ModelFamily::Cpsam) =
-            ModelFamily::from_names(sd.entries.iter().map(|(n, _)| n.as_str()))
-        {
-            return Err(ModelError::WrongFamily {
-                origin: origin.into(),
-                found: Some(found),
-                wanted: ModelFamily::Cpnet,
-            });
-        }
+        check_family(sd.entries.iter().map(|(n, _)| n.as_str()), ModelFamily::Cpnet, origin)?;
         let config = infer_config(sd, origin)?;
         let model = Model::new(config, device);
         model.copy_from(sd, origin)?;

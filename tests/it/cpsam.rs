@@ -57,7 +57,7 @@ fn cpsam_tiny_network_matches_cellpose4() {
         arg(&p("y2.npy")),
     ]);
     for (x, y) in [(&x3, "y3.npy"), (&x2, "y2.npy")] {
-        let ours = tch::no_grad(|| model.net.forward_t(x, false));
+        let ours = tch::no_grad(|| model.net.forward_t(x, false)).unwrap();
         let reference = npy_to_tensor(&p(y));
         let (abs, rel) = diffs(&ours, &reference);
         eprintln!("cpsam tiny forward {:?}: max abs diff {abs:.3e}, rel {rel:.3e}", x.size());
@@ -80,7 +80,8 @@ fn cpsam_module_prefix_and_bf16_tensors_load_the_same_weights() {
     let a = CpsamModel::load(&src, Device::Cpu).unwrap();
     let b = CpsamModel::load(&prefixed, Device::Cpu).unwrap();
     let x = Tensor::randn([1, 3, 256, 256], (Kind::Float, Device::Cpu));
-    let (ya, yb) = tch::no_grad(|| (a.net.forward_t(&x, false), b.net.forward_t(&x, false)));
+    let (ya, yb) =
+        tch::no_grad(|| (a.net.forward_t(&x, false).unwrap(), b.net.forward_t(&x, false).unwrap()));
     assert!(ya.allclose(&yb, 0.0, 0.0, false));
     assert_eq!(ModelFamily::detect(&prefixed).unwrap(), ModelFamily::Cpsam);
 }
@@ -98,7 +99,8 @@ fn cpsam_file_written_here_loads_in_cellpose4() {
     assert_eq!(n.first().copied(), Some("42"), "{printed}");
     let back = CpsamModel::load(&out, Device::Cpu).unwrap();
     let x = Tensor::randn([1, 3, 256, 256], (Kind::Float, Device::Cpu));
-    let (a, b) = tch::no_grad(|| (model.net.forward_t(&x, false), back.net.forward_t(&x, false)));
+    let (a, b) =
+        tch::no_grad(|| (model.net.forward_t(&x, false).unwrap(), back.net.forward_t(&x, false).unwrap()));
     assert!(a.allclose(&b, 0.0, 0.0, false));
 }
 
@@ -123,7 +125,7 @@ fn cpsam_wrong_family_errors_name_the_file_and_the_family() {
 }
 
 /// Test image: two smooth, noisy channels, 300x410 (two tiles down, two across at 256).
-fn test_image() -> ndarray::Array3<f32> {
+pub(crate) fn test_image() -> ndarray::Array3<f32> {
     ndarray::Array3::from_shape_fn((2, 300, 410), |(c, y, x)| {
         let (fy, fx) = (y as f32, x as f32);
         let noise = (((y * 7919 + x * 104729 + c * 31) % 997) as f32 / 997.0 - 0.5) * 10.0;
@@ -259,7 +261,7 @@ fn cpsam_full_vit_l_file_loads_and_matches_cellpose4() {
     let model = CpsamModel::load(&file, Device::Cpu).unwrap();
     assert_eq!(model.vs.variables().len(), 350);
     assert_eq!(model.net.config, cellpose_train_worker::model::CpsamConfig::default());
-    let ours = tch::no_grad(|| model.net.forward_t(&x, false));
+    let ours = tch::no_grad(|| model.net.forward_t(&x, false)).unwrap();
     let (abs, rel) = diffs(&ours, &npy_to_tensor(&yref));
     eprintln!("cpsam ViT-L forward 256x256: max abs diff {abs:.3e}, rel {rel:.3e}");
     assert!(rel <= 1e-3, "ViT-L output differs from cellpose 4: abs {abs:e}, rel {rel:e}");

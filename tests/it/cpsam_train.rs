@@ -254,7 +254,8 @@ fn cpsam_loss_on_a_fixed_batch_matches_cellpose4() {
     ]);
     let reference: f64 = out.trim().parse().unwrap();
     let model = CpsamModel::load(&tiny, Device::Cpu).unwrap();
-    let ours = tch::no_grad(|| seg_loss(&model.net.forward_t(&x, false), &y).unwrap().double_value(&[]));
+    let ours =
+        tch::no_grad(|| seg_loss(&model.net.forward_t(&x, false).unwrap(), &y).unwrap().double_value(&[]));
     eprintln!("cpsam loss on a fixed batch: ours {ours:.7}, cellpose 4 {reference:.7}");
     assert!((ours - reference).abs() <= 1e-5 * reference, "loss {ours} vs {reference}");
 }
@@ -288,7 +289,7 @@ fn cpsam_adamw_steps_match_cellpose4() {
     let mut losses = Vec::new();
     for _ in 0..steps {
         optim.zero_grad();
-        let loss = seg_loss(&model.net.forward_t(&x, true), &y).unwrap();
+        let loss = seg_loss(&model.net.forward_t(&x, true).unwrap(), &y).unwrap();
         loss.backward();
         optim.step(lr);
         losses.push(loss.double_value(&[]));

@@ -1,6 +1,7 @@
 //! One integration-test binary; a file per capability. Shared set-up lives in `helpers`.
 mod annotations;
 mod cpsam;
+mod cpsam_cli;
 mod cpsam_train;
 mod cpsam_train_cli;
 mod demo;

@@ -6,8 +6,8 @@
 //! Paths equal the PyTorch attribute names (`norm1`, `attn.qkv`, `attn.rel_pos_h`, `mlp.lin1`,
 //! `neck.0`, ...), so `VarStore` names are cellpose 4's state_dict keys.
 
-use tch::nn::{self, Init, Module};
-use tch::{Kind, Tensor};
+use tch::nn::{self, Init};
+use tch::{Kind, TchError, Tensor};
 
 /// SAM builds every LayerNorm with `eps=1e-6` (`partial(nn.LayerNorm, eps=1e-6)`, `LayerNorm2d`).
 pub const LN_EPS: f64 = 1e-6;
@@ -16,27 +16,42 @@ fn layer_norm(p: nn::Path, dim: i64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps: LN_EPS, ..Default::default() })
 }
 
+// The forwards below use tch's fallible `f_` calls: a bad input (shape, out of memory) comes back
+// as an error for the caller to name, never as a panic inside libtorch's wrapper.
+
+fn f_layer_norm(ln: &nn::LayerNorm, x: &Tensor) -> Result<Tensor, TchError> {
+    x.f_layer_norm(ln.normalized_shape.as_slice(), ln.ws.as_ref(), ln.bs.as_ref(), LN_EPS, true)
+}
+
+fn f_linear(l: &nn::Linear, x: &Tensor) -> Result<Tensor, TchError> {
+    x.f_linear(&l.ws, l.bs.as_ref())
+}
+
+fn f_conv(c: &nn::Conv2D, x: &Tensor, padding: i64) -> Result<Tensor, TchError> {
+    x.f_conv2d(&c.ws, c.bs.as_ref(), [1, 1], [padding, padding], [1, 1], 1)
+}
+
 /// SAM `get_rel_pos` for equal query and key sizes: the table (`[L, head_dim]`, sized for the
 /// window the block was pre-trained with) is linearly resized to `2 * size - 1` rows
 /// (`F.interpolate(mode="linear")`, align_corners=False) and gathered at `i - j + size - 1`,
 /// giving `[size, size, head_dim]`.
-pub fn rel_pos_for(table: &Tensor, size: i64) -> Tensor {
+pub fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor, TchError> {
     let want = 2 * size - 1;
-    let rows = table.size()[0];
+    let rows = table.size().first().copied().unwrap_or(0);
     let resized = if rows == want {
         table.shallow_clone()
     } else {
         // [L, C] -> [1, C, L] -> linear resize -> [want, C]
         table
-            .transpose(0, 1)
-            .unsqueeze(0)
-            .upsample_linear1d([want], false, None)
-            .squeeze_dim(0)
-            .transpose(0, 1)
+            .f_transpose(0, 1)?
+            .f_unsqueeze(0)?
+            .f_upsample_linear1d([want], false, None)?
+            .f_squeeze_dim(0)?
+            .f_transpose(0, 1)?
     };
-    let i = Tensor::arange(size, (Kind::Int64, table.device()));
-    let idx = i.unsqueeze(1) - i.unsqueeze(0) + (size - 1);
-    resized.index_select(0, &idx.flatten(0, 1)).view([size, size, -1])
+    let i = Tensor::f_arange(size, (Kind::Int64, table.device()))?;
+    let idx = i.f_unsqueeze(1)?.f_sub(&i.f_unsqueeze(0)?)?.f_add_scalar(size - 1)?;
+    resized.f_index_select(0, &idx.f_flatten(0, 1)?)?.f_view([size, size, -1])
 }
 
 /// `Attention`: fused qkv projection, global attention over the token grid with the additive
@@ -65,24 +80,34 @@ impl Attention {
     }
 
     /// `x`: `[B, H, W, dim]` tokens -> `[B, H, W, dim]`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let s = x.size();
-        let (b, h, w, dim) = (s[0], s[1], s[2], s[3]);
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let [b, h, w, dim] = x.size()[..] else {
+            return Err(TchError::Shape(format!(
+                "attention takes [B, H, W, dim] tokens, got {:?}",
+                x.size()
+            )));
+        };
         let hd = dim / self.heads;
         // [B, HW, 3, heads, hd] -> [3, B, heads, HW, hd]
-        let qkv = self.qkv.forward(x).reshape([b, h * w, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let qkv =
+            f_linear(&self.qkv, x)?.f_reshape([b, h * w, 3, self.heads, hd])?.f_permute([2, 0, 3, 1, 4])?;
+        let (q, k, v) = (qkv.f_select(0, 0)?, qkv.f_select(0, 1)?, qkv.f_select(0, 2)?);
         // relative-position bias from the unscaled queries, as SAM computes it
-        let rh = rel_pos_for(&self.rel_pos_h, h);
-        let rw = rel_pos_for(&self.rel_pos_w, w);
-        let rq = q.reshape([b * self.heads, h, w, hd]);
-        let rel_h = Tensor::einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>);
-        let rel_w = Tensor::einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>);
-        let bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape([b, self.heads, h * w, h * w]);
+        let rh = rel_pos_for(&self.rel_pos_h, h)?;
+        let rw = rel_pos_for(&self.rel_pos_w, w)?;
+        let rq = q.f_reshape([b * self.heads, h, w, hd])?;
+        let rel_h = Tensor::f_einsum("bhwc,hkc->bhwk", &[&rq, &rh], None::<i64>)?;
+        let rel_w = Tensor::f_einsum("bhwc,wkc->bhwk", &[&rq, &rw], None::<i64>)?;
+        let bias = rel_h.f_unsqueeze(-1)?.f_add(&rel_w.f_unsqueeze(-2)?)?.f_reshape([
+            b,
+            self.heads,
+            h * w,
+            h * w,
+        ])?;
         // softmax(q k^T / sqrt(hd) + bias) v: libtorch's fused kernel, the same sum as SAM's
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
-        let y = y.view([b, self.heads, h, w, hd]).permute([0, 2, 3, 1, 4]).reshape([b, h, w, dim]);
-        self.proj.forward(&y)
+        let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false)?;
+        let y = y.f_view([b, self.heads, h, w, hd])?.f_permute([0, 2, 3, 1, 4])?.f_reshape([b, h, w, dim])?;
+        f_linear(&self.proj, &y)
     }
 }
 
@@ -100,8 +125,8 @@ impl Mlp {
             lin2: nn::linear(&vs / "lin2", hidden, dim, Default::default()),
         }
     }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.lin2.forward(&self.lin1.forward(x).gelu("none"))
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        f_linear(&self.lin2, &f_linear(&self.lin1, x)?.f_gelu("none")?)
     }
 }
 
@@ -134,10 +159,10 @@ impl Block {
             mlp: Mlp::new(&vs / "mlp", shape.dim, shape.mlp_dim),
         }
     }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self.attn.forward(&self.norm1.forward(x));
-        let y = self.mlp.forward(&self.norm2.forward(&x));
-        x + y
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let x = x.f_add(&self.attn.forward(&f_layer_norm(&self.norm1, x)?)?)?;
+        let y = self.mlp.forward(&f_layer_norm(&self.norm2, &x)?)?;
+        x.f_add(&y)
     }
 }
 
@@ -155,12 +180,12 @@ impl LayerNorm2d {
             bias: vs.var("bias", &[n], Init::Const(0.0)),
         }
     }
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let u = x.mean_dim(1, true, None);
-        let d = x - &u;
-        let s = d.square().mean_dim(1, true, None);
-        let y = d / (s + LN_EPS).sqrt();
-        y * self.weight.view([1, -1, 1, 1]) + self.bias.view([1, -1, 1, 1])
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let u = x.f_mean_dim(1, true, None)?;
+        let d = x.f_sub(&u)?;
+        let s = d.f_square()?.f_mean_dim(1, true, None)?;
+        let y = d.f_div(&s.f_add_scalar(LN_EPS)?.f_sqrt()?)?;
+        y.f_mul(&self.weight.f_view([1, -1, 1, 1])?)?.f_add(&self.bias.f_view([1, -1, 1, 1])?)
     }
 }
 
@@ -185,9 +210,9 @@ impl Neck {
         }
     }
     /// `[B, dim, H, W]` -> `[B, neck, H, W]`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let x = self.norm1.forward(&self.conv0.forward(x));
-        self.norm3.forward(&self.conv2.forward(&x))
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let x = self.norm1.forward(&f_conv(&self.conv0, x, 0)?)?;
+        self.norm3.forward(&f_conv(&self.conv2, &x, 1)?)
     }
 }
 
@@ -199,7 +224,7 @@ mod tests {
     fn rel_pos_gathers_offsets_without_resizing_when_sizes_match() {
         // table row r holds the value r; size 3 needs 5 rows; entry [i][j] = i - j + 2
         let table = Tensor::arange(5, (Kind::Float, tch::Device::Cpu)).unsqueeze(1);
-        let r = rel_pos_for(&table, 3).squeeze_dim(2);
+        let r = rel_pos_for(&table, 3).unwrap().squeeze_dim(2);
         let got: Vec<f32> = Vec::try_from(r.flatten(0, 1)).unwrap();
         assert_eq!(got, vec![2., 1., 0., 3., 2., 1., 4., 3., 2.]);
     }
@@ -208,7 +233,7 @@ mod tests {
     fn rel_pos_resizes_a_short_table_linearly() {
         // 3 rows [0, 1, 2] resized to 5 rows (align_corners=False): [0, 0.4, 1, 1.6, 2]
         let table = Tensor::from_slice(&[0f32, 1., 2.]).unsqueeze(1);
-        let r = rel_pos_for(&table, 3);
+        let r = rel_pos_for(&table, 3).unwrap();
         // [0][2] -> row 0, [2][0] -> row 4, [1][1] -> row 2, [0][1] -> row 1
         let v = |i: i64, j: i64| r.double_value(&[i, j, 0]);
         assert!((v(0, 2) - 0.0).abs() < 1e-6);
@@ -222,7 +247,7 @@ mod tests {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let ln = LayerNorm2d::new(vs.root(), 4);
         let x = Tensor::randn([2, 4, 3, 3], (Kind::Float, tch::Device::Cpu)) * 5.0 + 2.0;
-        let y = ln.forward(&x);
+        let y = ln.forward(&x).unwrap();
         let mean = y.mean_dim(1, false, None).abs().max().double_value(&[]);
         let var = y.square().mean_dim(1, false, None).mean(Kind::Float).double_value(&[]);
         assert!(mean < 1e-5, "{mean}");

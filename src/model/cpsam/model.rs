@@ -14,7 +14,7 @@ use super::blocks::BlockShape;
 use super::net::{Cpsam, CpsamConfig};
 use crate::model::family::{FamilyError, ModelFamily};
 use crate::model::torch_file::{self, DType, TensorMeta};
-use crate::model::weights::{raw_to_tensor, tensor_to_raw, ModelError};
+use crate::model::weights::{check_family, raw_to_tensor, tensor_to_raw, ModelError};
 
 /// A CPSAM and the `VarStore` that owns its tensors.
 pub struct CpsamModel {
@@ -38,10 +38,7 @@ impl CpsamModel {
     pub fn load(path: &Path, device: Device) -> Result<CpsamModel, ModelError> {
         let origin = path.display().to_string();
         let metas = torch_file::read_tensor_metas(path)?;
-        match ModelFamily::from_names(metas.iter().map(|m| m.name.as_str())) {
-            Some(ModelFamily::Cpsam) => {}
-            found => return Err(ModelError::WrongFamily { origin, found, wanted: ModelFamily::Cpsam }),
-        }
+        check_family(metas.iter().map(|m| m.name.as_str()), ModelFamily::Cpsam, &origin)?;
         let config = infer_cpsam_config(&metas, &origin)?;
         let model = CpsamModel::new(config, device);
         let vars = model.vs.variables();
@@ -239,6 +236,7 @@ mod tests {
         assert_eq!(back.net.config, cfg);
         let x = tch::Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
         let (a, c) = tch::no_grad(|| (m.net.forward_t(&x, false), back.net.forward_t(&x, false)));
+        let (a, c) = (a.unwrap(), c.unwrap());
         assert!(a.allclose(&c, 0.0, 0.0, false));
     }
 }

@@ -3,8 +3,8 @@
 //! to `nout * ps^2` maps per token, and the fixed transposed convolution `W2` that lays each
 //! token's maps back out as a `ps x ps` pixel patch.
 
-use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
+use tch::nn;
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::blocks::{Block, BlockShape, Neck};
 
@@ -103,35 +103,47 @@ impl Cpsam {
     /// `[B, C<=3, bsize, bsize]` -> `[B, nout, bsize, bsize]` (dY, dX, cellprob). The input is cast
     /// to the weights' dtype (bf16 after [`crate::model::CpsamModel::to_kind`]). `train` turns on
     /// layer drop: block `i` of `n` is skipped per sample with probability `rdrop * i / (n - 1)`.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Every libtorch call is a fallible `f_` one: a wrong input shape or an allocation failure
+    /// is returned, not raised as a panic.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, TchError> {
         let kind = self.pos_embed.kind();
-        let x = x.to_kind(kind);
-        let c = x.size()[1];
+        let size = x.size();
+        let (c, ps) = (size.get(1).copied().unwrap_or(0), self.config.ps);
+        if size.len() != 4 || c < 1 || c > self.config.in_chans {
+            return Err(TchError::Shape(format!(
+                "the cpsam network takes [B, 1..={}, {bs}, {bs}] tiles, got {size:?}",
+                self.config.in_chans,
+                bs = self.config.bsize()
+            )));
+        }
+        let x = x.f_to_kind(kind)?;
         // cellpose 4 convolves with `proj.weight.data[:, :C]`: fewer channels = zero-padded ones,
         // and `.data` keeps the patch embedding out of the gradient.
-        let w = self.patch.ws.detach().narrow(1, 0, c);
+        let w = self.patch.ws.detach().f_narrow(1, 0, c)?;
         let b = self.patch.bs.as_ref().map(|b| b.detach());
-        let ps = self.config.ps;
-        let mut x =
-            x.conv2d(&w, b.as_ref(), [ps, ps], [0, 0], [1, 1], 1).permute([0, 2, 3, 1]) + &self.pos_embed;
+        let mut x = x
+            .f_conv2d(&w, b.as_ref(), [ps, ps], [0, 0], [1, 1], 1)?
+            .f_permute([0, 2, 3, 1])?
+            .f_add(&self.pos_embed)?;
         let nlay = self.blocks.len() as i64;
         if train && self.config.rdrop > 0.0 && nlay > 0 {
-            let batch = x.size()[0];
-            let p = Tensor::linspace(0.0, self.config.rdrop, nlay, (Kind::Float, x.device()));
-            let skip = Tensor::rand([batch, nlay], (Kind::Float, x.device())).lt_tensor(&p).to_kind(kind);
+            let batch = size[0];
+            let p = Tensor::f_linspace(0.0, self.config.rdrop, nlay, (Kind::Float, x.device()))?;
+            let skip =
+                Tensor::f_rand([batch, nlay], (Kind::Float, x.device()))?.f_lt_tensor(&p)?.f_to_kind(kind)?;
             for (i, blk) in self.blocks.iter().enumerate() {
-                let m = skip.select(1, i as i64).view([batch, 1, 1, 1]);
-                let y = blk.forward(&x);
-                x = &x * &m + y * (1.0 - &m);
+                let m = skip.f_select(1, i as i64)?.f_view([batch, 1, 1, 1])?;
+                let y = blk.forward(&x)?;
+                x = x.f_mul(&m)?.f_add(&y.f_mul(&m.f_rsub_scalar(1.0)?)?)?;
             }
         } else {
             for blk in &self.blocks {
-                x = blk.forward(&x);
+                x = blk.forward(&x)?;
             }
         }
-        let feat = self.neck.forward(&x.permute([0, 3, 1, 2]));
-        let maps = self.out.forward(&feat);
-        maps.conv_transpose2d(&self.w2, None::<&Tensor>, [ps, ps], [0, 0], [0, 0], 1, [1, 1])
+        let feat = self.neck.forward(&x.f_permute([0, 3, 1, 2])?)?;
+        let maps = feat.f_conv2d(&self.out.ws, self.out.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)?;
+        maps.f_conv_transpose2d(&self.w2, None::<&Tensor>, [ps, ps], [0, 0], [0, 0], 1, [1, 1])
     }
 
     pub fn device(&self) -> Device {
@@ -164,7 +176,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = Cpsam::new(&vs.root(), tiny());
         let x = Tensor::randn([2, 2, 32, 32], (Kind::Float, Device::Cpu));
-        let y = tch::no_grad(|| net.forward_t(&x, false));
+        let y = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
         assert_eq!(y.size(), vec![2, 3, 32, 32]);
     }
 
@@ -190,6 +202,7 @@ mod tests {
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let (e1, e2, t) =
             tch::no_grad(|| (net.forward_t(&x, false), net.forward_t(&x, false), net.forward_t(&x, true)));
+        let (e1, e2, t) = (e1.unwrap(), e2.unwrap(), t.unwrap());
         assert!(e1.allclose(&e2, 0.0, 0.0, false));
         assert!((e1 - t).abs().max().double_value(&[]) > 1e-6);
     }

@@ -265,7 +265,7 @@ pub fn train_seg_cpsam(
             let failed = |e| TrainError::step_failed(&x, e);
             optim.set_learning_rate(lr[epoch]);
             optim.zero_grad();
-            let out = model.net.forward_t(&x, true);
+            let out = model.net.forward_t(&x, true).map_err(failed)?;
             let loss = seg_loss(&out, &y).map_err(failed)?;
             loss.f_backward().map_err(failed)?;
             optim.apply();
@@ -349,7 +349,7 @@ fn test_loss(model: &CpsamModel, batches: &[(Tensor, Tensor)]) -> Result<f64, Tr
     tch::no_grad(|| {
         let (mut sum, mut n) = (0.0, 0usize);
         for (x, y) in batches {
-            let out = model.net.forward_t(x, false);
+            let out = model.net.forward_t(x, false).map_err(|e| TrainError::step_failed(x, e))?;
             let bs = x.size()[0] as usize;
             sum +=
                 seg_loss(&out, y).map_err(|e| TrainError::step_failed(x, e))?.double_value(&[]) * bs as f64;
