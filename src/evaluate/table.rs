@@ -65,7 +65,8 @@ pub fn qc_json(thresholds: &[f64], qc: &QcScores) -> Value {
     })
 }
 
-/// One row per image (n_true, n_pred, AP at each threshold), then the mean over images.
+/// One row per image (n_true, n_pred, AP at each threshold, F1 and PQ at the first), then the
+/// mean over images.
 pub fn summary_table(summary: &ApSummary) -> String {
     let mean = format!("mean ({} images)", summary.n_images);
     let name_w =
@@ -74,18 +75,23 @@ pub fn summary_table(summary: &ApSummary) -> String {
     for t in &summary.thresholds {
         out.push_str(&format!("  {:>8}", format!("AP@{t}")));
     }
+    let t0 = summary.thresholds.first().copied().unwrap_or(0.5);
+    out.push_str(&format!("  {:>8}  {:>8}", format!("F1@{t0}"), format!("PQ@{t0}")));
     out.push('\n');
-    let row = |out: &mut String, name: &str, nt: usize, np: usize, ap: &[f64]| {
+    let row = |out: &mut String, name: &str, nt: usize, np: usize, ap: &[f64], f1: f64, pq: f64| {
         out.push_str(&format!("{name:<name_w$}  {nt:>6}  {np:>6}"));
-        for a in ap {
+        for a in ap.iter().chain([&f1, &pq]) {
             out.push_str(&format!("  {a:>8.3}"));
         }
         out.push('\n');
     };
+    let first = |v: &[f64]| v.first().copied().unwrap_or(f64::NAN);
     for s in &summary.per_image {
-        row(&mut out, &s.name, s.n_true, s.n_pred, &s.ap);
+        let qc = s.qc();
+        row(&mut out, &s.name, s.n_true, s.n_pred, &s.ap, first(&qc.f1), first(&qc.pq));
     }
-    row(&mut out, &mean, summary.n_true, summary.n_pred, &summary.ap);
+    let m = &summary.image_mean;
+    row(&mut out, &mean, summary.n_true, summary.n_pred, &summary.ap, first(&m.f1), first(&m.pq));
     out
 }
 
@@ -133,5 +139,7 @@ mod tests {
         assert_eq!(lines.len(), 4, "{t}");
         assert!(lines[0].contains("AP@0.75") && lines[1].starts_with("a.tif"), "{t}");
         assert!(lines[3].starts_with("mean (2 images)") && lines[3].contains("0.500"), "{t}");
+        // F1@0.5 of each image: 6/7; PQ@0.5: 2.4 / 3.5
+        assert!(lines[0].ends_with("F1@0.5    PQ@0.5") && lines[1].ends_with("0.857     0.686"), "{t}");
     }
 }

@@ -23,7 +23,8 @@ pub struct Validation {
     pub diam_mean: f64,
     pub device: Device,
     /// Also score after every N-th epoch (besides before and after training); each scored
-    /// epoch is a candidate for the best model.
+    /// epoch is a candidate for the best model. `None`: chosen after the first epoch by
+    /// [`super::auto_eval_every`] from the measured times.
     pub every: Option<usize>,
 }
 
@@ -49,6 +50,10 @@ pub struct RunRecorder {
     pub best: BestModel,
     /// Wall seconds spent scoring the validation set (to check the cost of `every`).
     pub score_seconds: f64,
+    /// Scorings done (with `score_seconds`, the mean cost of one).
+    pub scorings: usize,
+    /// The interval in use: the explicit one, or the automatic one once the first epoch is timed.
+    pub every: Option<usize>,
 }
 
 /// `<model>.<suffix>` next to the model file.
@@ -72,6 +77,7 @@ impl RunRecorder {
         }
         let log = MetricsLog::create(&path, log_dir).map_err(|source| RecordError::Io { path, source })?;
         Ok(RunRecorder {
+            every: validation.as_ref().and_then(|v| v.every),
             log,
             validation,
             t0: Instant::now(),
@@ -79,6 +85,7 @@ impl RunRecorder {
             ap_after: None,
             best: BestModel::new(),
             score_seconds: 0.0,
+            scorings: 0,
         })
     }
 
@@ -116,7 +123,10 @@ impl RunRecorder {
             }
             _ => None,
         };
-        self.score_seconds += t.elapsed().as_secs_f64();
+        if out.is_some() {
+            self.score_seconds += t.elapsed().as_secs_f64();
+            self.scorings += 1;
+        }
         Ok(out)
     }
 
@@ -134,8 +144,12 @@ impl RunRecorder {
     pub fn epoch(&mut self, info: &EpochInfo, model: &Model) -> Result<(), RecordError> {
         let mut line = MetricsLine::train(info, self.t0.elapsed().as_secs_f64());
         let done = info.epoch + 1;
-        let due =
-            self.validation.as_ref().and_then(|v| v.every).is_some_and(|n| n > 0 && done.is_multiple_of(n));
+        if self.every.is_none() && self.scorings > 0 {
+            let every = super::auto_eval_every(self.score_seconds / self.scorings as f64, info.seconds);
+            tracing::info!(every, "scoring the test set every {every} epochs (under 10% of training time)");
+            self.every = Some(every);
+        }
+        let due = self.every.is_some_and(|n| n > 0 && done.is_multiple_of(n));
         if due && done < info.n_epochs {
             if let Some(ap) = self.score(model)? {
                 self.best.offer(done, &ap, model);
@@ -158,10 +172,14 @@ impl RunRecorder {
         self.best.offer(n_epochs, &last, model);
         let mut kept = (last, None);
         if keep_best {
-            if let (Some(b), Some(ap)) = (self.best.best().cloned(), self.best.best_summary().cloned()) {
+            if let Some(b) = self.best.best().cloned() {
                 if b.epoch != n_epochs {
                     self.best.restore_into(model).map_err(EvaluateError::from)?;
-                    kept.0 = ap;
+                    // scored again, not copied: the after line describes the weights now in
+                    // `model` (what is saved), so a faulty restore would show
+                    if let Some(ap) = self.score(model)? {
+                        kept.0 = ap;
+                    }
                 }
                 kept.1 = Some(b.epoch);
             }
