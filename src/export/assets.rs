@@ -2,8 +2,6 @@
 //! cellpose 3.1.1.2's own `CPnet`), the conda environment pinning that cellpose, `.npy` tensors,
 //! the cover picture and the README.
 
-use std::io::Write;
-
 use ndarray::{ArrayD, ArrayView3};
 
 /// cellpose release the architecture source is written against (`cellpose.resnet_torch.CPnet`).
@@ -60,7 +58,7 @@ pub fn npy_f32(a: &ArrayD<f32>) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     for v in a.iter() {
-        let _ = out.write_all(&v.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
     }
     out
 }

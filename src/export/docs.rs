@@ -129,14 +129,30 @@ pub fn readme(d: &DocInput) -> String {
             if let Some(b) = r.after.as_ref().and_then(|a| a.best_epoch) {
                 out.push_str(&format!("- kept model: epoch {b} (best validation AP@0.5)\n"));
             }
-            for (title, line) in [("before training (base model)", &r.before), ("of this model", &r.after)] {
-                if let Some(l) = line {
-                    out.push_str(&format!("\nValidation scores {title}:\n\n{}", scores_table(l)));
-                }
-            }
         }
         None => out.push_str("No training record was found beside the model file.\n"),
     }
+    // BioImage.IO looks for a Validation section
+    out.push_str("\n## Validation\n\n");
+    let scored: Vec<(&str, &MetricsLine)> = d
+        .record
+        .into_iter()
+        .flat_map(|r| [("before training (base model)", &r.before), ("of this model", &r.after)])
+        .filter_map(|(t, l)| l.as_ref().map(|l| (t, l)))
+        .collect();
+    if scored.is_empty() {
+        out.push_str("No validation scores were recorded (train with a test set to have them).\n");
+    }
+    for (title, line) in scored {
+        out.push_str(&format!(
+            "Scores {title} on the test set (cellpose matching; PQ = panoptic quality):\n\n{}\n",
+            scores_table(line)
+        ));
+    }
+    out.push_str(
+        "The package's own check (`bioimageio test`) recomputes `test_output.npy` from \
+         `test_input.npy` with cellpose's CPnet.\n",
+    );
     out
 }
 
@@ -166,4 +182,40 @@ pub fn config_json(
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_names_the_kept_epoch_and_the_validation_scores() {
+        let after: MetricsLine = serde_json::from_str(
+            r#"{"stage":"after","epoch":6,"train_loss":null,"test_loss":null,"lr":null,"seconds":1.0,
+               "ap":{"0.5":0.75,"0.75":0.5,"0.9":0.25},"f1":{"0.5":0.8},"pq":{"0.5":0.7},"best_epoch":4}"#,
+        )
+        .expect("metrics line");
+        let record = TrainingRecord {
+            epochs: 6,
+            learning_rate: Some(0.1),
+            final_train_loss: Some(0.5),
+            before: None,
+            after: Some(after),
+        };
+        let text = readme(&DocInput {
+            name: "Cellpose m",
+            file: "m",
+            nbase: &[2, 8, 16],
+            nout: 3,
+            diam_mean: 30.0,
+            diam_labels: 18.5,
+            parent: Some("cyto3"),
+            record: Some(&record),
+        });
+        assert!(
+            text.contains("Fine-tuned from `cyto3`") && text.contains("epoch 4 (best validation AP@0.5)")
+        );
+        assert!(text.contains("## Validation") && text.contains("| 0.5 | 0.750 | 0.800 | 0.700 |"), "{text}");
+        assert_eq!(clean_name("a/b:c.pt"), "a b c pt");
+    }
 }
