@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with the pinned torch (whose libtorch the Rust build links against) and the Python
 # reference packages the tests use, .venv-cp4 with the cellpose 4 reference (Cellpose-SAM), and
-# .venv-girder with the real Girder 5 the tests start.
+# .venv-girder with the real Girder 5 the tests start, and .venv-bioimageio with the BioImage.IO
+# checker (bioimageio.core) the export test runs.
 # Idempotent: each part does nothing when its stamp matches its requirements file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,4 +44,21 @@ if ! { [ -f "$stamp4" ] && [ "$(cat "$stamp4")" = "$want4" ]; }; then
   PYTHONPATH="$PWD/.venv-cp4" .venv/bin/python -c \
     'import cellpose, cellpose.vit, cellpose.models, torch; from cellpose.version import version; assert version == "4.2.1.1", version; assert torch.__version__.startswith("2.11.0")'
   echo "$want4" > "$stamp4"
+fi
+
+# The BioImage.IO checker (`bioimageio test`, tests/it/export.rs). Its own venv: no bioimageio.core
+# release accepts bioimageio.spec 0.5.14.x, so the resolved list goes in with --no-deps. torch and
+# cellpose 3.1.1.2 (which the package's weights need) come from .venv through a .pth file.
+bio_stamp=.venv-bioimageio/.requirements.sha
+bio_want=$(sha256sum tools/requirements-bioimageio.txt | cut -d' ' -f1)
+if ! { [ -f "$bio_stamp" ] && [ "$(cat "$bio_stamp")" = "$bio_want" ]; }; then
+  echo "setup: creating .venv-bioimageio (bioimageio.spec 0.5.14.3, bioimageio.core 0.11.0; ~280 MB)" >&2
+  [ -x .venv-bioimageio/bin/python ] || "$PY" -m venv .venv-bioimageio
+  .venv-bioimageio/bin/python -m pip install -q --no-deps -r tools/requirements-bioimageio.txt
+  ref_site=$(.venv/bin/python -c 'import site; print(site.getsitepackages()[0])')
+  bio_site=$(.venv-bioimageio/bin/python -c 'import site; print(site.getsitepackages()[0])')
+  echo "$ref_site" > "$bio_site/zz_cellpose_reference.pth"
+  .venv-bioimageio/bin/python -c \
+    'import bioimageio.core, bioimageio.spec, torch, cellpose.resnet_torch; assert bioimageio.spec.__version__ == "0.5.14.3", bioimageio.spec.__version__'
+  echo "$bio_want" > "$bio_stamp"
 fi

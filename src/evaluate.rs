@@ -5,12 +5,14 @@
 //! and JSON document in [`table`].
 
 mod files;
+mod qc;
 mod table;
 
 pub use files::{
     evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths,
     SegmentSettings,
 };
+pub use qc::QcScores;
 pub use table::{summary_json, summary_table};
 
 use std::collections::BTreeMap;
@@ -130,6 +132,10 @@ pub struct ImageScore {
     pub fp: Vec<u64>,
     #[serde(rename = "fn")]
     pub fn_: Vec<u64>,
+    /// Summed IoU of the TP pairs at each threshold (panoptic quality); empty in scores saved
+    /// before it was kept.
+    #[serde(default)]
+    pub iou_sum: Vec<f64>,
 }
 
 /// Scores over a set of images.
@@ -142,6 +148,12 @@ pub struct ApSummary {
     pub precision: Vec<f64>,
     pub recall: Vec<f64>,
     pub f1: Vec<f64>,
+    /// Panoptic quality from the counts and matched IoUs summed over all images.
+    #[serde(default)]
+    pub pq: Vec<f64>,
+    /// Mean over images of each image's precision, recall, F1 and PQ.
+    #[serde(default)]
+    pub image_mean: QcScores,
     pub n_images: usize,
     pub n_true: usize,
     pub n_pred: usize,
@@ -165,6 +177,7 @@ impl ApSummary {
         let mut ap = vec![0.0; k];
         let mut n_scored = vec![0usize; k];
         let (mut tp, mut fp, mut fn_) = (vec![0u64; k], vec![0u64; k], vec![0u64; k]);
+        let mut iou_sum = vec![0f64; k];
         for s in &per_image {
             for i in 0..k {
                 if s.ap[i].is_finite() {
@@ -174,18 +187,28 @@ impl ApSummary {
                 tp[i] += s.tp[i];
                 fp[i] += s.fp[i];
                 fn_[i] += s.fn_[i];
+                iou_sum[i] += s.iou_sum.get(i).copied().unwrap_or(0.0);
             }
         }
         let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let totals: Vec<MatchCounts> = (0..k)
-            .map(|i| MatchCounts { threshold: THRESHOLDS[i], tp: tp[i], fp: fp[i], fn_: fn_[i] })
+            .map(|i| MatchCounts {
+                threshold: THRESHOLDS[i],
+                tp: tp[i],
+                fp: fp[i],
+                fn_: fn_[i],
+                iou_sum: iou_sum[i],
+            })
             .collect();
+        let per_image_qc: Vec<QcScores> = per_image.iter().map(ImageScore::qc).collect();
         ApSummary {
             thresholds: THRESHOLDS.to_vec(),
             ap: (0..k).map(|i| div(ap[i], n_scored[i] as f64)).collect(),
             precision: totals.iter().map(MatchCounts::precision).collect(),
             recall: totals.iter().map(MatchCounts::recall).collect(),
             f1: totals.iter().map(MatchCounts::f1).collect(),
+            pq: totals.iter().map(MatchCounts::panoptic_quality).collect(),
+            image_mean: QcScores::mean_of(&per_image_qc),
             n_images: per_image.len(),
             n_true: per_image.iter().map(|s| s.n_true).sum(),
             n_pred: per_image.iter().map(|s| s.n_pred).sum(),
@@ -209,6 +232,7 @@ pub fn score_masks(name: &str, truth: &Array2<u32>, pred: &Array2<u32>) -> Resul
         tp: counts.iter().map(|c| c.tp).collect(),
         fp: counts.iter().map(|c| c.fp).collect(),
         fn_: counts.iter().map(|c| c.fn_).collect(),
+        iou_sum: counts.iter().map(|c| c.iou_sum).collect(),
     })
 }
 

@@ -11,7 +11,9 @@
 //! - [`predict_cpsam`]: the same for Cellpose-SAM models with cellpose 4's semantics.
 //! - [`segment`]: flows -> masks (cellpose `compute_masks`) and average-precision metrics.
 //! - [`evaluate`]: image -> masks (cellpose `eval`), AP against ground truth, `segment`/`eval` files.
-//! - [`report`]: training history: metrics.jsonl, TensorBoard events, the report picture.
+//! - [`report`]: training history: metrics.jsonl, TensorBoard events, the report picture, QC CSV,
+//!   cellpose's epoch log line, the best-validation model.
+//! - [`export`]: BioImage.IO model packages.
 //! - [`device`]: parses `auto|cpu|cuda[:N]`.
 //! - [`girder`]: async Girder REST client (jobs, files, annotations, large_image tiles).
 //! - [`numpy`]: numpy region pickles: safe decode to a typed 2-D array, protocol-5 encode.
@@ -28,6 +30,7 @@ pub mod control;
 pub mod demo;
 pub mod device;
 pub mod evaluate;
+pub mod export;
 pub mod girder;
 pub mod imageio;
 pub mod job;

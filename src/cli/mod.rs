@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod common;
 mod demo;
 mod eval;
+mod export;
 mod mock_girder;
 mod model;
 mod oneshot;
@@ -51,6 +52,8 @@ pub enum Command {
     Segment(segment::SegmentArgs),
     /// Segment a folder with ground truth and print average precision at IoU 0.5/0.75/0.9.
     Eval(eval::EvalArgs),
+    /// Write a model as a BioImage.IO package (rdf.yaml, weights, test tensors, docs).
+    Export(export::ExportArgs),
     /// Train a model on a folder of images and masks (cellpose train_seg semantics).
     Train(Box<train::TrainArgs>),
     /// Write synthetic 2-channel cell images with masks.
@@ -115,6 +118,7 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Predict(args) => predict::run(args),
         Command::Segment(args) => segment::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(*args),
         Command::Synth(args) => synth::run(args),
     }

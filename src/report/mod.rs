@@ -2,10 +2,16 @@
 //! report picture ([`plot`]); [`RunRecorder`] keeps them during a CLI training run with a test
 //! set, [`JobReport`] bundles them for the worker's report item.
 
+mod best;
+mod cellpose_log;
 pub mod plot;
+mod qc_csv;
 mod recorder;
 pub mod tensorboard;
 
+pub use best::{auto_eval_every, BestModel, ScoredEpoch, SCORING_SHARE};
+pub use cellpose_log::CellposeEpochLog;
+pub use qc_csv::qc_csv;
 pub use recorder::{RecordError, RunRecorder, Validation};
 
 use std::collections::BTreeMap;
@@ -50,6 +56,16 @@ pub struct MetricsLine {
     /// Average precision by IoU threshold ("0.5", "0.75", "0.9") when computed for this line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ap: Option<BTreeMap<String, f64>>,
+    /// F1 and panoptic quality by IoU threshold, from the counts summed over the validation
+    /// images, when AP was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<BTreeMap<String, f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pq: Option<BTreeMap<String, f64>>,
+    /// On the `after` line of a run that kept its best model: the epoch whose weights were kept
+    /// (best validation AP@0.5; the last epoch's number when that was the best).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
 }
 
 impl MetricsLine {
@@ -64,7 +80,21 @@ impl MetricsLine {
             seconds,
             epoch_seconds: Some(info.seconds),
             ap: None,
+            f1: None,
+            pq: None,
+            best_epoch: None,
         }
+    }
+
+    /// Sets AP, F1 and PQ from a validation summary.
+    pub fn with_scores(mut self, ap: &ApSummary) -> MetricsLine {
+        let keyed = |v: &[f64]| -> BTreeMap<String, f64> {
+            ap.thresholds.iter().zip(v).map(|(t, a)| (format!("{t}"), *a)).collect()
+        };
+        self.ap = Some(ap.by_threshold());
+        self.f1 = Some(keyed(&ap.f1));
+        self.pq = Some(keyed(&ap.pq));
+        self
     }
 
     /// A before/after line carrying validation AP.
@@ -77,8 +107,12 @@ impl MetricsLine {
             lr: None,
             seconds,
             epoch_seconds: None,
-            ap: Some(ap.by_threshold()),
+            ap: None,
+            f1: None,
+            pq: None,
+            best_epoch: None,
         }
+        .with_scores(ap)
     }
 }
 
@@ -106,7 +140,7 @@ impl MetricsLog {
     }
 
     /// Appends `line` (flushed, so a crashed run keeps its history) and its TensorBoard scalars
-    /// `loss/train`, `loss/test`, `lr`, `ap/iou_<threshold>` at step `line.epoch`.
+    /// `loss/train`, `loss/test`, `lr`, `ap/iou_<threshold>` (and `f1/..`, `pq/..`) at step `line.epoch`.
     pub fn write(&mut self, line: MetricsLine) -> std::io::Result<()> {
         serde_json::to_writer(&mut self.jsonl, &line)?;
         self.jsonl.write_all(b"\n")?;
@@ -115,8 +149,10 @@ impl MetricsLog {
             let mut scalars: Vec<(String, f64)> = Vec::new();
             let named = [("loss/train", line.train_loss), ("loss/test", line.test_loss), ("lr", line.lr)];
             scalars.extend(named.iter().filter_map(|(k, v)| v.map(|v| (k.to_string(), v))));
-            for (k, v) in line.ap.iter().flatten() {
-                scalars.push((format!("ap/iou_{k}"), *v));
+            for (name, m) in [("ap", &line.ap), ("f1", &line.f1), ("pq", &line.pq)] {
+                for (k, v) in m.iter().flatten().filter(|(_, v)| v.is_finite()) {
+                    scalars.push((format!("{name}/iou_{k}"), *v));
+                }
             }
             if !scalars.is_empty() {
                 let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -153,6 +189,9 @@ pub fn history_lines(
             seconds: total,
             epoch_seconds: (took > 0.0).then_some(took),
             ap: None,
+            f1: None,
+            pq: None,
+            best_epoch: None,
         });
     }
     lines.extend(after.map(|a| MetricsLine::validation(Stage::After, train_losses.len(), total, a)));
@@ -185,7 +224,23 @@ pub fn history_png(title: &str, lines: &[MetricsLine]) -> Result<Vec<u8>, plot::
             )
         })
         .collect();
-    plot::render_png(&plot::PlotData { title, train_loss: &train, test_loss: &test, lr: &lrs, ap: &rows })
+    let note = lines.iter().rev().find(|l| l.stage == Stage::After).and_then(qc_note);
+    plot::render_png(&plot::PlotData {
+        title,
+        train_loss: &train,
+        test_loss: &test,
+        lr: &lrs,
+        ap: &rows,
+        qc_note: note.as_deref(),
+    })
+}
+
+/// "trained: F1@0.5 0.91, PQ@0.5 0.78 (epoch 40)" for the report picture.
+fn qc_note(after: &MetricsLine) -> Option<String> {
+    let at = |m: &Option<BTreeMap<String, f64>>| m.as_ref().and_then(|m| m.get("0.5").copied());
+    let (f1, pq) = (at(&after.f1)?, at(&after.pq)?);
+    let epoch = after.best_epoch.map(|e| format!(" (epoch {e})")).unwrap_or_default();
+    Some(format!("trained: F1@0.5 {f1:.2}, PQ@0.5 {pq:.2}{epoch}"))
 }
 
 /// What the worker stores next to a trained model.
@@ -208,6 +263,12 @@ pub struct JobReport {
 }
 
 impl JobReport {
+    /// The validated model's QC metrics as CSV ([`qc_csv`]), when there was a validation set:
+    /// for the job to upload beside `report.json`.
+    pub fn qc_csv(&self) -> Option<String> {
+        self.ap_after.as_ref().map(qc_csv)
+    }
+
     /// `report.json`, `metrics.jsonl` and `report.png`, ready to upload.
     pub fn files(&self) -> Result<Vec<(String, Bytes, &'static str)>, plot::PlotError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| plot::PlotError(e.to_string()))?;
@@ -251,6 +312,7 @@ mod tests {
             tp: vec![2, 1, 0],
             fp: vec![0, 1, 2],
             fn_: vec![0, 1, 2],
+            iou_sum: vec![1.8, 0.8, 0.0],
         }])
     }
 

@@ -13,6 +13,8 @@ pub struct PlotData<'a> {
     pub lr: &'a [(usize, f64)],
     /// (threshold, AP before, AP after) rows.
     pub ap: &'a [(f64, Option<f64>, Option<f64>)],
+    /// A line under the AP bars: the trained model's F1 and PQ, the kept epoch.
+    pub qc_note: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,11 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
                 .border_style(BLACK)
                 .background_style(WHITE.mix(0.8))
                 .draw()
+                .map_err(err)?;
+        }
+        if let Some(note) = data.qc_note {
+            panels[2]
+                .draw_text(note, &("sans-serif", 14).into_text_style(&panels[2]), (60, 40))
                 .map_err(err)?;
         }
         if data.ap.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tch::Device;
 
-use super::{history_png, plot::PlotError, MetricsLine, MetricsLog, Stage};
+use super::{history_png, plot::PlotError, BestModel, MetricsLine, MetricsLog, Stage};
 use crate::evaluate::{self, ApSummary, EvaluateError};
 use crate::model::Model;
 use crate::train::{EpochInfo, Example};
@@ -22,7 +22,9 @@ pub struct Validation {
     /// The model's diam_mean (built-ins: cellpose's fixed value).
     pub diam_mean: f64,
     pub device: Device,
-    /// Also score after every N-th epoch (besides before and after training).
+    /// Also score after every N-th epoch (besides before and after training); each scored
+    /// epoch is a candidate for the best model. `None`: chosen after the first epoch by
+    /// [`super::auto_eval_every`] from the measured times.
     pub every: Option<usize>,
 }
 
@@ -42,7 +44,16 @@ pub struct RunRecorder {
     validation: Option<Validation>,
     t0: Instant,
     pub ap_before: Option<ApSummary>,
+    /// The saved model's scores: the best epoch's with `keep_best`, else the last epoch's.
     pub ap_after: Option<ApSummary>,
+    /// The trained epochs scored so far and the weights of the best.
+    pub best: BestModel,
+    /// Wall seconds spent scoring the validation set (to check the cost of `every`).
+    pub score_seconds: f64,
+    /// Scorings done (with `score_seconds`, the mean cost of one).
+    pub scorings: usize,
+    /// The interval in use: the explicit one, or the automatic one once the first epoch is timed.
+    pub every: Option<usize>,
 }
 
 /// `<model>.<suffix>` next to the model file.
@@ -65,11 +76,26 @@ impl RunRecorder {
                 .map_err(|source| RecordError::Io { path: dir.to_path_buf(), source })?;
         }
         let log = MetricsLog::create(&path, log_dir).map_err(|source| RecordError::Io { path, source })?;
-        Ok(RunRecorder { log, validation, t0: Instant::now(), ap_before: None, ap_after: None })
+        Ok(RunRecorder {
+            every: validation.as_ref().and_then(|v| v.every),
+            log,
+            validation,
+            t0: Instant::now(),
+            ap_before: None,
+            ap_after: None,
+            best: BestModel::new(),
+            score_seconds: 0.0,
+            scorings: 0,
+        })
     }
 
     pub fn metrics_path(model_path: &Path) -> PathBuf {
         beside(model_path, "metrics.jsonl")
+    }
+
+    /// `<model>.qc.csv`: the saved model's QC metrics ([`super::qc_csv`]).
+    pub fn qc_csv_path(model_path: &Path) -> PathBuf {
+        beside(model_path, "qc.csv")
     }
 
     pub fn report_path(model_path: &Path) -> PathBuf {
@@ -89,13 +115,19 @@ impl RunRecorder {
         self.log.write(line).map_err(|source| RecordError::Io { path, source })
     }
 
-    fn score(&self, model: &Model) -> Result<Option<ApSummary>, RecordError> {
-        match &self.validation {
+    fn score(&mut self, model: &Model) -> Result<Option<ApSummary>, RecordError> {
+        let t = Instant::now();
+        let out = match &self.validation {
             Some(v) if !v.examples.is_empty() => {
-                Ok(Some(evaluate::score_examples(model, v.diam_mean, &v.examples, v.device)?))
+                Some(evaluate::score_examples(model, v.diam_mean, &v.examples, v.device)?)
             }
-            _ => Ok(None),
+            _ => None,
+        };
+        if out.is_some() {
+            self.score_seconds += t.elapsed().as_secs_f64();
+            self.scorings += 1;
         }
+        Ok(out)
     }
 
     /// Scores the base model (no-op without a test set) and writes the `before` line.
@@ -107,30 +139,56 @@ impl RunRecorder {
         Ok(self.ap_before.as_ref())
     }
 
-    /// Writes the epoch's line, with AP when `every` says so (the last epoch is left to
-    /// [`RunRecorder::after`], which scores the saved model).
+    /// Writes the epoch's line, with AP, F1 and PQ when `every` says so, offering the scored
+    /// model to [`RunRecorder::best`] (the last epoch is left to [`RunRecorder::after`]).
     pub fn epoch(&mut self, info: &EpochInfo, model: &Model) -> Result<(), RecordError> {
         let mut line = MetricsLine::train(info, self.t0.elapsed().as_secs_f64());
         let done = info.epoch + 1;
-        let due =
-            self.validation.as_ref().and_then(|v| v.every).is_some_and(|n| n > 0 && done.is_multiple_of(n));
+        if self.every.is_none() && self.scorings > 0 {
+            let every = super::auto_eval_every(self.score_seconds / self.scorings as f64, info.seconds);
+            tracing::info!(every, "scoring the test set every {every} epochs (under 10% of training time)");
+            self.every = Some(every);
+        }
+        let due = self.every.is_some_and(|n| n > 0 && done.is_multiple_of(n));
         if due && done < info.n_epochs {
-            line.ap = self.score(model)?.map(|ap| ap.by_threshold());
+            if let Some(ap) = self.score(model)? {
+                self.best.offer(done, &ap, model);
+                line = line.with_scores(&ap);
+            }
         }
         self.write(line)
     }
 
-    /// Scores the trained model (no-op without a test set) and writes the `after` line.
-    pub fn after(&mut self, model: &Model, n_epochs: usize) -> Result<Option<&ApSummary>, RecordError> {
-        self.ap_after = self.score(model)?;
-        if let Some(ap) = self.ap_after.clone() {
-            self.write(MetricsLine::validation(
-                Stage::After,
-                n_epochs,
-                self.t0.elapsed().as_secs_f64(),
-                &ap,
-            ))?;
+    /// Scores the trained model (no-op without a test set), offers it as the last candidate,
+    /// and with `keep_best` loads the best epoch's weights into `model` (the caller saves it).
+    /// Writes the `after` line with the kept model's scores and, with `keep_best`, `best_epoch`. Returns the kept model's scores.
+    pub fn after(
+        &mut self,
+        model: &Model,
+        n_epochs: usize,
+        keep_best: bool,
+    ) -> Result<Option<&ApSummary>, RecordError> {
+        let Some(last) = self.score(model)? else { return Ok(None) };
+        self.best.offer(n_epochs, &last, model);
+        let mut kept = (last, None);
+        if keep_best {
+            if let Some(b) = self.best.best().cloned() {
+                if b.epoch != n_epochs {
+                    self.best.restore_into(model).map_err(EvaluateError::from)?;
+                    // scored again, not copied: the after line describes the weights now in
+                    // `model` (what is saved), so a faulty restore would show
+                    if let Some(ap) = self.score(model)? {
+                        kept.0 = ap;
+                    }
+                }
+                kept.1 = Some(b.epoch);
+            }
         }
+        let mut line =
+            MetricsLine::validation(Stage::After, n_epochs, self.t0.elapsed().as_secs_f64(), &kept.0);
+        line.best_epoch = kept.1;
+        self.write(line)?;
+        self.ap_after = Some(kept.0);
         Ok(self.ap_after.as_ref())
     }
 

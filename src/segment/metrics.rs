@@ -9,6 +9,10 @@
 //! each solved on its own small dense matrix: same optimum, without cellpose's
 //! (max label)² matrix.
 //!
+//! Beside AP, [`MatchCounts`] gives the QC scores other tools report (BIOP's QuPath extension,
+//! ZeroCostDL4Mic, InstanSeg): precision, recall, F1 and panoptic quality (Kirillov et al. 2019:
+//! the summed IoU of the matched pairs over TP + FP/2 + FN/2), all from the same matching.
+//!
 //! cellpose counts objects by the largest label. [`average_precision`] counts distinct labels
 //! (as if [`super::labels::relabel_consecutive`] ran first); [`average_precision_cellpose`]
 //! reproduces cellpose exactly, gaps and all.
@@ -40,6 +44,8 @@ pub struct MatchCounts {
     pub fp: u64,
     /// True objects left unmatched.
     pub fn_: u64,
+    /// Sum of the IoUs of the TP pairs (panoptic quality's numerator).
+    pub iou_sum: f64,
 }
 
 impl MatchCounts {
@@ -62,6 +68,17 @@ impl MatchCounts {
     pub fn f1(&self) -> f64 {
         ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
     }
+
+    /// Panoptic quality = sum of matched IoUs / (TP + FP/2 + FN/2) = segmentation quality (mean
+    /// matched IoU) x recognition quality (F1); NaN when there are no objects at all.
+    pub fn panoptic_quality(&self) -> f64 {
+        let d = self.tp as f64 + 0.5 * (self.fp + self.fn_) as f64;
+        if d > 0.0 {
+            self.iou_sum / d
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -76,13 +93,16 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// the same thresholds in the same order; the first one's thresholds are reported.
 pub fn sum_counts(per_image: &[Vec<MatchCounts>]) -> Vec<MatchCounts> {
     let Some(first) = per_image.first() else { return Vec::new() };
-    let mut total: Vec<MatchCounts> =
-        first.iter().map(|c| MatchCounts { threshold: c.threshold, tp: 0, fp: 0, fn_: 0 }).collect();
+    let mut total: Vec<MatchCounts> = first
+        .iter()
+        .map(|c| MatchCounts { threshold: c.threshold, tp: 0, fp: 0, fn_: 0, iou_sum: 0.0 })
+        .collect();
     for counts in per_image {
         for (t, c) in total.iter_mut().zip(counts) {
             t.tp += c.tp;
             t.fp += c.fp;
             t.fn_ += c.fn_;
+            t.iou_sum += c.iou_sum;
         }
     }
     total
@@ -101,8 +121,16 @@ pub fn average_precision(
     Ok(thresholds
         .iter()
         .map(|&th| {
-            let tp = ov.matches(th, n_min).iter().filter(|m| m.iou >= th).count() as u64;
-            MatchCounts { threshold: th, tp, fp: n_pred - tp, fn_: n_true - tp }
+            let matched: Vec<f64> =
+                ov.matches(th, n_min).iter().map(|m| m.iou).filter(|&iou| iou >= th).collect();
+            let tp = matched.len() as u64;
+            MatchCounts {
+                threshold: th,
+                tp,
+                fp: n_pred - tp,
+                fn_: n_true - tp,
+                iou_sum: matched.iter().sum(),
+            }
         })
         .collect())
 }
@@ -321,14 +349,17 @@ mod tests {
 
     #[test]
     fn derived_scores_and_totals() {
-        let a = MatchCounts { threshold: 0.5, tp: 3, fp: 1, fn_: 2 };
-        let b = MatchCounts { threshold: 0.5, tp: 1, fp: 0, fn_: 0 };
+        let a = MatchCounts { threshold: 0.5, tp: 3, fp: 1, fn_: 2, iou_sum: 2.25 };
+        let b = MatchCounts { threshold: 0.5, tp: 1, fp: 0, fn_: 0, iou_sum: 1.0 };
         let s = sum_counts(&[vec![a], vec![b]]);
-        assert_eq!(s, vec![MatchCounts { threshold: 0.5, tp: 4, fp: 1, fn_: 2 }]);
+        assert_eq!(s, vec![MatchCounts { threshold: 0.5, tp: 4, fp: 1, fn_: 2, iou_sum: 3.25 }]);
+        // PQ = 2.25 / (3 + 1.5): mean matched IoU 0.75 x F1 2/3
+        assert!((a.panoptic_quality() - 0.5).abs() < 1e-12);
         assert!((a.precision() - 0.75).abs() < 1e-12);
         assert!((a.recall() - 0.6).abs() < 1e-12);
         assert!((a.f1() - 6.0 / 9.0).abs() < 1e-12);
-        assert!(MatchCounts { threshold: 0.5, tp: 0, fp: 0, fn_: 0 }.average_precision().is_nan());
+        let none = MatchCounts { threshold: 0.5, tp: 0, fp: 0, fn_: 0, iou_sum: 0.0 };
+        assert!(none.average_precision().is_nan() && none.panoptic_quality().is_nan());
     }
 
     #[test]

@@ -107,3 +107,73 @@ fn mask_ious_and_aji_match_cellpose() {
     }
     assert!(checked >= 8, "only {checked} pairs had IoUs");
 }
+
+fn opt_floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("list").iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9
+}
+
+/// Precision, recall, F1 and panoptic quality of `evaluate::score_masks` (what `eval`, the
+/// training report and the job report) against tools/qc_metrics_ref.py (cellpose's matching
+/// counts, an independent numpy PQ) on every metrics fixture pair, and the mean over images.
+#[test]
+fn qc_metrics_match_the_reference_script() {
+    use cellpose_train_worker::evaluate::{self, ApSummary, QcScores};
+
+    let all = expected();
+    let names: Vec<String> = all["pairs"].as_object().expect("pairs").keys().cloned().collect();
+    let script = crate::helpers::repo_root().join("tools/qc_metrics_ref.py");
+    let dir = fixture("dynamics");
+    let mut args: Vec<String> = vec![script.display().to_string(), dir.display().to_string()];
+    args.extend(names.iter().cloned());
+    let out = std::process::Command::new(crate::helpers::python())
+        .args(&args)
+        .env("PYTHONWARNINGS", "ignore")
+        .output()
+        .expect("failed to start the reference Python (run scripts/setup.sh)");
+    assert!(out.status.success(), "qc_metrics_ref.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+
+    let mut scores = Vec::new();
+    let mut ref_qc = Vec::new();
+    for name in &names {
+        let (t, p) = pair(name);
+        let s = evaluate::score_masks(name, &t, &p).expect("same shape");
+        let qc = s.qc();
+        let r = &reference[name.as_str()];
+        for (key, want) in [("tp", &s.tp), ("fp", &s.fp), ("fn", &s.fn_)] {
+            let want_ref: Vec<u64> =
+                r[key].as_array().expect("list").iter().map(|v| v.as_u64().expect("int")).collect();
+            assert_eq!(want, &want_ref, "{name}: {key}");
+        }
+        let rq = QcScores {
+            precision: opt_floats(&r["precision"]),
+            recall: opt_floats(&r["recall"]),
+            f1: opt_floats(&r["f1"]),
+            pq: opt_floats(&r["pq"]),
+        };
+        for (key, ours, theirs) in [
+            ("precision", &qc.precision, &rq.precision),
+            ("recall", &qc.recall, &rq.recall),
+            ("f1", &qc.f1, &rq.f1),
+            ("pq", &qc.pq, &rq.pq),
+        ] {
+            for (k, (&o, &w)) in ours.iter().zip(theirs).enumerate() {
+                assert!(close(o, w), "{name}: {key}[{}] = {o}, reference {w}", evaluate::THRESHOLDS[k]);
+            }
+        }
+        scores.push(s);
+        ref_qc.push(rq);
+    }
+    let summary = ApSummary::from_images(scores);
+    let want_mean = QcScores::mean_of(&ref_qc);
+    for k in 0..3 {
+        assert!(close(summary.image_mean.pq[k], want_mean.pq[k]), "mean PQ");
+        assert!(close(summary.image_mean.f1[k], want_mean.f1[k]), "mean F1");
+    }
+    // the fixtures cover both perfect and partial matches: PQ takes more than one value
+    assert!(ref_qc.iter().any(|q| q.pq[0] == 1.0) && ref_qc.iter().any(|q| q.pq[0] > 0.0 && q.pq[0] < 1.0));
+}

@@ -392,4 +392,3 @@ mod tests {
         assert_eq!(read_entry(&mut zip, "archive/data/0", 8 << 20).unwrap().len(), 8 << 20);
     }
 }
-
