@@ -33,6 +33,7 @@ pub struct Field {
 pub const LEARNING_RATE: &str = "Learning Rate";
 pub const EPOCHS: &str = "Epochs";
 pub const WEIGHT_DECAY: &str = "Weight Decay";
+pub const KEEP_BEST: &str = "Keep best model";
 
 /// The fields, in display order. Epoch bounds are the interface's; deployments may widen them
 /// (`[training] min_epochs/max_epochs`), see [`fields_with_limits`].
@@ -134,6 +135,14 @@ pub fn fields() -> Vec<Field> {
             required: false,
             tooltip: "The weight decay for the training.",
             display_order: 14,
+        },
+        Field {
+            name: KEEP_BEST,
+            kind: Checkbox,
+            default: Some(json!(true)),
+            required: false,
+            tooltip: "With a Validation Region: score the model on it during training and upload the epoch with the best average precision (IoU 0.5), not simply the last one. The report names the epoch.",
+            display_order: 15,
         },
     ]
 }

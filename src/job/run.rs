@@ -47,6 +47,8 @@ pub struct JobOutcome {
     pub ap_after: Option<ApSummary>,
     pub train_losses: Vec<f64>,
     pub resumed_from_epoch: Option<usize>,
+    /// The epoch whose weights were uploaded when the best one was kept.
+    pub kept_epoch: Option<usize>,
     pub seconds: f64,
 }
 
@@ -66,8 +68,10 @@ pub async fn run_job<F: Family>(
             .report(events, format!("Scoring {} on the validation regions", plan.params.base_model));
     }
     // a resumed job scores the base model too: the report compares against it, not the checkpoint
+    let t0 = std::time::Instant::now();
     let (base, before) = evaluate(family, base, &samples.validation, ctx.device, control).await?;
-    let trained = train(family, ctx, &plan, base, &samples, events, control).await?;
+    let score_seconds = before.is_some().then(|| t0.elapsed().as_secs_f64());
+    let trained = train(family, ctx, &plan, (base, score_seconds), &samples, events, control).await?;
     let (net, after) = evaluate(family, trained.net, &samples.validation, ctx.device, control).await?;
     let trained = super::train::Trained { net, ..trained };
     let scores = Scores { n_validation: samples.validation.len(), before, after };

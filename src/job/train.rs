@@ -5,12 +5,13 @@
 
 use super::error::JobError;
 use super::events::{checkpoint_label, Events};
-use super::family::{Family, Reporter, TrainJob};
+use super::family::{Family, Reporter, TrainJob, TrainResult};
 use super::fetch::Samples;
 use super::intake::Plan;
 use super::stages::Step;
 use super::JobContext;
 use crate::control::Control;
+use crate::report::ScoredEpoch;
 use crate::train::TrainOutcome;
 
 /// The trained network and how training went.
@@ -21,13 +22,19 @@ pub struct Trained<F: Family> {
     pub outcome: TrainOutcome,
     /// Epochs done by earlier workers when this one resumed the job.
     pub resumed_from_epoch: Option<usize>,
+    /// The epoch whose weights `net` holds when the best one was kept (see [`TrainResult`]).
+    pub kept_epoch: Option<usize>,
+    /// Validation AP@0.5 of each epoch scored during training.
+    pub scored: Vec<ScoredEpoch>,
 }
 
+/// Trains `base`; `score_seconds` is how long scoring the validation crops took (the base
+/// model's scoring), from which the interval of scorings for the best epoch is chosen.
 pub async fn train<F: Family>(
     family: &F,
     ctx: &JobContext,
     plan: &Plan,
-    base: F::Net,
+    (base, score_seconds): (F::Net, Option<f64>),
     samples: &Samples,
     events: &Events,
     control: &Control,
@@ -40,6 +47,7 @@ pub async fn train<F: Family>(
     let (f, params, settings, device, seed) =
         (family.clone(), plan.params.clone(), ctx.settings.clone(), ctx.device, ctx.seed);
     let (examples, resume_bytes, control_t) = (samples.train.clone(), ctx.resume.clone(), control.clone());
+    let validation = samples.validation.clone();
     let mut reporter =
         Reporter { events: events.clone(), checkpoint_every: ctx.settings.training.checkpoint_every };
     let run = crate::telemetry::spawn_blocking_in_span("training", move || {
@@ -66,9 +74,11 @@ pub async fn train<F: Family>(
             seed,
             resume,
             control: &control_t,
+            validation,
+            score_seconds,
         };
-        let outcome = f.train(job, &mut reporter)?;
-        Ok::<_, JobError>(Trained { net, n_train, outcome, resumed_from_epoch })
+        let TrainResult { outcome, kept_epoch, scored } = f.train(job, &mut reporter)?;
+        Ok::<_, JobError>(Trained { net, n_train, outcome, resumed_from_epoch, kept_epoch, scored })
     });
     // not raced against the control: the trainer itself stops within one step (and a shutdown
     // must wait for its checkpoint); `serve` bounds the wait by the shutdown grace

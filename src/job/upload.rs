@@ -67,6 +67,8 @@ pub async fn upload<F: Family>(
         ap_after: scores.after.clone(),
         seconds: plan.started.elapsed().as_secs_f64(),
         device: crate::device::describe(ctx.device),
+        kept_epoch: trained.kept_epoch,
+        scored_epochs: trained.scored.clone(),
     };
     // the model is stored: a report that fails is a warning, and a stop now skips only it
     let report_item = match report.files() {
@@ -86,8 +88,12 @@ pub async fn upload<F: Family>(
             None
         }
     };
+    let kept = match trained.kept_epoch {
+        Some(e) if e != params.epochs => format!(" (the best-scoring epoch, {e} of {})", params.epochs),
+        _ => String::new(),
+    };
     let summary = match (&scores.before, &scores.after) {
-        (Some(b), Some(a)) => format!(" Validation AP@0.5: {:.3} before, {:.3} after.", b.ap50(), a.ap50()),
+        (Some(b), Some(a)) => format!(" Validation AP@0.5: {:.3} before, {:.3} after{kept}.", b.ap50(), a.ap50()),
         _ => String::new(),
     };
     Step::Done
@@ -102,6 +108,7 @@ pub async fn upload<F: Family>(
         ap_after: scores.after,
         train_losses: trained.outcome.train_losses,
         resumed_from_epoch: trained.resumed_from_epoch,
+        kept_epoch: trained.kept_epoch,
         seconds: plan.started.elapsed().as_secs_f64(),
     })
 }

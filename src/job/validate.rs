@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::params::{Field, FieldKind, EPOCHS, LEARNING_RATE, WEIGHT_DECAY};
+use super::params::{Field, FieldKind, EPOCHS, KEEP_BEST, LEARNING_RATE, WEIGHT_DECAY};
 use crate::model::registry;
 
 /// Validated job parameters.
@@ -21,6 +21,8 @@ pub struct JobParams {
     pub learning_rate: f64,
     pub epochs: usize,
     pub weight_decay: f64,
+    /// Upload the best-scoring epoch on the validation regions rather than the last.
+    pub keep_best: bool,
 }
 
 impl JobParams {
@@ -175,15 +177,17 @@ pub fn validate(
             ),
         );
     }
-    let nuclear = match get("Nuclear Model?") {
-        None | Some(Value::Null) => false,
+    let mut flag = |name: &str, default: bool| match get(name) {
+        None | Some(Value::Null) => default,
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
         Some(v) => {
-            err("Nuclear Model?", format!("expected true or false (got {v})"));
-            false
+            err(name, format!("expected true or false (got {v})"));
+            default
         }
     };
+    let nuclear = flag("Nuclear Model?", false);
+    let keep_best = flag(KEEP_BEST, true);
     let output_name = match get("Output Model Name") {
         Some(Value::String(s)) => s.clone(),
         None | Some(Value::Null) => String::new(),
@@ -254,6 +258,7 @@ pub fn validate(
         learning_rate,
         epochs,
         weight_decay,
+        keep_best,
     };
     Ok((params, warnings))
 }

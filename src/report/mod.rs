@@ -260,6 +260,10 @@ pub struct JobReport {
     pub ap_after: Option<ApSummary>,
     pub seconds: f64,
     pub device: String,
+    /// The epoch whose weights were uploaded ("Keep best model" with a validation region).
+    pub kept_epoch: Option<usize>,
+    /// Validation AP@0.5 of every epoch scored during training.
+    pub scored_epochs: Vec<ScoredEpoch>,
 }
 
 impl JobReport {
@@ -269,17 +273,21 @@ impl JobReport {
         self.ap_after.as_ref().map(qc_csv)
     }
 
-    /// `report.json`, `metrics.jsonl` and `report.png`, ready to upload.
+    /// `report.json`, `metrics.jsonl`, `report.png` and, with a validation set, `qc.csv`
+    /// (precision, recall, F1, PQ per image), ready to upload.
     pub fn files(&self) -> Result<Vec<(String, Bytes, &'static str)>, plot::PlotError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| plot::PlotError(e.to_string()))?;
         let lr = lr_schedule(self.learning_rate, self.epochs);
-        let lines = history_lines(
+        let mut lines = history_lines(
             &self.train_losses,
             &lr,
             &self.epoch_seconds,
             self.ap_before.as_ref(),
             self.ap_after.as_ref(),
         );
+        for line in lines.iter_mut().filter(|l| l.stage == Stage::After) {
+            line.best_epoch = self.kept_epoch;
+        }
         let mut jsonl = Vec::new();
         for line in &lines {
             serde_json::to_writer(&mut jsonl, line).map_err(|e| plot::PlotError(e.to_string()))?;
@@ -290,11 +298,15 @@ impl JobReport {
             self.model_name, self.base_model, self.epochs, self.n_train
         );
         let png = history_png(&title, &lines)?;
-        Ok(vec![
+        let mut files = vec![
             ("report.json".into(), Bytes::from(json), "application/json"),
             ("metrics.jsonl".into(), Bytes::from(jsonl), "application/x-ndjson"),
             ("report.png".into(), Bytes::from(png), "image/png"),
-        ])
+        ];
+        if let Some(csv) = self.qc_csv() {
+            files.push(("qc.csv".into(), Bytes::from(csv), "text/csv"));
+        }
+        Ok(files)
     }
 }
 

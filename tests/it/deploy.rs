@@ -261,7 +261,7 @@ fn readme_gives_the_two_commands_and_its_examples_parse() {
         }
         for cmd in joined {
             let Some(rest) = cmd.trim().strip_prefix("$B ") else { continue };
-            let args: Vec<String> = rest.split_whitespace().map(String::from).collect();
+            let args = shell_words(rest);
             cli_accepts(&args);
             checked += 1;
         }
@@ -278,4 +278,31 @@ fn readme_gives_the_two_commands_and_its_examples_parse() {
         assert!(meta.permissions().mode() & 0o111 != 0, "{script} is not executable");
     }
     assert!(Path::new(&repo().join("worker.toml")).exists());
+}
+
+/// Words of a shell command line as the shell splits them: whitespace outside quotes separates,
+/// single and double quotes group (enough for the README's examples, e.g. `--author "Ada L"`).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None::<char>, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            (None, c) => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        words.push(cur);
+    }
+    words
 }

@@ -298,7 +298,8 @@ async fn compute_trains_uploads_a_cellpose_model_and_a_second_run_replaces_it() 
     let params = |epochs| json!({"workerInterface": interface_values(BASE, "job-model", epochs)});
     let (_, base_bytes) = f.model(BASE).await;
 
-    let env = [("CPW_TRAINING__MIN_EPOCHS", "1")];
+    // every epoch scored on the validation region: the best one is uploaded
+    let env = [("CPW_TRAINING__MIN_EPOCHS", "1"), ("CPW_TRAINING__EVAL_EVERY", "1")];
     let out = oneshot(&f, &token, "compute", params(2), &env).await;
     assert!(
         out.status.success(),
@@ -310,7 +311,7 @@ async fn compute_trains_uploads_a_cellpose_model_and_a_second_run_replaces_it() 
     assert_progress_sequence(&lines, 2, "job-model");
     let done = lines.last().unwrap()["info"].as_str().unwrap().to_string();
     assert!(
-        done.contains("Validation AP@0.5: ") && done.contains(" before, ") && done.ends_with(" after."),
+        done.contains("Validation AP@0.5: ") && done.contains(" before, ") && done.contains(" after"),
         "{done}"
     );
     assert!(stderr(&out).contains("job done"), "logs go to stderr: {}", stderr(&out));
@@ -345,10 +346,27 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     assert!(reports[0].1.starts_with("job-model report "), "{}", reports[0].1);
     let mut names: Vec<&str> = reports[0].2.iter().map(|f| f.1.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["metrics.jsonl", "report.json", "report.png"]);
+    assert_eq!(names, ["metrics.jsonl", "qc.csv", "report.json", "report.png"]);
     let file = |n: &str| reports[0].2.iter().find(|f| f.1 == n).unwrap().0.clone();
     let report: Value =
         serde_json::from_slice(&f.world.user.files().download(&file("report.json")).await.unwrap()).unwrap();
+    // Keep best model (on by default): both epochs scored, the uploaded weights are the best's
+    // (ties: the later epoch), and the after-score, taken on the uploaded weights, is that score
+    let scored: Vec<(u64, f64)> = report["scored_epochs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no scored_epochs in {report}"))
+        .iter()
+        .map(|s| (s["epoch"].as_u64().unwrap(), s["ap50"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(scored.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2], "{report}");
+    let best = scored.iter().fold(scored[0], |b, s| if s.1 >= b.1 { *s } else { b });
+    assert_eq!(report["kept_epoch"].as_u64(), Some(best.0), "{report}");
+    assert_eq!(report["ap_after"]["ap"][0].as_f64(), Some(best.1), "{report}");
+    if best.0 != 2 {
+        assert!(done.contains(&format!("the best-scoring epoch, {} of 2", best.0)), "{done}");
+    }
+    let qc = String::from_utf8(f.world.user.files().download(&file("qc.csv")).await.unwrap().to_vec()).unwrap();
+    assert!(qc.lines().count() >= 2 && qc.contains("f1") && qc.contains("pq"), "{qc}");
     assert_eq!(report["train_losses"].as_array().map(Vec::len), Some(2), "{report}");
     assert!(report["n_validation"].as_u64() >= Some(1), "{report}");
     for k in ["ap_before", "ap_after"] {
@@ -417,6 +435,7 @@ async fn interface_posts_the_fields_with_ranges_and_the_users_models_sorted() {
             "Base Model",
             "Cellpose train",
             "Epochs",
+            "Keep best model",
             "Learning Rate",
             "Nuclear Model?",
             "Output Model Name",

@@ -308,19 +308,25 @@ fn train_with_a_test_dir_writes_metrics_tensorboard_and_a_report() {
     let tb = py(PY_TENSORBOARD, &[&d.join("logs"), &model]);
     let tags: Vec<&str> = tb.lines().collect();
     assert_eq!(
-        tags[..6],
+        tags[..12],
         [
             "ap/iou_0.5 4 0,2,4,6",
             "ap/iou_0.75 4 0,2,4,6",
             "ap/iou_0.9 4 0,2,4,6",
+            "f1/iou_0.5 4 0,2,4,6",
+            "f1/iou_0.75 4 0,2,4,6",
+            "f1/iou_0.9 4 0,2,4,6",
             "loss/test 2 1,6",
             "loss/train 6 1,2,3,4,5,6",
             "lr 6 1,2,3,4,5,6",
+            "pq/iou_0.5 4 0,2,4,6",
+            "pq/iou_0.75 4 0,2,4,6",
+            "pq/iou_0.9 4 0,2,4,6",
         ],
         "{tb}"
     );
     // the model file is still a plain state_dict
-    assert!(tags[6].starts_with("state_dict OrderedDict") || tags[6].starts_with("state_dict dict"), "{tb}");
+    assert!(tags[12].starts_with("state_dict OrderedDict") || tags[12].starts_with("state_dict dict"), "{tb}");
 
     let png = image::open(d.join("data/models/mine.report.png")).unwrap();
     assert_eq!((png.width(), png.height()), (1500, 450));

@@ -2,19 +2,22 @@
 //! it: two channels (Primary, optional Secondary), SGD as the reference worker does, models in
 //! `Private/.cellpose/models`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tch::Device;
 
-use super::{Family, Reporter, ResumePoint, TrainJob};
+use super::{Family, Reporter, ResumePoint, TrainJob, TrainResult};
 use crate::config::Settings;
 use crate::evaluate::{self, ApSummary};
 use crate::job::error::JobError;
 use crate::job::params::{fields_with_limits, Field, BASE_MODELS};
 use crate::job::validate::JobParams;
 use crate::model::{registry, torch_file, Model, ModelError, ModelFamily};
+use crate::report::{auto_eval_every, BestModel};
 use crate::train::{
     self, checkpoint, EpochInfo, Example, OptimizerKind, PrepareOptions, RawExample, Resume, TrainConfig,
-    TrainOutcome, TrainState,
+    TrainState,
 };
 use crate::transforms::{Channels, Normalize};
 
@@ -104,7 +107,7 @@ impl Family for Cpnet {
         Ok((r, at))
     }
 
-    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainOutcome, JobError> {
+    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainResult, JobError> {
         let tr = &job.settings.training;
         let cfg = TrainConfig {
             learning_rate: job.params.learning_rate,
@@ -123,8 +126,24 @@ impl Family for Cpnet {
             profile_steps: tr.profile_steps,
             ..Default::default()
         };
-        let mut hooks = Hooks { reporter };
-        Ok(train::train_seg(job.net, job.examples, None, &cfg, &mut hooks, job.control, job.resume)?)
+        let keep = (job.params.keep_best && !job.validation.is_empty()).then(|| KeepBest {
+            validation: job.validation.clone(),
+            device: job.device,
+            every: (tr.eval_every > 0).then_some(tr.eval_every),
+            score_seconds: job.score_seconds,
+            best: BestModel::new(),
+        });
+        let mut hooks = Hooks { reporter, keep };
+        let outcome = train::train_seg(job.net, job.examples, None, &cfg, &mut hooks, job.control, job.resume)?;
+        let Some(keep) = hooks.keep else {
+            return Ok(TrainResult { outcome, kept_epoch: None, scored: Vec::new() });
+        };
+        // the best epoch's weights replace the last epoch's (a no-op when the last was the best)
+        let kept_epoch = keep.best.restore_into(job.net)?;
+        if let Some(e) = kept_epoch {
+            tracing::info!(epoch = e, ap50 = keep.best.best().map(|b| b.ap50), "kept the best-scoring epoch");
+        }
+        Ok(TrainResult { outcome, kept_epoch, scored: keep.best.history })
     }
 
     fn score(&self, net: &Model, examples: &[Example], device: Device) -> Result<ApSummary, JobError> {
@@ -137,9 +156,42 @@ impl Family for Cpnet {
     }
 }
 
-/// The trainer's hooks for a job: progress and checkpoints through the [`Reporter`].
+/// The trainer's hooks for a job: progress and checkpoints through the [`Reporter`], and with
+/// a validation set the best-scoring epoch.
 struct Hooks<'a> {
     reporter: &'a mut Reporter,
+    keep: Option<KeepBest>,
+}
+
+/// Scores the validation crops every `every` epochs (and after the last) and keeps the best.
+struct KeepBest {
+    validation: Arc<Vec<Example>>,
+    device: Device,
+    /// `None` until chosen from the first epoch's time ([`auto_eval_every`]).
+    every: Option<usize>,
+    score_seconds: Option<f64>,
+    best: BestModel,
+}
+
+impl KeepBest {
+    fn after_epoch(&mut self, e: &EpochInfo, model: &Model) -> Result<(), train::TrainError> {
+        let done = e.epoch + 1;
+        let every = *self.every.get_or_insert_with(|| match self.score_seconds {
+            Some(s) => auto_eval_every(s, e.seconds),
+            None => 10,
+        });
+        if !(done.is_multiple_of(every) || done == e.n_epochs) {
+            return Ok(());
+        }
+        // a failed scoring is not worth the training: keep the last epoch instead
+        match evaluate::score_examples(model, model.net.diam_mean(), &self.validation, self.device) {
+            Ok(ap) => {
+                self.best.offer(done, &ap, model);
+            }
+            Err(err) => tracing::warn!(error = %err, epoch = done, "scoring during training failed"),
+        }
+        Ok(())
+    }
 }
 
 impl train::TrainHooks for Hooks<'_> {
@@ -151,6 +203,9 @@ impl train::TrainHooks for Hooks<'_> {
         state: &TrainState,
     ) -> Result<(), train::TrainError> {
         self.reporter.epoch(e);
+        if let Some(keep) = &mut self.keep {
+            keep.after_epoch(e, model)?;
+        }
         if self.reporter.checkpoint_due(e.epoch + 1, e.n_epochs) {
             // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
             self.reporter.checkpoint(state.epoch, state.step, checkpoint::encode(model, optim, state));

@@ -18,6 +18,7 @@ use super::validate::JobParams;
 use crate::config::Settings;
 use crate::control::Control;
 use crate::evaluate::ApSummary;
+use crate::report::ScoredEpoch;
 use crate::model::ModelFamily;
 use crate::train::{EpochInfo, Example, RawExample, TrainOutcome};
 
@@ -63,7 +64,7 @@ pub trait Family: Clone + Send + Sync + 'static {
     /// Trains `net` in place (blocking; runs on the blocking pool) with this family's
     /// `train_seg` semantics and the job's parameters, reporting to `reporter` and stopping as
     /// `control` says.
-    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainOutcome, JobError>
+    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainResult, JobError>
     where
         Self: Sized;
 
@@ -91,6 +92,20 @@ pub struct TrainJob<'a, F: Family> {
     pub seed: u64,
     pub resume: Option<F::Resume>,
     pub control: &'a Control,
+    /// Validation crops: with `params.keep_best`, scored during training to keep the best epoch.
+    pub validation: Arc<Vec<Example>>,
+    /// Seconds one scoring of `validation` took (the base model's), for the automatic interval.
+    pub score_seconds: Option<f64>,
+}
+
+/// How training went, and which epoch's weights the network holds at the end.
+pub struct TrainResult {
+    pub outcome: TrainOutcome,
+    /// The epoch whose weights were kept (best validation AP@0.5; `None`: the last epoch's, as
+    /// trained, because nothing was scored).
+    pub kept_epoch: Option<usize>,
+    /// AP@0.5 of every epoch scored during training.
+    pub scored: Vec<ScoredEpoch>,
 }
 
 /// What the training thread reports to the job, whatever the family: epochs (progress, metrics)
