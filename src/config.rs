@@ -53,8 +53,11 @@ impl Default for GirderSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueSettings {
-    /// Girder job type this worker runs.
+    /// Girder job type of the "Cellpose retrain" (CPnet) jobs this worker runs; empty: none.
     pub job_type: String,
+    /// Girder job type of the "Cellpose-SAM retrain" jobs this worker runs; empty: none. Two keys
+    /// rather than a list, because each type names the model family its jobs train.
+    pub cpsam_job_type: String,
     /// Seconds between polls for queued jobs (each poll jittered by up to 50%).
     pub poll_interval_s: f64,
     /// A running job's progress is updated at least this often.
@@ -65,10 +68,23 @@ pub struct QueueSettings {
     pub shutdown_grace_s: f64,
 }
 
+impl QueueSettings {
+    /// The job types this worker polls for (the non-empty ones).
+    pub fn job_types(&self) -> Vec<String> {
+        [&self.job_type, &self.cpsam_job_type].into_iter().filter(|t| !t.is_empty()).cloned().collect()
+    }
+
+    /// Whether a job of `job_type` trains Cellpose-SAM (otherwise CPnet).
+    pub fn is_cpsam(&self, job_type: &str) -> bool {
+        !self.cpsam_job_type.is_empty() && job_type == self.cpsam_job_type
+    }
+}
+
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
             job_type: "cellpose_train".into(),
+            cpsam_job_type: "cellposesam_train".into(),
             poll_interval_s: 5.0,
             heartbeat_s: 10.0,
             lease_s: 120.0,
@@ -230,6 +246,16 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError::Invalid(m));
+        let q = &self.queue;
+        if q.job_type.is_empty() && q.cpsam_job_type.is_empty() {
+            return bad("[queue] job_type and cpsam_job_type are both empty; set at least one".into());
+        }
+        if q.job_type == q.cpsam_job_type {
+            return bad(format!(
+                "[queue] job_type and cpsam_job_type are both `{}`; each family needs its own job type",
+                q.job_type
+            ));
+        }
         let t = &self.training;
         if t.bsize == 0 || !t.bsize.is_multiple_of(16) {
             return bad(format!("[training] bsize must be a positive multiple of 16 (got {})", t.bsize));
