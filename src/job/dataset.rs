@@ -2,8 +2,9 @@
 //!
 //! As NimbusImage's reference worker: all polygons and rectangles of the dataset; training
 //! annotations are those with any Training Tag, regions those with any Training Region tag;
-//! per location (Time, Z, XY) the frame of each chosen channel is read (one crop channel per slot), each training annotation
-//! becomes a label (later ones overwrite earlier ones), and each region's bounding box is a sample.
+//! per location (Time, Z, XY) the frame of each chosen channel is read (one crop channel per
+//! slot), each training annotation becomes a label (later ones overwrite earlier ones), and each
+//! region's bounding box is a sample.
 //! Unlike the reference, only each region's box is fetched (losslessly, numpy pickle) and
 //! rasterized, so cost follows the regions and polygons, not the frames.
 

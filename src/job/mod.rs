@@ -7,8 +7,8 @@
 //! -> [`upload`] ([`JobOutcome`]); [`run::run_job`] is the five calls. The stages talk to the
 //! model through [`family::Family`]; progress steps come from one table ([`stages`]); one
 //! [`crate::control::Control`] stops any stage. Parameters are checked in [`validate`] against
-//! the field table in [`params`] (Cellpose-SAM's: [`validate_cpsam`], [`params_cpsam`]); Girder folders are in [`store`]; progress and warnings are
-//! [`events`].
+//! the field table in [`params`] (Cellpose-SAM's: [`validate_cpsam`], [`params_cpsam`]); Girder
+//! folders are in [`store`]; progress and warnings are [`events`].
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
