@@ -354,6 +354,26 @@ mod tests {
     }
 
     #[test]
+    fn both_job_types_are_taken_by_default_and_must_differ() {
+        let s = Settings::default();
+        assert_eq!(s.queue.job_types(), ["cellpose_train", "cellposesam_train"]);
+        assert!(s.queue.is_cpsam("cellposesam_train") && !s.queue.is_cpsam("cellpose_train"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
+        for (cp, sam, needle) in [("", "", "both empty"), ("x", "x", "both `x`")] {
+            let env = std::collections::HashMap::from([
+                ("CPW_QUEUE__JOB_TYPE".to_string(), cp.to_string()),
+                ("CPW_QUEUE__CPSAM_JOB_TYPE".to_string(), sam.to_string()),
+            ]);
+            let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let env = std::collections::HashMap::from([("CPW_QUEUE__CPSAM_JOB_TYPE".to_string(), String::new())]);
+        let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
+        assert_eq!(s.queue.job_types(), ["cellpose_train"]);
+        assert!(!s.queue.is_cpsam(""));
+    }
+
+    #[test]
     fn secret_never_prints() {
         let s = Secret::new("abc123");
         assert_eq!(format!("{s:?}"), "***");

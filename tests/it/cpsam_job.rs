@@ -11,7 +11,7 @@ use cellpose_train_worker::girder::{GirderClient, Secret};
 use cellpose_train_worker::job::params_cpsam;
 use cellpose_train_worker::job::validate_cpsam::validate_cpsam;
 use cellpose_train_worker::job::{
-    dataset, run_job, store, Cpsam, Events, JobContext, JobError, JobOutcome, JobRequest, Request,
+    dataset, run_job, store, Cpsam, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
 };
 use serde_json::{json, Value};
 
@@ -62,14 +62,25 @@ async fn sam_models(f: &Fixture) -> Vec<(String, Vec<(String, String)>)> {
 
 /// Runs the Cellpose-SAM job in-process.
 async fn run_sam(f: &Fixture, client: &GirderClient, values: Value) -> Result<JobOutcome, JobError> {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    run_sam_with(f, client, values, f.settings(), None).await.0
+}
+
+/// [`run_sam`] with `settings`, a checkpoint to resume from, and the job's events.
+async fn run_sam_with(
+    f: &Fixture,
+    client: &GirderClient,
+    values: Value,
+    settings: cellpose_train_worker::config::Settings,
+    resume: Option<Vec<u8>>,
+) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = JobContext {
         client: client.clone(),
         user: None,
-        settings: f.settings(),
+        settings,
         device: tch::Device::Cpu,
         job_tag: "samtest".into(),
-        resume: None,
+        resume,
         seed: 1,
     };
     let request = JobRequest {
@@ -79,7 +90,35 @@ async fn run_sam(f: &Fixture, client: &GirderClient, values: Value) -> Result<Jo
         image: None,
         values,
     };
-    run_job(&Cpsam, &ctx, &request, &Events::new(tx), &Control::new()).await
+    let result = run_job(&Cpsam, &ctx, &request, &Events::new(tx), &Control::new()).await;
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (result, events)
+}
+
+/// The cpsam loop cannot resume: a job never emits a checkpoint, whatever `checkpoint_every`
+/// says, and refuses one it is handed instead of pretending to continue from it.
+#[tokio::test]
+async fn a_cpsam_job_emits_no_checkpoints_and_refuses_to_resume() {
+    let f = sam_fixture().await;
+    let mut settings = f.settings();
+    settings.training.checkpoint_every = 1;
+    let (result, events) = run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
+    let outcome = result.unwrap();
+    assert_eq!(outcome.train_losses.len(), 3);
+    let epochs = events.iter().filter(|e| matches!(e, JobEvent::Epoch(_))).count();
+    assert_eq!(epochs, 3, "one epoch event per epoch");
+    assert!(!events.iter().any(|e| matches!(e, JobEvent::Checkpoint { .. })), "a cpsam job checkpointed");
+
+    let (result, _) =
+        run_sam_with(&f, &f.world.user, values("sam-ck2", 3), settings, Some(b"x".to_vec())).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, JobError::Checkpoint(_)), "{err}");
+    assert!(err.to_string().contains("cannot resume"), "{err}");
+    let names: Vec<String> = sam_models(&f).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(names, ["sam-ck", SAM_BASE], "nothing uploaded by the refused resume");
 }
 
 #[tokio::test]
