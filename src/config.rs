@@ -53,8 +53,11 @@ impl Default for GirderSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueSettings {
-    /// Girder job type this worker runs.
+    /// Girder job type of the "Cellpose retrain" (CPnet) jobs this worker runs; empty: none.
     pub job_type: String,
+    /// Girder job type of the "Cellpose-SAM retrain" jobs this worker runs; empty: none. Two keys
+    /// rather than a list, because each type names the model family its jobs train.
+    pub cpsam_job_type: String,
     /// Seconds between polls for queued jobs (each poll jittered by up to 50%).
     pub poll_interval_s: f64,
     /// A running job's progress is updated at least this often.
@@ -65,10 +68,23 @@ pub struct QueueSettings {
     pub shutdown_grace_s: f64,
 }
 
+impl QueueSettings {
+    /// The job types this worker polls for (the non-empty ones).
+    pub fn job_types(&self) -> Vec<String> {
+        [&self.job_type, &self.cpsam_job_type].into_iter().filter(|t| !t.is_empty()).cloned().collect()
+    }
+
+    /// Whether a job of `job_type` trains Cellpose-SAM (otherwise CPnet).
+    pub fn is_cpsam(&self, job_type: &str) -> bool {
+        !self.cpsam_job_type.is_empty() && job_type == self.cpsam_job_type
+    }
+}
+
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
             job_type: "cellpose_train".into(),
+            cpsam_job_type: "cellposesam_train".into(),
             poll_interval_s: 5.0,
             heartbeat_s: 10.0,
             lease_s: 120.0,
@@ -234,6 +250,16 @@ impl Settings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: String| Err(SettingsError::Invalid(m));
+        let q = &self.queue;
+        if q.job_type.is_empty() && q.cpsam_job_type.is_empty() {
+            return bad("[queue] job_type and cpsam_job_type are both empty; set at least one".into());
+        }
+        if q.job_type == q.cpsam_job_type {
+            return bad(format!(
+                "[queue] job_type and cpsam_job_type are both `{}`; each family needs its own job type",
+                q.job_type
+            ));
+        }
         let t = &self.training;
         if t.bsize == 0 || !t.bsize.is_multiple_of(16) {
             return bad(format!("[training] bsize must be a positive multiple of 16 (got {})", t.bsize));
@@ -329,6 +355,26 @@ mod tests {
         ]);
         let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
         assert_eq!((s.training.mixed_precision, s.training.device), (Toggle::Off, DeviceSpec::Cuda(1)));
+    }
+
+    #[test]
+    fn both_job_types_are_taken_by_default_and_must_differ() {
+        let s = Settings::default();
+        assert_eq!(s.queue.job_types(), ["cellpose_train", "cellposesam_train"]);
+        assert!(s.queue.is_cpsam("cellposesam_train") && !s.queue.is_cpsam("cellpose_train"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
+        for (cp, sam, needle) in [("", "", "both empty"), ("x", "x", "both `x`")] {
+            let env = std::collections::HashMap::from([
+                ("CPW_QUEUE__JOB_TYPE".to_string(), cp.to_string()),
+                ("CPW_QUEUE__CPSAM_JOB_TYPE".to_string(), sam.to_string()),
+            ]);
+            let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let env = std::collections::HashMap::from([("CPW_QUEUE__CPSAM_JOB_TYPE".to_string(), String::new())]);
+        let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
+        assert_eq!(s.queue.job_types(), ["cellpose_train"]);
+        assert!(!s.queue.is_cpsam(""));
     }
 
     #[test]

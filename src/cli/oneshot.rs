@@ -1,7 +1,8 @@
 //! NimbusImage's worker-container contract, so the platform can run this binary as its worker
 //! image: `--apiUrl URL --token T --request interface|compute --parameters JSON [--datasetId ID]`.
 //! `interface` posts the tool's interface; `compute` runs the training job and prints the JSON
-//! progress/warning/error lines NimbusImage's client parses on stdout (logs go to stderr).
+//! progress/warning/error lines NimbusImage's client parses on stdout (logs go to stderr). Both
+//! tools, "Cellpose retrain" (CPnet) and "Cellpose-SAM retrain", are served by the one binary.
 
 use std::process::ExitCode;
 
@@ -13,7 +14,8 @@ use crate::control::Control;
 use crate::girder::{Auth, GirderClient, GirderConfig, Secret};
 use crate::job::events::{error_line, line_for};
 use crate::job::params::interface_json;
-use crate::job::{self, store, Cpnet, Events, Family, JobContext, JobRequest, Request};
+use crate::job::params_cpsam::{is_cpsam_image, is_cpsam_values};
+use crate::job::{self, store, Cpnet, Cpsam, Events, Family, JobContext, JobRequest, Request};
 
 /// The container contract's flags (camelCase, as NimbusImage passes them).
 #[derive(Args, Debug, Default)]
@@ -77,11 +79,27 @@ fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
     gc.retry.max_retries = settings.girder.max_retries;
     let client = GirderClient::new(gc, Auth::Token(request.token.clone()))?;
     let rt = runtime()?;
+    // one image serves both tools: `compute` knows the tool by its fields, `interface` only has
+    // the image name to go by
     match request.request {
-        Request::Interface => rt.block_on(interface(&Cpnet, &client, &settings, &request)),
+        Request::Interface => {
+            let image = request
+                .image
+                .as_deref()
+                .context("--parameters must contain \"image\" (the worker image name)")?;
+            if is_cpsam_image(image) {
+                rt.block_on(interface(&Cpsam, &client, &settings, &request))
+            } else {
+                rt.block_on(interface(&Cpnet, &client, &settings, &request))
+            }
+        }
         Request::Compute => {
             request.dataset()?;
-            rt.block_on(compute(&Cpnet, client, settings, request))
+            if is_cpsam_values(&request.values) {
+                rt.block_on(compute(&Cpsam, client, settings, request))
+            } else {
+                rt.block_on(compute(&Cpnet, client, settings, request))
+            }
         }
     }
 }
@@ -96,8 +114,9 @@ async fn interface<F: Family>(
         request.image.as_deref().context("--parameters must contain \"image\" (the worker image name)")?;
     let me = client.users().me().await?;
     let mut models = family.offered_builtins(settings);
-    models
-        .extend(store::list_models(client, &me.id, family.root_folder()).await?.into_iter().map(|i| i.name));
+    let user_models = store::list_models(client, &me.id, family.root_folder()).await?;
+    // a user model named like a reserved built-in label is never offered (it could not be picked)
+    models.extend(user_models.into_iter().map(|i| i.name).filter(|n| !family.reserves(n)));
     let doc = interface_json(&family.fields(settings), &models);
     client.worker_interfaces().post(image, &doc).await?;
     tracing::info!(image, "interface posted");

@@ -2,8 +2,9 @@
 //!
 //! As NimbusImage's reference worker: all polygons and rectangles of the dataset; training
 //! annotations are those with any Training Tag, regions those with any Training Region tag;
-//! per location (Time, Z, XY) the primary (and secondary) frame is read, each training annotation
-//! becomes a label (later ones overwrite earlier ones), and each region's bounding box is a sample.
+//! per location (Time, Z, XY) the frame of each chosen channel is read (one crop channel per
+//! slot), each training annotation becomes a label (later ones overwrite earlier ones), and each
+//! region's bounding box is a sample.
 //! Unlike the reference, only each region's box is fetched (losslessly, numpy pickle) and
 //! rasterized, so cost follows the regions and polygons, not the frames.
 
@@ -48,21 +49,15 @@ pub async fn open_dataset(client: &GirderClient, dataset_id: &str) -> Result<Dat
     })
 }
 
-/// Checks the chosen channels exist in the dataset.
+/// Checks the chosen channels exist in the dataset (each slot's field is named in the message).
 pub fn check_channels(img: &DatasetImage, params: &JobParams) -> Result<(), JobError> {
     let channels = img.frames.channels();
     let list = || channels.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-    if !channels.contains(&params.primary_channel) {
-        return Err(JobError::Channel(format!(
-            "Primary Channel {} is not in the dataset (its channels are {}).",
-            params.primary_channel,
-            list()
-        )));
-    }
-    if let Some(c) = params.secondary_channel {
-        if !channels.contains(&c) {
+    for slot in &params.slots {
+        if let Some(c) = slot.channel.filter(|c| !channels.contains(c)) {
             return Err(JobError::Channel(format!(
-                "Secondary Channel {c} is not in the dataset (its channels are {}).",
+                "{} {c} is not in the dataset (its channels are {}).",
+                slot.field,
                 list()
             )));
         }
@@ -128,6 +123,8 @@ struct Cut {
 struct Planned {
     loc: Location,
     frames: Vec<(usize, u32)>,
+    /// Channels of each crop ([`JobParams::slots`]).
+    n_slots: usize,
     cuts: Vec<Cut>,
 }
 
@@ -234,17 +231,22 @@ pub async fn collect_samples(
             });
         }
         if !cuts.is_empty() {
-            plan.push(Planned { loc, frames: frames_at(img, params, &loc)?, cuts });
+            plan.push(Planned {
+                loc,
+                frames: frames_at(img, params, &loc)?,
+                n_slots: params.slots.len(),
+                cuts,
+            });
         }
     }
 
     let mut out = RawSamples { train: Vec::new(), validation: Vec::new() };
     let (mut dropped, mut dropped_val) = (0usize, 0usize);
-    for Planned { loc, frames, cuts } in plan {
+    for Planned { loc, frames, n_slots, cuts } in plan {
         let labels_from: Vec<&Annotation> = train_at.get(&loc).cloned().unwrap_or_default();
         for cut in cuts {
             // a stop ends the job within one region request
-            let image = control.race(fetch_region(client, img, &frames, &cut.region)).await??;
+            let image = control.race(fetch_region(client, img, &frames, n_slots, &cut.region)).await??;
             check_finite(&image, &cut.name)?;
             let labels = rasterize::rasterize_region(&cut.region, &labels_from)?;
             if labels.iter().all(|&l| l == 0) {
@@ -281,15 +283,14 @@ pub async fn collect_samples(
     Ok(out)
 }
 
-/// The frames to read at `loc` as `(slot, frame)`: slot 0 the primary channel, slot 1 the
-/// secondary (cytoplasm models with a secondary channel only; otherwise slot 1 stays zeros).
+/// The frames to read at `loc` as `(slot, frame)`, for the slots that have a channel (the
+/// others stay zeros: CPnet's slot 1 without a secondary channel).
 fn frames_at(img: &DatasetImage, params: &JobParams, loc: &Location) -> Result<Vec<(usize, u32)>, JobError> {
-    let mut channels = vec![(0usize, params.primary_channel)];
-    if let (Some(c), false) = (params.secondary_channel, params.nuclear) {
-        channels.push((1, c));
-    }
-    channels
-        .into_iter()
+    params
+        .slots
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, s)| s.channel.map(|c| (slot, c)))
         .map(|(slot, channel)| {
             let frame = img.frames.frame(channel, loc.time, loc.z, loc.xy).ok_or_else(|| JobError::Dataset {
                 dataset: img.item_id.clone(),
@@ -317,11 +318,13 @@ fn check_finite(image: &Array3<f32>, name: &str) -> Result<(), JobError> {
     }
 }
 
-/// Reads the planned frames of one region as `[2, h, w]` (a missing secondary stays zeros).
+/// Reads the planned frames of one region as `[n_slots, h, w]` (a slot without a frame stays
+/// zeros).
 async fn fetch_region(
     client: &GirderClient,
     img: &DatasetImage,
     frames: &[(usize, u32)],
+    n_slots: usize,
     region: &Region,
 ) -> Result<Array3<f32>, JobError> {
     let window = Window {
@@ -332,7 +335,7 @@ async fn fetch_region(
     };
     let whole = *region == Region::full(img.frame_shape);
     let (h, w) = region.shape();
-    let mut out = Array3::<f32>::zeros((2, h, w));
+    let mut out = Array3::<f32>::zeros((n_slots, h, w));
     for &(slot, frame) in frames {
         let arr = client.tiles().region(&img.item_id, frame, (!whole).then_some(window)).await?.to_f32();
         if arr.dim() != (h, w) {

@@ -10,7 +10,7 @@ use super::events::Events;
 use super::family::Family;
 use super::request::JobRequest;
 use super::store;
-use super::validate::{validate, JobParams};
+use super::validate::JobParams;
 use super::JobContext;
 use crate::control::Control;
 use crate::girder::User;
@@ -46,9 +46,10 @@ pub async fn intake<F: Family>(
         None => control.race(client.users().me()).await??,
     };
     let root = family.root_folder();
-    let user_models = control.race(store::list_models(client, &user.id, root)).await??;
+    let mut user_models = control.race(store::list_models(client, &user.id, root)).await??;
+    user_models.retain(|i| !family.reserves(&i.name));
     let known = |m: &str| family.is_builtin(m) || user_models.iter().any(|i| i.name == m);
-    let (params, warnings) = validate(&request.values, &family.fields(&ctx.settings), &known)?;
+    let (params, warnings) = family.validate(&request.values, &ctx.settings, &known)?;
     for w in warnings {
         events.warning(w, "");
     }

@@ -7,8 +7,8 @@
 //! -> [`upload`] ([`JobOutcome`]); [`run::run_job`] is the five calls. The stages talk to the
 //! model through [`family::Family`]; progress steps come from one table ([`stages`]); one
 //! [`crate::control::Control`] stops any stage. Parameters are checked in [`validate`] against
-//! the field table in [`params`]; Girder folders are in [`store`]; progress and warnings are
-//! [`events`].
+//! the field table in [`params`] (Cellpose-SAM's: [`validate_cpsam`], [`params_cpsam`]); Girder
+//! folders are in [`store`]; progress and warnings are [`events`].
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
@@ -17,6 +17,7 @@ pub mod family;
 pub mod fetch;
 pub mod intake;
 pub mod params;
+pub mod params_cpsam;
 pub mod request;
 pub mod run;
 pub mod stages;
@@ -24,10 +25,11 @@ pub mod store;
 pub mod train;
 pub mod upload;
 pub mod validate;
+pub mod validate_cpsam;
 
 pub use error::JobError;
 pub use events::{Events, JobEvent};
-pub use family::{Cpnet, Family};
+pub use family::{Cpnet, Cpsam, Family};
 pub use request::{JobRequest, Request, RequestError};
 pub use run::{run_job, JobContext, JobOutcome};
 pub use validate::{json_type, validate, JobParams, ParamError, ParamErrors};

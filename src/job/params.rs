@@ -15,8 +15,14 @@ pub enum FieldKind {
     Checkbox,
     Text,
     Channel,
+    /// One checkbox per channel (Cellpose-SAM's input slots); the value is `{"0": true, ...}`.
+    ChannelCheckboxes,
     Tags,
-    Number { min: f64, max: f64, integer: bool },
+    Number {
+        min: f64,
+        max: f64,
+        integer: bool,
+    },
 }
 
 /// One interface field.
@@ -175,6 +181,7 @@ pub fn interface_json(fields: &[Field], models: &[String]) -> Value {
             FieldKind::Checkbox => "checkbox",
             FieldKind::Text => "text",
             FieldKind::Channel => "channel",
+            FieldKind::ChannelCheckboxes => "channelCheckboxes",
             FieldKind::Tags => "tags",
             FieldKind::Number { .. } => "number",
         };

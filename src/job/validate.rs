@@ -15,6 +15,10 @@ pub struct JobParams {
     pub primary_channel: u32,
     /// `None` when the user left it at -1 (or it equalled the primary channel).
     pub secondary_channel: Option<u32>,
+    /// The channels of each training crop, in order: the fetch reads slot `i` into channel `i`
+    /// of the crop, and a slot without a channel stays zeros. CPnet: Primary, Secondary (so its
+    /// crops are always two channels); Cellpose-SAM: the chosen slots, in order.
+    pub slots: Vec<ChannelSlot>,
     pub training_tags: Vec<String>,
     pub region_tags: Vec<String>,
     pub validation_tags: Vec<String>,
@@ -37,6 +41,13 @@ impl JobParams {
     }
 }
 
+/// One channel of the training crops and the field that chose it (for messages).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChannelSlot {
+    pub field: String,
+    pub channel: Option<u32>,
+}
+
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamError {
@@ -49,7 +60,7 @@ pub struct ParamError {
 #[error("{}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
 pub struct ParamErrors(pub Vec<ParamError>);
 
-fn number(v: &Value) -> Option<f64> {
+pub(crate) fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse::<f64>().ok(),
@@ -57,7 +68,7 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
-fn tags(v: Option<&Value>) -> Result<Vec<String>, String> {
+pub(crate) fn tags(v: Option<&Value>) -> Result<Vec<String>, String> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(Vec::new()),
@@ -94,6 +105,46 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The value of the number field `name`, checked against its range in `fields` (blank or
+/// missing: its default); a problem goes to `err` and the default is returned.
+pub(crate) fn number_field(
+    values: &Value,
+    fields: &[Field],
+    name: &str,
+    err: &mut dyn FnMut(&str, String),
+) -> f64 {
+    let f = fields.iter().find(|f| f.name == name);
+    let (min, max, integer, default) = match f.map(|f| (f.kind, f.default.clone())) {
+        Some((FieldKind::Number { min, max, integer }, d)) => {
+            (min, max, integer, d.and_then(|d| number(&d)).unwrap_or(min))
+        }
+        _ => (f64::NEG_INFINITY, f64::INFINITY, false, 0.0),
+    };
+    match values.get(name) {
+        None | Some(Value::Null) => default,
+        Some(Value::String(s)) if s.trim().is_empty() => default,
+        Some(v) => match number(v) {
+            Some(n) if !n.is_finite() => {
+                err(name, format!("must be a finite number (got {v})"));
+                default
+            }
+            Some(n) if n < min || n > max => {
+                err(name, format!("{n} is outside the allowed range {min}..{max}"));
+                default
+            }
+            Some(n) if integer && n.fract() != 0.0 => {
+                err(name, format!("must be a whole number (got {n})"));
+                default
+            }
+            Some(n) => n,
+            None => {
+                err(name, format!("is not a number (got {v})"));
+                default
+            }
+        },
+    }
+}
+
 /// What kind of JSON value `v` is, for messages ("a string", "null", ...).
 pub fn json_type(v: &Value) -> &'static str {
     match v {
@@ -125,41 +176,9 @@ pub fn validate(
         }]));
     }
 
-    let num_field = |name: &str, err: &mut dyn FnMut(&str, String)| -> f64 {
-        let f = fields.iter().find(|f| f.name == name);
-        let (min, max, integer, default) = match f.map(|f| (f.kind, f.default.clone())) {
-            Some((FieldKind::Number { min, max, integer }, d)) => {
-                (min, max, integer, d.and_then(|d| number(&d)).unwrap_or(min))
-            }
-            _ => (f64::NEG_INFINITY, f64::INFINITY, false, 0.0),
-        };
-        match get(name) {
-            None | Some(Value::Null) => default,
-            Some(Value::String(s)) if s.trim().is_empty() => default,
-            Some(v) => match number(v) {
-                Some(n) if !n.is_finite() => {
-                    err(name, format!("must be a finite number (got {v})"));
-                    default
-                }
-                Some(n) if n < min || n > max => {
-                    err(name, format!("{n} is outside the allowed range {min}..{max}"));
-                    default
-                }
-                Some(n) if integer && n.fract() != 0.0 => {
-                    err(name, format!("must be a whole number (got {n})"));
-                    default
-                }
-                Some(n) => n,
-                None => {
-                    err(name, format!("is not a number (got {v})"));
-                    default
-                }
-            },
-        }
-    };
-    let learning_rate = num_field(LEARNING_RATE, &mut err);
-    let epochs = num_field(EPOCHS, &mut err) as usize;
-    let weight_decay = num_field(WEIGHT_DECAY, &mut err);
+    let learning_rate = number_field(values, fields, LEARNING_RATE, &mut err);
+    let epochs = number_field(values, fields, EPOCHS, &mut err) as usize;
+    let weight_decay = number_field(values, fields, WEIGHT_DECAY, &mut err);
 
     let base_model = match get("Base Model") {
         None | Some(Value::Null) => "cyto3".to_string(),
@@ -246,12 +265,19 @@ pub fn validate(
     if !errs.is_empty() {
         return Err(ParamErrors(errs));
     }
+    let secondary_channel = if nuclear { None } else { secondary };
+    let primary_channel = primary.unwrap_or(0);
+    let slots = vec![
+        ChannelSlot { field: "Primary Channel".into(), channel: Some(primary_channel) },
+        ChannelSlot { field: "Secondary Channel".into(), channel: secondary_channel },
+    ];
     let params = JobParams {
         base_model,
         nuclear,
         output_name,
-        primary_channel: primary.unwrap_or(0),
-        secondary_channel: if nuclear { None } else { secondary },
+        primary_channel,
+        secondary_channel,
+        slots,
         training_tags,
         region_tags,
         validation_tags,

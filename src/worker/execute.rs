@@ -14,7 +14,7 @@ use super::serve::{girder_config, Finish, Worker};
 use crate::control::StopReason;
 use crate::girder::{Auth, GirderClient, Job, JobStatus, JobUpdate, User};
 use crate::job::events::checkpoint_label;
-use crate::job::{self, Cpnet, Events, JobContext, JobError, JobRequest};
+use crate::job::{self, Cpnet, Cpsam, Events, JobContext, JobError, JobOutcome, JobRequest};
 
 impl Worker {
     /// Runs a claimed job to its end on this worker, counting it in the metrics.
@@ -85,7 +85,10 @@ impl Worker {
     ) -> Finish {
         let job_id = job.id.clone();
         let user_id = me.id.clone();
-        let resume = match checkpoints::latest(&user, &user_id, &job_id).await {
+        // the job type names the family; Cellpose-SAM jobs write no checkpoints (none to look for)
+        let cpsam = self.settings.queue.is_cpsam(&job.job_type);
+        let latest = if cpsam { Ok(None) } else { checkpoints::latest(&user, &user_id, &job_id).await };
+        let resume = match latest {
             Ok(Some((at, bytes))) => {
                 let label = checkpoint_label(at.epoch, at.step);
                 self.log(&job_id, &format!("Resuming from the checkpoint after {label} (round {round})."))
@@ -132,8 +135,16 @@ impl Worker {
         };
         let work = async {
             let events = Events::new(tx);
+            type Run<'a> = std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<JobOutcome, JobError>> + Send + 'a>,
+            >;
+            let run: Run<'_> = if cpsam {
+                Box::pin(job::run_job(&Cpsam, &ctx, &request, &events, &control))
+            } else {
+                Box::pin(job::run_job(&Cpnet, &ctx, &request, &events, &control))
+            };
             let result = tokio::select! {
-                r = job::run_job(&Cpnet, &ctx, &request, &events, &control) => Some(r),
+                r = run => Some(r),
                 _ = abandon => None,
             };
             finished.shutdown();

@@ -12,7 +12,7 @@ impl Worker {
     /// One poll: the oldest takeable job this worker won, if any, with its claim round.
     pub(super) async fn poll(&mut self) -> Result<Option<(Job, u64)>, GirderError> {
         let filter = JobFilter {
-            types: Some(vec![self.settings.queue.job_type.clone()]),
+            types: Some(self.settings.queue.job_types()),
             statuses: Some(vec![JobStatus::QUEUED, JobStatus::RUNNING]),
             limit: Some(100),
             oldest_first: true,

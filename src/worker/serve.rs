@@ -186,7 +186,7 @@ pub async fn serve(
     tracing::info!(
         worker = %worker.id,
         api_url = %worker.settings.girder.api_url,
-        job_type = %worker.settings.queue.job_type,
+        job_types = ?worker.settings.queue.job_types(),
         device = %crate::device::describe(worker.device),
         "serving"
     );

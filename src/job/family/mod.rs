@@ -1,10 +1,11 @@
 //! The seam between the job's stages and a model family: what a stage needs to know about the
 //! network it trains (how to load a base, prepare examples, train, score, and write the file
 //! Python loads) and where the family's files live in Girder. The stages are generic over
-//! [`Family`]; CPnet (cellpose 3) implements it in [`cpnet`], and another family (Cellpose-SAM)
-//! is added by implementing it, without touching the stages.
+//! [`Family`]; CPnet (cellpose 3) implements it in [`cpnet`], Cellpose-SAM (cellpose 4) in
+//! [`cpsam`].
 
 pub mod cpnet;
+pub mod cpsam;
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use tch::Device;
 use super::error::JobError;
 use super::events::{Events, JobEvent};
 use super::params::Field;
-use super::validate::JobParams;
+use super::validate::{JobParams, ParamErrors};
 use crate::config::Settings;
 use crate::control::Control;
 use crate::evaluate::ApSummary;
@@ -23,6 +24,7 @@ use crate::model::ModelFamily;
 use crate::train::{EpochInfo, Example, RawExample, TrainOutcome};
 
 pub use cpnet::Cpnet;
+pub use cpsam::Cpsam;
 
 /// A model family as the job's stages see it.
 pub trait Family: Clone + Send + Sync + 'static {
@@ -41,6 +43,21 @@ pub trait Family: Clone + Send + Sync + 'static {
     fn is_builtin(&self, name: &str) -> bool;
     /// Built-ins to offer in the interface (those whose weights are installed).
     fn offered_builtins(&self, settings: &Settings) -> Vec<String>;
+    /// Whether `name` always means the built-in, so a user model of that name is never listed
+    /// nor loaded (Cellpose-SAM's reserved labels); CPnet lets the user's model win.
+    fn reserves(&self, _name: &str) -> bool {
+        false
+    }
+    /// The interface values -> checked parameters and warnings; `known_model` says whether a
+    /// Base Model exists. The default is the CPnet tool's fields (Primary/Secondary Channel).
+    fn validate(
+        &self,
+        values: &serde_json::Value,
+        settings: &Settings,
+        known_model: &dyn Fn(&str) -> bool,
+    ) -> Result<(JobParams, Vec<String>), ParamErrors> {
+        super::validate::validate(values, &self.fields(settings), known_model)
+    }
 
     /// A user's model file (`origin` names it in errors).
     fn load_file(&self, bytes: &[u8], origin: &str, device: Device) -> Result<Self::Net, JobError>;

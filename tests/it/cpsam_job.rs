@@ -1,0 +1,303 @@
+//! The "Cellpose-SAM retrain" job end to end against the in-process mock Girder: a one-shot
+//! `compute` (told from the CPnet tool by its fields) fine-tunes a tiny cpsam base stored as the
+//! user's model and uploads a model that cellpose 4.2.1.1 loads, segments with, and scores with a
+//! lower loss on the training crops; `interface` for a Cellpose-SAM image posts that tool's
+//! fields; bad fields are refused before any download.
+
+use bytes::Bytes;
+use cellpose_train_worker::control::Control;
+use cellpose_train_worker::demo::seed::{CELL_TAG, REGION_TAG, VALIDATION_TAG};
+use cellpose_train_worker::girder::{GirderClient, Secret};
+use cellpose_train_worker::job::params_cpsam;
+use cellpose_train_worker::job::validate_cpsam::validate_cpsam;
+use cellpose_train_worker::job::{
+    dataset, run_job, store, Cpsam, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
+};
+use serde_json::{json, Value};
+
+use crate::cpsam_train::{run_train_ref, write_raw};
+use crate::helpers::{fixture as fixture_file, run_cp4_tool, tempdir};
+use crate::job::{fixture, json_lines, oneshot, stderr, Fixture, TINY};
+
+const ROOT: &str = ".cellposesam";
+const SAM_BASE: &str = "tiny sam";
+
+/// The values a user would submit: both demo channels in slots 1 and 2.
+fn values(output: &str, epochs: usize) -> Value {
+    json!({
+        "Base Model": SAM_BASE,
+        "Output Model Name": output,
+        "Channel for Slot 1": {"0": true},
+        "Channel for Slot 2": {"1": true},
+        "Channel for Slot 3": {},
+        "Training Tag": [CELL_TAG],
+        "Training Region": [REGION_TAG],
+        "Validation Region": [VALIDATION_TAG],
+        "Learning Rate": 0.001,
+        "Epochs": epochs,
+        "Weight Decay": 0.1
+    })
+}
+
+/// The demo world with the tiny cpsam file stored as the user's model in `.cellposesam/models`.
+async fn sam_fixture() -> Fixture {
+    let f = fixture(128, 14, &TINY).await;
+    let bytes = Bytes::from(std::fs::read(fixture_file("cpsam/tiny.pth")).unwrap());
+    store::upload_model_in(&f.world.user, &f.world.user_id, ROOT, SAM_BASE, bytes, "seed").await.unwrap();
+    f
+}
+
+/// Items of `Private/.cellposesam/models`: (name, [(file id, file name)]).
+async fn sam_models(f: &Fixture) -> Vec<(String, Vec<(String, String)>)> {
+    let user = &f.world.user;
+    let folder = store::family_folder(user, &f.world.user_id, ROOT, &["models"]).await.unwrap();
+    let mut out = Vec::new();
+    for item in user.items().list(&folder.id).await.unwrap() {
+        let files = user.items().files(&item.id).await.unwrap();
+        out.push((item.name, files.into_iter().map(|f| (f.id, f.name)).collect()));
+    }
+    out.sort();
+    out
+}
+
+/// Runs the Cellpose-SAM job in-process.
+async fn run_sam(f: &Fixture, client: &GirderClient, values: Value) -> Result<JobOutcome, JobError> {
+    run_sam_with(f, client, values, f.settings(), None).await.0
+}
+
+/// [`run_sam`] with `settings`, a checkpoint to resume from, and the job's events.
+async fn run_sam_with(
+    f: &Fixture,
+    client: &GirderClient,
+    values: Value,
+    settings: cellpose_train_worker::config::Settings,
+    resume: Option<Vec<u8>>,
+) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = JobContext {
+        client: client.clone(),
+        user: None,
+        settings,
+        device: tch::Device::Cpu,
+        job_tag: "samtest".into(),
+        resume,
+        seed: 1,
+    };
+    let request = JobRequest {
+        request: Request::Compute,
+        dataset_id: Some(f.world.dataset_id.clone()),
+        token: Secret::new("unused: the client carries the token"),
+        image: None,
+        values,
+    };
+    let result = run_job(&Cpsam, &ctx, &request, &Events::new(tx), &Control::new()).await;
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (result, events)
+}
+
+/// The cpsam loop cannot resume: a job never emits a checkpoint, whatever `checkpoint_every`
+/// says, and refuses one it is handed instead of pretending to continue from it.
+#[tokio::test]
+async fn a_cpsam_job_emits_no_checkpoints_and_refuses_to_resume() {
+    let f = sam_fixture().await;
+    let mut settings = f.settings();
+    settings.training.checkpoint_every = 1;
+    let (result, events) = run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
+    let outcome = result.unwrap();
+    assert_eq!(outcome.train_losses.len(), 3);
+    let epochs = events.iter().filter(|e| matches!(e, JobEvent::Epoch(_))).count();
+    assert_eq!(epochs, 3, "one epoch event per epoch");
+    assert!(!events.iter().any(|e| matches!(e, JobEvent::Checkpoint { .. })), "a cpsam job checkpointed");
+
+    let (result, _) =
+        run_sam_with(&f, &f.world.user, values("sam-ck2", 3), settings, Some(b"x".to_vec())).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, JobError::Checkpoint(_)), "{err}");
+    assert!(err.to_string().contains("cannot resume"), "{err}");
+    let names: Vec<String> = sam_models(&f).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(names, ["sam-ck", SAM_BASE], "nothing uploaded by the refused resume");
+}
+
+#[tokio::test]
+async fn cpsam_compute_uploads_a_model_cellpose4_loads_with_a_lower_loss() {
+    let f = sam_fixture().await;
+    let token = f.world.user_token.expose().to_string();
+    let epochs = 6;
+    let env = [("CPW_TRAINING__MIN_EPOCHS", "1")];
+    let out =
+        oneshot(&f, &token, "compute", json!({"workerInterface": values("sam-out", epochs)}), &env).await;
+    assert!(
+        out.status.success(),
+        "compute failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let lines = json_lines(&out);
+    let infos: Vec<&str> = lines.iter().filter_map(|l| l["info"].as_str()).collect();
+    assert!(
+        infos.iter().any(|i| i.starts_with(&format!("Epoch {epochs}/{epochs}: loss ")) && i.contains("ETA")),
+        "no per-epoch progress with ETA: {infos:?}"
+    );
+    let done = infos.last().copied().unwrap_or_default();
+    assert!(done.contains("Validation AP@0.5: ") && done.contains(" before, "), "{done}");
+
+    // one model item with one file, in .cellposesam (not .cellpose)
+    let models = sam_models(&f).await;
+    let names: Vec<&str> = models.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(names, ["sam-out", SAM_BASE], "{models:?}");
+    let files = &models.iter().find(|m| m.0 == "sam-out").unwrap().1;
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(f.folder("models").await.iter().all(|i| i.1 != "sam-out"), "uploaded to .cellpose too");
+    let dir = tempdir();
+    let trained = dir.path().join("sam-out.pth");
+    std::fs::write(&trained, f.world.user.files().download(&files[0].0).await.unwrap()).unwrap();
+    let base = fixture_file("cpsam/tiny.pth");
+
+    // cellpose 4.2.1.1 loads it (same keys and values) and segments with it
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    run_cp4_tool(&["check".to_string(), s(&trained)]);
+
+    // the job's training crops, fetched as the job fetches them
+    let client = &f.world.user;
+    let fields = params_cpsam::fields(1, 2000);
+    let (params, _) = validate_cpsam(&values("x", epochs), &fields, &|_| true).unwrap();
+    let img = dataset::open_dataset(client, &f.world.dataset_id).await.unwrap();
+    let tags =
+        [params.training_tags.clone(), params.region_tags.clone(), params.validation_tags.clone()].concat();
+    let (anns, _, _) = dataset::load_annotations(client, &f.world.dataset_id, &tags).await.unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let raw =
+        dataset::collect_samples(client, &img, &params, &anns, u64::MAX, &Events::new(tx), &Control::new())
+            .await
+            .unwrap();
+    assert_eq!(raw.train.len(), 3, "three training quadrants");
+    assert_eq!(raw.train[0].image.dim(), (2, 64, 64), "one crop channel per chosen slot");
+    let (imgs, labels) = (dir.path().join("imgs.npy"), dir.path().join("labels.npy"));
+    write_raw(&raw.train, &imgs, &labels);
+    let seg = dir.path().join("seg");
+    let first = dir.path().join("first.npy");
+    ndarray_npy::write_npy(&first, &raw.train[0].image).unwrap();
+    run_cp4_tool(&["eval".to_string(), s(&trained), s(&first), s(&seg), "--channel-axis".into(), "0".into()]);
+    assert!(dir.path().join("seg_masks0.npy").is_file(), "cellpose 4 did not segment with the model");
+
+    let loss = |model: &std::path::Path| -> f64 {
+        run_train_ref(&["cploss".to_string(), s(model), s(&imgs), s(&labels)]).trim().parse().unwrap()
+    };
+    let (before, after) = (loss(&base), loss(&trained));
+    eprintln!("cellpose 4 loss on the job's training crops: base {before:.4}, trained {after:.4}");
+    assert!(after < 0.9 * before, "the job did not lower cellpose 4's loss: {before} -> {after}");
+}
+
+#[tokio::test]
+async fn cpsam_fields_are_checked_before_any_download() {
+    let f = sam_fixture().await;
+    let user = &f.world.user;
+    for (change, field, needle) in [
+        (("Channel for Slot 1", json!({"0": false})), "Channel for Slot 1", "Slot 1 is required"),
+        (("Output Model Name", json!("cellpose-sam")), "Output Model Name", "reserved for a built-in"),
+        (("Base Model", json!("nope")), "Base Model", ".cellposesam/models"),
+    ] {
+        let mut v = values("sam-out", 2);
+        v[change.0] = change.1;
+        let err = run_sam(&f, user, v).await.unwrap_err();
+        match &err {
+            JobError::Params(p) => {
+                assert!(p.0.iter().any(|e| e.field == field && e.message.contains(needle)), "{err}")
+            }
+            other => panic!("{field}: expected a parameter error, got {other}"),
+        }
+    }
+    // a channel the dataset lacks is named by its slot
+    let mut v = values("sam-out", 2);
+    v["Channel for Slot 2"] = json!({"7": true});
+    let err = run_sam(&f, user, v).await.unwrap_err().to_string();
+    assert!(err.contains("Slot 2 channel 7 is not in the dataset"), "{err}");
+    let names: Vec<String> = sam_models(&f).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(names, [SAM_BASE], "nothing uploaded");
+}
+
+#[tokio::test]
+async fn cpsam_interface_posts_the_slot_fields_and_hides_reserved_user_models() {
+    let f = sam_fixture().await;
+    let user = &f.world.user;
+    let bytes = Bytes::from(std::fs::read(fixture_file("cpsam/tiny.pth")).unwrap());
+    store::upload_model_in(user, &f.world.user_id, ROOT, "cellpose-sam", bytes, "t").await.unwrap();
+    let token = f.world.user_token.expose().to_string();
+    let image = "nimbusimage/cellposesam_train:latest";
+    let out = oneshot(&f, &token, "interface", json!({"image": image}), &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = user.worker_interfaces().get(image).await.unwrap().expect("interface stored for the image");
+    assert_eq!(doc["Cellpose-SAM retrain"]["type"], "notes");
+    for slot in params_cpsam::SLOTS {
+        assert_eq!(doc[slot]["type"], "channelCheckboxes", "{slot}");
+    }
+    assert!(doc.get("Primary Channel").is_none());
+    let num = |k: &str| (doc[k]["min"].clone(), doc[k]["max"].clone(), doc[k]["default"].clone());
+    assert_eq!(num("Learning Rate"), (json!(0.000001), json!(0.1), json!(0.00001)));
+    assert_eq!(num("Epochs"), (json!(10), json!(2000), json!(100)));
+    assert_eq!(num("Weight Decay"), (json!(0.0), json!(1.0), json!(0.1)));
+    assert_eq!(doc["Base Model"]["default"], "cellpose-sam");
+    // no cpsam weights installed: only the user's models, the reserved label's namesake dropped
+    assert_eq!(doc["Base Model"]["items"], json!([SAM_BASE]));
+    assert!(doc.get("Validation Region").is_some());
+}
+
+/// `serve` takes both job types from one queue and runs each with its family.
+#[tokio::test]
+async fn serve_runs_a_cellpose_and_a_cellpose_sam_job_from_one_queue() {
+    use cellpose_train_worker::config::Settings;
+    use cellpose_train_worker::girder::{JobStatus, JobUpdate, NewJob};
+    use cellpose_train_worker::worker::{self, Finish, Worker};
+
+    let (mock, world) = crate::worker_queue::world().await;
+    let bytes = Bytes::from(std::fs::read(fixture_file("cpsam/tiny.pth")).unwrap());
+    store::upload_model_in(&world.user, &world.user_id, ROOT, SAM_BASE, bytes, "seed").await.unwrap();
+    let cpnet_job = crate::worker_queue::submit(&world, "cp-model", 1).await;
+    let kwargs = json!({
+        "request": "compute",
+        "datasetId": world.dataset_id,
+        "token": world.user_token.expose(),
+        "parameters": {"workerInterface": values("sam-model", 1)}
+    });
+    let new = NewJob {
+        title: "sam-model".into(),
+        job_type: "cellposesam_train".into(),
+        kwargs: Some(kwargs),
+        ..Default::default()
+    };
+    let sam_job = world.creator.jobs().create(&new).await.unwrap();
+    let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
+    world.user.jobs().update(&sam_job.id, &queued).await.unwrap();
+
+    let mut settings = Settings::default();
+    settings.girder.api_url = mock.api_url.clone();
+    settings.girder.api_key = Some(world.admin_api_key.clone());
+    settings.training.device = "cpu".parse().unwrap();
+    settings.training.bsize = 32;
+    settings.training.min_epochs = 1;
+    settings.server.listen = String::new();
+    let shutdown = Control::new();
+    let opts = worker::ServeOptions { worker_id: Some("both".into()), max_jobs: None };
+    let mut w = Worker::new(settings, &opts, &shutdown).unwrap();
+    let mut done = Vec::new();
+    while let Some((id, finish)) = w.try_execute_job().await.unwrap() {
+        done.push((id, finish));
+    }
+    done.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = vec![(cpnet_job.id.clone(), Finish::Success), (sam_job.id.clone(), Finish::Success)];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(done, want);
+    let user = &world.user;
+    let sam = store::list_models(user, &world.user_id, ROOT).await.unwrap();
+    let cp = store::list_models(user, &world.user_id, store::CELLPOSE).await.unwrap();
+    let names = |v: &[cellpose_train_worker::girder::Item]| {
+        let mut n: Vec<String> = v.iter().map(|i| i.name.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&sam), ["sam-model", SAM_BASE], "the Cellpose-SAM job's model in .cellposesam");
+    assert_eq!(names(&cp), ["cp-model", "tiny-base"], "the Cellpose job's model in .cellpose");
+}
