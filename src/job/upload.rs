@@ -93,7 +93,9 @@ pub async fn upload<F: Family>(
         _ => String::new(),
     };
     let summary = match (&scores.before, &scores.after) {
-        (Some(b), Some(a)) => format!(" Validation AP@0.5: {:.3} before, {:.3} after{kept}.", b.ap50(), a.ap50()),
+        (Some(b), Some(a)) => {
+            format!(" Validation AP@0.5: {:.3} before, {:.3} after{kept}.", b.ap50(), a.ap50())
+        }
         _ => String::new(),
     };
     Step::Done

@@ -162,6 +162,8 @@ pub fn validate_cpsam(
         learning_rate,
         epochs,
         weight_decay,
+        // the Cellpose-SAM tool has no "Keep best model" field yet: the last epoch is uploaded
+        keep_best: false,
     };
     Ok((params, warnings))
 }

@@ -365,7 +365,8 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     if best.0 != 2 {
         assert!(done.contains(&format!("the best-scoring epoch, {} of 2", best.0)), "{done}");
     }
-    let qc = String::from_utf8(f.world.user.files().download(&file("qc.csv")).await.unwrap().to_vec()).unwrap();
+    let qc =
+        String::from_utf8(f.world.user.files().download(&file("qc.csv")).await.unwrap().to_vec()).unwrap();
     assert!(qc.lines().count() >= 2 && qc.contains("f1") && qc.contains("pq"), "{qc}");
     assert_eq!(report["train_losses"].as_array().map(Vec::len), Some(2), "{report}");
     assert!(report["n_validation"].as_u64() >= Some(1), "{report}");

@@ -326,7 +326,10 @@ fn train_with_a_test_dir_writes_metrics_tensorboard_and_a_report() {
         "{tb}"
     );
     // the model file is still a plain state_dict
-    assert!(tags[12].starts_with("state_dict OrderedDict") || tags[12].starts_with("state_dict dict"), "{tb}");
+    assert!(
+        tags[12].starts_with("state_dict OrderedDict") || tags[12].starts_with("state_dict dict"),
+        "{tb}"
+    );
 
     let png = image::open(d.join("data/models/mine.report.png")).unwrap();
     assert_eq!((png.width(), png.height()), (1500, 450));

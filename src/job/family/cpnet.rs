@@ -134,7 +134,8 @@ impl Family for Cpnet {
             best: BestModel::new(),
         });
         let mut hooks = Hooks { reporter, keep };
-        let outcome = train::train_seg(job.net, job.examples, None, &cfg, &mut hooks, job.control, job.resume)?;
+        let outcome =
+            train::train_seg(job.net, job.examples, None, &cfg, &mut hooks, job.control, job.resume)?;
         let Some(keep) = hooks.keep else {
             return Ok(TrainResult { outcome, kept_epoch: None, scored: Vec::new() });
         };

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tch::Device;
 
-use super::{Family, Reporter, ResumePoint, TrainJob};
+use super::{Family, Reporter, ResumePoint, TrainJob, TrainResult};
 use crate::config::Settings;
 use crate::evaluate::{self, ApSummary, MaskOptions};
 use crate::job::error::JobError;
@@ -24,7 +24,7 @@ use crate::model::{open_any, registry, AnyModel, CpsamModel, ModelError, ModelFa
 use crate::predict_cpsam::Cp4Options;
 use crate::train::checkpoint::CheckpointError;
 use crate::train::cpsam::{prepare_cp4, train_seg_cpsam, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig};
-use crate::train::{EpochInfo, Example, RawExample, TrainError, TrainOutcome};
+use crate::train::{EpochInfo, Example, RawExample, TrainError};
 use crate::transforms::Normalize;
 
 /// The Cellpose-SAM family.
@@ -157,7 +157,7 @@ impl Family for Cpsam {
         )))
     }
 
-    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainOutcome, JobError> {
+    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainResult, JobError> {
         let cfg = CpsamTrainConfig {
             learning_rate: job.params.learning_rate,
             weight_decay: job.params.weight_decay,
@@ -168,7 +168,9 @@ impl Family for Cpsam {
             ..Default::default()
         };
         let mut hooks = Hooks { reporter };
-        Ok(train_seg_cpsam(job.net, &job.examples, None, &cfg, &mut hooks, job.control)?)
+        let outcome = train_seg_cpsam(job.net, &job.examples, None, &cfg, &mut hooks, job.control)?;
+        // no best-epoch tracking for this family yet: the last epoch is uploaded
+        Ok(TrainResult { outcome, kept_epoch: None, scored: Vec::new() })
     }
 
     fn score(&self, net: &CpsamModel, examples: &[Example], device: Device) -> Result<ApSummary, JobError> {

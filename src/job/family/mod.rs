@@ -19,8 +19,8 @@ use super::validate::{JobParams, ParamErrors};
 use crate::config::Settings;
 use crate::control::Control;
 use crate::evaluate::ApSummary;
-use crate::report::ScoredEpoch;
 use crate::model::ModelFamily;
+use crate::report::ScoredEpoch;
 use crate::train::{EpochInfo, Example, RawExample, TrainOutcome};
 
 pub use cpnet::Cpnet;
