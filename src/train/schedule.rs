@@ -7,13 +7,23 @@
 
 /// Learning rate for every epoch, `lr[epoch]` for `epoch in 0..n_epochs`.
 pub fn lr_schedule(learning_rate: f64, n_epochs: usize) -> Vec<f64> {
+    lr_schedule_with_tail_above(learning_rate, n_epochs, 100)
+}
+
+/// The schedule with the short halving tail starting for `n_epochs > short_tail_above`: the one
+/// place cellpose 3.1.1.2 (100) and 4.2.1.1 (99) differ.
+pub(crate) fn lr_schedule_with_tail_above(
+    learning_rate: f64,
+    n_epochs: usize,
+    short_tail_above: usize,
+) -> Vec<f64> {
     // np.linspace(0, lr, 10): i * (lr / 9), with the last value exactly lr
     let step = learning_rate / 9.0;
     let mut lr: Vec<f64> = (0..10).map(|i| if i == 9 { learning_rate } else { i as f64 * step }).collect();
     lr.extend(std::iter::repeat_n(learning_rate, n_epochs.saturating_sub(10)));
     let (cut, block) = if n_epochs > 300 {
         (100, 10)
-    } else if n_epochs > 100 {
+    } else if n_epochs > short_tail_above {
         (50, 5)
     } else {
         (0, 0)

@@ -7,27 +7,7 @@
 
 /// Learning rate for every epoch, `lr[epoch]` for `epoch in 0..n_epochs`.
 pub fn lr_schedule_cp4(learning_rate: f64, n_epochs: usize) -> Vec<f64> {
-    // np.linspace(0, lr, 10): i * (lr / 9), the last value exactly lr
-    let step = learning_rate / 9.0;
-    let mut lr: Vec<f64> = (0..10).map(|i| if i == 9 { learning_rate } else { i as f64 * step }).collect();
-    lr.extend(std::iter::repeat_n(learning_rate, n_epochs.saturating_sub(10)));
-    let (cut, block) = if n_epochs > 300 {
-        (100, 10)
-    } else if n_epochs > 99 {
-        (50, 5)
-    } else {
-        (0, 0)
-    };
-    if cut > 0 {
-        lr.truncate(lr.len() - cut);
-        for _ in 0..10 {
-            let v = lr[lr.len() - 1] / 2.0;
-            lr.extend(std::iter::repeat_n(v, block));
-        }
-    }
-    // fewer than 10 epochs: cellpose's array stays 10 long and training reads the first n_epochs
-    lr.truncate(n_epochs);
-    lr
+    crate::train::schedule::lr_schedule_with_tail_above(learning_rate, n_epochs, 99)
 }
 
 #[cfg(test)]
