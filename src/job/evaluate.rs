@@ -15,6 +15,8 @@ pub struct Scores {
     /// Validation crops scored.
     pub n_validation: usize,
     pub before: Option<ApSummary>,
+    /// The first validation crop's image: the BioImage.IO package's test input.
+    pub sample: Option<ndarray::Array3<f32>>,
     pub after: Option<ApSummary>,
 }
 

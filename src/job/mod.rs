@@ -16,6 +16,7 @@ pub mod events;
 pub mod family;
 pub mod fetch;
 pub mod intake;
+pub mod package;
 pub mod params;
 pub mod params_cpsam;
 pub mod request;

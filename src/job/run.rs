@@ -74,6 +74,7 @@ pub async fn run_job<F: Family>(
     let trained = train(family, ctx, &plan, (base, score_seconds), &samples, events, control).await?;
     let (net, after) = evaluate(family, trained.net, &samples.validation, ctx.device, control).await?;
     let trained = super::train::Trained { net, ..trained };
-    let scores = Scores { n_validation: samples.validation.len(), before, after };
+    let sample = samples.validation.first().map(|e| e.image.clone());
+    let scores = Scores { n_validation: samples.validation.len(), before, after, sample };
     upload(family, ctx, &plan, trained, scores, events, control).await
 }

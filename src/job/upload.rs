@@ -15,6 +15,7 @@ use super::train::Trained;
 use super::{JobContext, JobOutcome};
 use crate::config::Settings;
 use crate::control::Control;
+use crate::model::ModelFamily;
 
 pub async fn upload<F: Family>(
     family: &F,
@@ -32,6 +33,7 @@ pub async fn upload<F: Family>(
     }
     Step::Saving.report(events, format!("Uploading model {}", params.output_name));
     let bytes = family.to_file(&trained.net)?;
+    let model_file = bytes.clone();
     let kept = keep_locally(&ctx.settings, &ctx.job_tag, &params.output_name, &bytes);
     // The model upload is not raced against a stop: abandoning it half-way would leave a
     // partial item behind, and it is one file; the stop is honoured right after it.
@@ -70,8 +72,35 @@ pub async fn upload<F: Family>(
         kept_epoch: trained.kept_epoch,
         scored_epochs: trained.scored.clone(),
     };
+    // with a validation region, the CPnet model also as a BioImage.IO package (best effort)
+    let package = if family.kind() == ModelFamily::Cpnet && n_validation > 0 {
+        let (name, base, user) = (params.output_name.clone(), params.base_model.clone(), plan.user.clone());
+        let sample = scores.sample.clone();
+        let made = crate::telemetry::spawn_blocking_in_span("packaging the model", move || {
+            super::package::bioimageio_zip(&model_file, &name, &base, &user, sample)
+        });
+        match control.race(made).await {
+            Ok(Ok(Ok(zip))) => Some(zip),
+            Ok(Ok(Err(e))) => {
+                events.warning("The BioImage.IO package could not be made.", e);
+                None
+            }
+            Ok(Err(e)) => {
+                events.warning("The BioImage.IO package could not be made.", e.to_string());
+                None
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
     // the model is stored: a report that fails is a warning, and a stop now skips only it
-    let report_item = match report.files() {
+    let report_item = match report.files().map(|mut files| {
+        if let Some(zip) = package {
+            files.push((format!("{}.bioimageio.zip", params.output_name), zip, "application/zip"));
+        }
+        files
+    }) {
         Ok(files) => {
             match control.race(store::upload_report(client, user_id, root, &params.output_name, files)).await
             {

@@ -346,7 +346,7 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     assert!(reports[0].1.starts_with("job-model report "), "{}", reports[0].1);
     let mut names: Vec<&str> = reports[0].2.iter().map(|f| f.1.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["metrics.jsonl", "qc.csv", "report.json", "report.png"]);
+    assert_eq!(names, ["job-model.bioimageio.zip", "metrics.jsonl", "qc.csv", "report.json", "report.png"]);
     let file = |n: &str| reports[0].2.iter().find(|f| f.1 == n).unwrap().0.clone();
     let report: Value =
         serde_json::from_slice(&f.world.user.files().download(&file("report.json")).await.unwrap()).unwrap();
