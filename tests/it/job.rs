@@ -348,6 +348,15 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     names.sort();
     assert_eq!(names, ["job-model.bioimageio.zip", "metrics.jsonl", "qc.csv", "report.json", "report.png"]);
     let file = |n: &str| reports[0].2.iter().find(|f| f.1 == n).unwrap().0.clone();
+    // the BioImage.IO package: its weights are the uploaded model file itself
+    let zip = f.world.user.files().download(&file("job-model.bioimageio.zip")).await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip.to_vec())).unwrap();
+    let mut weights = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_name("weights.pt").unwrap(), &mut weights).unwrap();
+    assert!(weights == bytes, "the package's weights.pt is not the uploaded model");
+    let mut rdf = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("rdf.yaml").unwrap(), &mut rdf).unwrap();
+    assert!(rdf.contains("pytorch_state_dict") && rdf.contains("weights.pt"), "{rdf}");
     let report: Value =
         serde_json::from_slice(&f.world.user.files().download(&file("report.json")).await.unwrap()).unwrap();
     // Keep best model (on by default): both epochs scored, the uploaded weights are the best's
