@@ -157,6 +157,40 @@ pub fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// The three tag fields both tools share (Training Tag, Training Region, Validation Region),
+/// with their two rules: a training tag is required, and a validation tag may not also be a
+/// training tag or region (scoring on trained pixels would flatter the model). Problems are
+/// added to `errs`.
+pub(crate) fn tag_fields(
+    values: &Value,
+    errs: &mut Vec<ParamError>,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut tag_field = |name: &str| {
+        tags(values.get(name)).unwrap_or_else(|m| {
+            errs.push(ParamError { field: name.into(), message: m });
+            Vec::new()
+        })
+    };
+    let training_tags = tag_field("Training Tag");
+    let region_tags = tag_field("Training Region");
+    let validation_tags = tag_field("Validation Region");
+    if training_tags.is_empty() && !errs.iter().any(|e| e.field == "Training Tag") {
+        errs.push(ParamError {
+            field: "Training Tag".into(),
+            message: "no training tag selected; choose the tag of your training annotations".into(),
+        });
+    }
+    if let Some(t) = validation_tags.iter().find(|t| training_tags.contains(t) || region_tags.contains(t)) {
+        errs.push(ParamError {
+            field: "Validation Region".into(),
+            message: format!(
+                "tag `{t}` is also a training tag or region; validation must use regions not trained on"
+            ),
+        });
+    }
+    (training_tags, region_tags, validation_tags)
+}
+
 /// Validates `values` (the `workerInterface` object) against the field table. `known_model`
 /// says whether a Base Model exists (built-in or in the user's Girder models). Returns the
 /// parameters and warnings to show the user.
@@ -239,29 +273,7 @@ pub fn validate(
     } else if !nuclear && secondary.is_none() {
         warnings.push("No secondary (nucleus) channel selected for cytoplasm model training. Proceeding using primary channel only.".into());
     }
-    let mut tag_field = |name: &str| {
-        tags(get(name)).unwrap_or_else(|m| {
-            err(name, m);
-            Vec::new()
-        })
-    };
-    let training_tags = tag_field("Training Tag");
-    let region_tags = tag_field("Training Region");
-    let validation_tags = tag_field("Validation Region");
-    if training_tags.is_empty() && !errs.iter().any(|e| e.field == "Training Tag") {
-        errs.push(ParamError {
-            field: "Training Tag".into(),
-            message: "no training tag selected; choose the tag of your training annotations".into(),
-        });
-    }
-    if let Some(t) = validation_tags.iter().find(|t| training_tags.contains(t) || region_tags.contains(t)) {
-        errs.push(ParamError {
-            field: "Validation Region".into(),
-            message: format!(
-                "tag `{t}` is also a training tag or region; validation must use regions not trained on"
-            ),
-        });
-    }
+    let (training_tags, region_tags, validation_tags) = tag_fields(values, &mut errs);
     if !errs.is_empty() {
         return Err(ParamErrors(errs));
     }

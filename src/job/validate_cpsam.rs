@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::params::{Field, EPOCHS, LEARNING_RATE, WEIGHT_DECAY};
 use super::params_cpsam::{builtin_for, DEFAULT_MODEL, SLOTS};
-use super::validate::{json_type, number_field, tags, ChannelSlot, JobParams, ParamError, ParamErrors};
+use super::validate::{json_type, number_field, tag_fields, ChannelSlot, JobParams, ParamError, ParamErrors};
 
 /// The checked channels of one `channelCheckboxes` value (`{"0": true, "2": false}`), in
 /// ascending channel order (a JSON object's key order is not kept by every client).
@@ -122,29 +122,7 @@ pub fn validate_cpsam(
         }
     }
 
-    let mut tag_field = |name: &str| {
-        tags(values.get(name)).unwrap_or_else(|m| {
-            err(name, m);
-            Vec::new()
-        })
-    };
-    let training_tags = tag_field("Training Tag");
-    let region_tags = tag_field("Training Region");
-    let validation_tags = tag_field("Validation Region");
-    if training_tags.is_empty() && !errs.iter().any(|e| e.field == "Training Tag") {
-        errs.push(ParamError {
-            field: "Training Tag".into(),
-            message: "no training tag selected; choose the tag of your training annotations".into(),
-        });
-    }
-    if let Some(t) = validation_tags.iter().find(|t| training_tags.contains(t) || region_tags.contains(t)) {
-        errs.push(ParamError {
-            field: "Validation Region".into(),
-            message: format!(
-                "tag `{t}` is also a training tag or region; validation must use regions not trained on"
-            ),
-        });
-    }
+    let (training_tags, region_tags, validation_tags) = tag_fields(values, &mut errs);
     if !errs.is_empty() {
         return Err(ParamErrors(errs));
     }
