@@ -122,3 +122,17 @@ pub async fn set_local_worker(api_url: &str, admin_token: &str, enabled: bool) {
         .expect("local_worker request");
     assert!(resp.status().is_success(), "local_worker: {}", resp.status());
 }
+
+/// `PUT /dev_support/disk_reserve` (launcher-only, admin): the free space, in MB, below which the
+/// filesystem assetstore refuses uploads. A reserve larger than the disk makes the disk full.
+pub async fn set_disk_reserve(api_url: &str, admin_token: &str, mb: u64) {
+    let resp = reqwest::Client::new()
+        .put(format!("{api_url}/dev_support/disk_reserve"))
+        .query(&[("mb", mb.to_string())])
+        .header("Girder-Token", admin_token)
+        .header("Content-Length", "0")
+        .send()
+        .await
+        .expect("disk_reserve request");
+    assert!(resp.status().is_success(), "disk_reserve: {}", resp.status());
+}

@@ -12,7 +12,7 @@ use cellpose_train_worker::job::store;
 use serde_json::{json, Value};
 
 use super::helpers::{bin, run_python, tempdir};
-use super::real_girder::RealGirder;
+use super::real_girder::{set_disk_reserve, RealGirder};
 
 async fn world(real: &RealGirder, size: usize, cells: usize, nbase: &[i64]) -> DemoWorld {
     let spec =
@@ -119,8 +119,32 @@ print('ok', masks.shape)
     assert!(out.status.success(), "second compute failed:\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(items(&world, "models").await, [("real-model".to_string(), 1), ("tiny-base".to_string(), 1)]);
     let again = model_item(&world, "real-model").await;
-    assert_ne!(world.user.items().download(&again.id).await.unwrap(), bytes, "the new weights");
+    let stored = world.user.items().download(&again.id).await.unwrap();
+    assert_ne!(stored, bytes, "the new weights");
     assert_eq!(items(&world, "reports").await.len(), 2);
+
+    // a full disk: Girder refuses the upload; the stored model stays, the trained one is kept
+    // on the worker and the error says both
+    let admin_token = world.admin.token().await.unwrap().expect("the admin has a token");
+    set_disk_reserve(&real.api_url, admin_token.expose(), 1 << 40).await;
+    let out = oneshot(&real, &world, "compute", params(1), dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "compute on a full disk succeeded:\n{stdout}");
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}):\n{stdout}"));
+    assert_eq!(last["type"], "error", "{last}");
+    let message = last["error"].as_str().unwrap_or_default();
+    assert!(message.contains("insufficient free space"), "Girder's reason is given: {last}");
+    let kept = message
+        .split("kept on the worker at ")
+        .nth(1)
+        .map(|p| p.trim_end_matches('.'))
+        .unwrap_or_else(|| panic!("the kept model's path is given: {last}"));
+    let kept = std::fs::read(kept).unwrap_or_else(|e| panic!("kept model {kept}: {e}"));
+    assert!(kept.len() > 1000 && kept != stored, "the kept file is the newly trained model");
+    assert_eq!(items(&world, "models").await, [("real-model".to_string(), 1), ("tiny-base".to_string(), 1)]);
+    let after = model_item(&world, "real-model").await;
+    assert_eq!(world.user.items().download(&after.id).await.unwrap(), stored, "the stored model is untouched");
 }
 
 struct Worker {

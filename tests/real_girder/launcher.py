@@ -96,6 +96,7 @@ def _dev_support(api_root):
             self.resourceName = 'dev_support'
             self.route('POST', ('job_token',), self.job_token)
             self.route('PUT', ('local_worker',), self.local_worker)
+            self.route('PUT', ('disk_reserve',), self.disk_reserve)
 
         @access.admin
         def job_token(self, params):
@@ -115,6 +116,13 @@ def _dev_support(api_root):
             is_local_worker_available.invalidate()
             return {'enabled': celery.conf.task_always_eager}
 
+        @access.admin
+        def disk_reserve(self, params):
+            # How a full disk looks to a client: the filesystem assetstore reads this reserve on
+            # every upload and refuses uploads while less than it is free.
+            os.environ['GIRDER_FILESYSTEMASSETSTORE_RESERVED_MBYTES'] = str(int(params['mb']))
+            return {'mb': int(params['mb'])}
+
     api_root.dev_support = DevSupport()
 
 
@@ -132,11 +140,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--port', type=int, default=0)
     ap.add_argument('--assetstore', required=True)
+    # Girder's filesystem assetstore refuses every upload ("Assetstore is unavailable or has
+    # insufficient free space") while the disk has less than this reserve free; its default is
+    # 10 GiB, more than a CI runner has to spare. A test server stores kilobytes.
+    ap.add_argument('--reserved-mb', type=int, default=16)
     args = ap.parse_args()
     _exit_when_stdin_closes()
 
     os.environ['GIRDER_SERVER_MODE'] = 'development'
     os.environ['GIRDER_MONGO_URI'] = 'mongodb://localhost:27017/girder'
+    # read by the assetstore on every upload; a value <= 0 means Girder's 10 GiB default
+    os.environ['GIRDER_FILESYSTEMASSETSTORE_RESERVED_MBYTES'] = str(args.reserved_mb)
     os.makedirs(args.assetstore, exist_ok=True)
     _patch_storage()
     from girder.utility import config
