@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # cellpose-train-worker as a NimbusImage worker image.
 #
-#   docker build -t cellpose-train-worker:latest .
+#   docker build -t cellpose-train-worker:latest .                                  (Cellpose retrain)
+#   docker build --target cellposesam -t cellpose-train-worker-sam:latest .         (Cellpose-SAM retrain)
 #   (put built-in weights such as cyto3, cytotorch_0, nucleitorch_0 into docker/models/ first:
 #    they are copied into the image; nothing is downloaded at run time)
 #
@@ -45,17 +46,30 @@ ENV CELLPOSE_LOCAL_MODELS_PATH=/models \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /var/lib/cellpose-train-worker
 
-# The labels NimbusImage reads to list a worker image in its UI.
+ENTRYPOINT ["/usr/local/bin/cellpose-train-worker"]
+# The labels NimbusImage reads to list a worker image in its UI; every tool's image has these.
 LABEL isUPennContrastWorker="" \
       isAnnotationWorker="" \
-      isGPUWorker="" \
+      isGPUWorker="true" \
       com.nvidia.volumes.needed="nvidia_driver" \
-      interfaceName="Cellpose retrain" \
       interfaceCategory="Cellpose" \
-      description="Fine-tunes a Cellpose model on the tagged annotations of this dataset (Rust, libtorch)" \
       advancedOptionsPanel="False" \
       annotationConfigurationPanel="False" \
-      defaultToolName="Cellpose retrain" \
       annotationShape="polygon"
 
-ENTRYPOINT ["/usr/local/bin/cellpose-train-worker"]
+# ---- one image per tool: NimbusImage lists a tool per image, by its labels ----
+# The same binary trains both families; an `interface` request names only the image, so the
+# image says which tool it registers (CPW_ONESHOT__TOOL). `compute` goes by the fields sent.
+#   docker build --target cellposesam -t cellpose-train-worker-sam:latest .
+FROM runtime AS cellposesam
+ENV CPW_ONESHOT__TOOL=cellposesam
+LABEL interfaceName="Cellpose-SAM retrain" \
+      defaultToolName="Cellpose-SAM retrain" \
+      description="Fine-tunes a Cellpose-SAM (cellpose 4) model on the tagged annotations of this dataset (Rust, libtorch)"
+
+# The default target (last stage): "Cellpose retrain" (CPnet, cellpose 3).
+FROM runtime AS cellpose
+ENV CPW_ONESHOT__TOOL=cellpose
+LABEL interfaceName="Cellpose retrain" \
+      defaultToolName="Cellpose retrain" \
+      description="Fine-tunes a Cellpose model on the tagged annotations of this dataset (Rust, libtorch)"

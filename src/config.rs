@@ -24,6 +24,7 @@ pub struct Settings {
     pub paths: PathSettings,
     pub log: LogSettings,
     pub server: ServerSettings,
+    pub oneshot: OneShotSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -204,6 +205,34 @@ impl Default for ServerSettings {
     }
 }
 
+/// NimbusImage's one-shot worker container (`--request interface|compute`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OneShotSettings {
+    /// The tool an `interface` request registers. NimbusImage lists one tool per worker image,
+    /// and the request carries only the image's name, so the image built for a tool says which
+    /// (the Dockerfile's `cellposesam` target sets `cellposesam`); `auto` goes by the name.
+    pub tool: Tool,
+}
+
+/// One of NimbusImage's two retrain tools, each a model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tool {
+    /// By the image name: `cellposesam` or `cellpose-sam` in it means Cellpose-SAM.
+    #[default]
+    Auto,
+    /// "Cellpose retrain" (CPnet, cellpose 3).
+    Cellpose,
+    /// "Cellpose-SAM retrain" (cpsam, cellpose 4).
+    CellposeSam,
+}
+
+impl<'de> Deserialize<'de> for Tool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, &[("auto", Tool::Auto), ("cellpose", Tool::Cellpose), ("cellposesam", Tool::CellposeSam)])
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration: {0}")]
@@ -342,6 +371,7 @@ mod tests {
             ("CPW_TRAINING__MIXED_PRECISION", "yes", &["yes", "auto", "on", "off"][..]),
             ("CPW_TRAINING__DEVICE", "gpu", &["gpu", "auto, cpu, cuda or cuda:N"][..]),
             ("CPW_LOG__FORMAT", "xml", &["xml", "pretty", "json"][..]),
+            ("CPW_ONESHOT__TOOL", "sam", &["sam", "auto", "cellpose", "cellposesam"][..]),
         ] {
             let env = std::collections::HashMap::from([(key.to_string(), value.to_string())]);
             let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();

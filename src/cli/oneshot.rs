@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::Settings;
+use crate::config::{Settings, Tool};
 use crate::control::Control;
 use crate::girder::{Auth, GirderClient, GirderConfig, Secret};
 use crate::job::events::{error_line, line_for};
@@ -79,15 +79,20 @@ fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
     gc.retry.max_retries = settings.girder.max_retries;
     let client = GirderClient::new(gc, Auth::Token(request.token.clone()))?;
     let rt = runtime()?;
-    // one image serves both tools: `compute` knows the tool by its fields, `interface` only has
-    // the image name to go by
+    // one binary serves both tools: `compute` knows the tool by its fields, `interface` by the
+    // image's setting or else its name
     match request.request {
         Request::Interface => {
             let image = request
                 .image
                 .as_deref()
                 .context("--parameters must contain \"image\" (the worker image name)")?;
-            if is_cpsam_image(image) {
+            let cpsam = match settings.oneshot.tool {
+                Tool::Auto => is_cpsam_image(image),
+                Tool::Cellpose => false,
+                Tool::CellposeSam => true,
+            };
+            if cpsam {
                 rt.block_on(interface(&Cpsam, &client, &settings, &request))
             } else {
                 rt.block_on(interface(&Cpnet, &client, &settings, &request))

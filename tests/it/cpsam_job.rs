@@ -243,6 +243,17 @@ async fn cpsam_interface_posts_the_slot_fields_and_hides_reserved_user_models() 
     // no cpsam weights installed: only the user's models, the reserved label's namesake dropped
     assert_eq!(doc["Base Model"]["items"], json!([SAM_BASE]));
     assert!(doc.get("Validation Region").is_some());
+
+    // the Dockerfile's Cellpose-SAM image says its tool whatever it is named; without the
+    // setting a name without `cellposesam` in it is the CPnet tool's
+    let plain = "lab/retrain:2";
+    for (env, sam) in [(&[("CPW_ONESHOT__TOOL", "cellposesam")][..], true), (&[][..], false)] {
+        let out = oneshot(&f, &token, "interface", json!({"image": plain}), env).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let doc = user.worker_interfaces().get(plain).await.unwrap().expect("interface stored");
+        assert_eq!(doc.get("Channel for Slot 1").is_some(), sam, "{env:?}: {doc}");
+        assert_eq!(doc.get("Primary Channel").is_some(), !sam, "{env:?}: {doc}");
+    }
 }
 
 /// `serve` takes both job types from one queue and runs each with its family.

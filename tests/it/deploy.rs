@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use cellpose_train_worker::cli::Cli;
-use cellpose_train_worker::config::Settings;
+use cellpose_train_worker::config::{Settings, Tool};
 use clap::Parser;
 
 fn repo() -> PathBuf {
@@ -59,6 +59,44 @@ fn labels(args: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// The instructions of `stage` and of the stages it is built `FROM`, base first.
+fn stage_chain<'a>(ins: &'a [(String, String)], stage: &str) -> Vec<&'a (String, String)> {
+    let starts: Vec<usize> =
+        ins.iter().enumerate().filter(|(_, (op, _))| op == "FROM").map(|(i, _)| i).collect();
+    let at = |name: &str| {
+        starts
+            .iter()
+            .position(|&i| ins[i].1.rsplit(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("no stage {name}"))
+    };
+    let k = at(stage);
+    let end = starts.get(k + 1).copied().unwrap_or(ins.len());
+    let own = &ins[starts[k]..end];
+    let parent = own[0].1.split_whitespace().next().unwrap_or_default();
+    let mut chain = if starts.iter().any(|&i| ins[i].1.rsplit(' ').next() == Some(parent)) {
+        stage_chain(ins, parent)
+    } else {
+        Vec::new()
+    };
+    chain.extend(own);
+    chain
+}
+
+/// The labels an image built to `stage` carries (a later LABEL overrides an earlier one).
+fn stage_labels(ins: &[(String, String)], stage: &str) -> BTreeMap<String, String> {
+    stage_chain(ins, stage).into_iter().filter(|(op, _)| op == "LABEL").flat_map(|(_, a)| labels(a)).collect()
+}
+
+/// The `CPW_*` variables an image built to `stage` sets (`ENV K=V ...` form).
+fn stage_env(ins: &[(String, String)], stage: &str) -> HashMap<String, String> {
+    stage_chain(ins, stage)
+        .into_iter()
+        .filter(|(op, _)| op == "ENV")
+        .flat_map(|(_, a)| labels(a))
+        .filter(|(k, _)| k.starts_with("CPW_"))
+        .collect()
+}
+
 fn cli_accepts(args: &[String]) {
     let argv: Vec<&str> =
         std::iter::once("cellpose-train-worker").chain(args.iter().map(String::as_str)).collect();
@@ -72,7 +110,11 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
     let ins = instructions(&read("Dockerfile"));
     let stages: Vec<&str> =
         ins.iter().filter(|(op, _)| op == "FROM").map(|(_, a)| a.rsplit(' ').next().unwrap()).collect();
-    assert_eq!(stages, ["build", "runtime"], "a build stage and a runtime stage");
+    assert_eq!(
+        stages,
+        ["build", "runtime", "cellposesam", "cellpose"],
+        "a build stage, a runtime stage, one image per tool, the CPnet tool's last (the default target)"
+    );
 
     let mut built = Vec::new(); // paths the build stage makes that the runtime stage copies
     for (op, args) in &ins {
@@ -120,21 +162,32 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
     oneshot("interface", &[]);
     cli_accepts(&["serve".to_string()]);
 
-    let all: BTreeMap<String, String> =
-        ins.iter().filter(|(op, _)| op == "LABEL").flat_map(|(_, a)| labels(a)).collect();
-    for key in [
-        "isUPennContrastWorker",
-        "isAnnotationWorker",
-        "isGPUWorker",
-        "annotationConfigurationPanel",
-        "advancedOptionsPanel",
+    // each tool's image: the common labels of the runtime stage plus its own, and the setting
+    // that makes its `interface` request register that tool whatever the image is named
+    for (stage, tool, name) in [
+        ("cellpose", Tool::Cellpose, "Cellpose retrain"),
+        ("cellposesam", Tool::CellposeSam, "Cellpose-SAM retrain"),
     ] {
-        assert!(all.contains_key(key), "label {key} missing: {all:?}");
+        let all = stage_labels(&ins, stage);
+        for key in [
+            "isUPennContrastWorker",
+            "isAnnotationWorker",
+            "isGPUWorker",
+            "annotationConfigurationPanel",
+            "advancedOptionsPanel",
+            "description",
+        ] {
+            assert!(all.contains_key(key), "{stage}: label {key} missing: {all:?}");
+        }
+        assert_eq!(all["interfaceName"], name, "{stage}");
+        assert_eq!(all["defaultToolName"], name, "{stage}");
+        assert_eq!(all["interfaceCategory"], "Cellpose");
+        assert_eq!(all["annotationShape"], "polygon");
+        let env = stage_env(&ins, stage);
+        let settings = Settings::load_with_env(Some(&repo().join("worker.toml")), Some(env))
+            .unwrap_or_else(|e| panic!("{stage}: {e}"));
+        assert_eq!(settings.oneshot.tool, tool, "{stage}");
     }
-    assert_eq!(all["interfaceName"], "Cellpose retrain");
-    assert_eq!(all["interfaceCategory"], "Cellpose");
-    assert_eq!(all["annotationShape"], "polygon");
-    assert_eq!(all["defaultToolName"], "Cellpose retrain");
 
     // built-in weights are copied from docker/models into the folder the worker reads
     let env: String =
