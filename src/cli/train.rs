@@ -228,23 +228,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(d >= 0.0 && d.is_finite(), "--diameter must be >= 0 (got {d})");
     }
     // every option is checked before any file is read or written: a bad flag loses nothing
-    let name = args.model_name.clone().unwrap_or_else(|| {
-        format!(
-            "cellpose_{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        )
-    });
-    crate::model::name::check_model_name(&name).map_err(|m| anyhow::anyhow!("--model-name {m}"))?;
-    let models_out = args.dir.join("models");
-    let save_path = models_out.join(&name);
-    anyhow::ensure!(
-        !save_path.is_dir(),
-        "--model-name `{name}`: {} is a folder; choose another name",
-        save_path.display()
-    );
+    let Destination { name, models_out, save_path } = args.destination()?;
     let mixed = args.mixed_precision.resolve(device.is_cuda());
     let channels_last = args.channels_last.resolve(true);
     let cfg = TrainConfig {
@@ -287,14 +271,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let normalize = Normalize { normalize: !args.no_norm, ..Default::default() };
     let opts = PrepareOptions { channels, normalize, min_train_masks: args.min_train_masks };
     let prepared = train::prepare(raw, &opts)?;
-    if !prepared.removed.is_empty() {
-        tracing::warn!(
-            "{} train images with number of masks less than min_train_masks ({}), removing from train set: {}",
-            prepared.removed.len(),
-            args.min_train_masks,
-            prepared.removed.iter().map(|(n, k)| format!("{n} ({k} masks)")).collect::<Vec<_>>().join(", ")
-        );
-    }
+    warn_removed(&prepared, args.min_train_masks);
     let mut examples = prepared.examples;
     if let Some(d) = args.diameter.filter(|d| *d > 0.0) {
         examples.iter_mut().for_each(|e| e.diameter = d);
@@ -354,12 +331,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         cfg.weight_decay,
         crate::device::describe(device)
     );
-    let steps = cfg.n_epochs * cfg.nimg_per_epoch.unwrap_or(examples.len()).div_ceil(cfg.batch_size);
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = step_bar(cfg.n_epochs, cfg.nimg_per_epoch.unwrap_or(examples.len()), cfg.batch_size);
     let validation = test.clone().map(|examples| Validation {
         examples,
         diam_mean: model.net.diam_mean(),
@@ -428,9 +400,72 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "tensorboard": recorder.tensorboard_path(),
             "report": report,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("failed to write {}", path.display()))?;
+        write_summary(path, &doc)?;
     }
+    Ok(trained(&save_path, &outcome))
+}
+
+/// Where a trained model goes: `<dir>/models/<name>`.
+pub(super) struct Destination {
+    pub name: String,
+    /// `<dir>/models`, created only once every option has been checked.
+    pub models_out: PathBuf,
+    pub save_path: PathBuf,
+}
+
+impl TrainArgs {
+    /// `--model-name` (default `cellpose_<unix time>`) checked, and where the model goes.
+    /// Nothing is created yet.
+    pub(super) fn destination(&self) -> anyhow::Result<Destination> {
+        let name = self.model_name.clone().unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format!("cellpose_{secs}")
+        });
+        crate::model::name::check_model_name(&name).map_err(|m| anyhow::anyhow!("--model-name {m}"))?;
+        let models_out = self.dir.join("models");
+        let save_path = models_out.join(&name);
+        anyhow::ensure!(
+            !save_path.is_dir(),
+            "--model-name `{name}`: {} is a folder; choose another name",
+            save_path.display()
+        );
+        Ok(Destination { name, models_out, save_path })
+    }
+}
+
+/// cellpose's warning about training images dropped for having too few masks.
+pub(super) fn warn_removed(prepared: &train::Prepared, min_train_masks: usize) {
+    if !prepared.removed.is_empty() {
+        tracing::warn!(
+            "{} train images with number of masks less than min_train_masks ({}), removing from train set: {}",
+            prepared.removed.len(),
+            min_train_masks,
+            prepared.removed.iter().map(|(n, k)| format!("{n} ({k} masks)")).collect::<Vec<_>>().join(", ")
+        );
+    }
+}
+
+/// A progress bar over every training step of the run.
+pub(super) fn step_bar(n_epochs: usize, images_per_epoch: usize, batch_size: usize) -> ProgressBar {
+    let bar = ProgressBar::new((n_epochs * images_per_epoch.div_ceil(batch_size)) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `--summary-json`: the run's summary document.
+pub(super) fn write_summary(path: &Path, doc: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(doc)?)
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// cellpose's last line of a training run; the run succeeded.
+pub(super) fn trained(save_path: &Path, outcome: &train::TrainOutcome) -> ExitCode {
     eprintln!(
         ">>>> model trained and saved to {} (final train loss {:.4}, diam_labels {:.2}, {:.3} s/step)",
         save_path.display(),
@@ -438,7 +473,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         outcome.diam_labels,
         outcome.seconds_per_step
     );
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 fn fmt_ap(ap: &crate::evaluate::ApSummary) -> String {

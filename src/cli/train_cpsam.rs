@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
-use super::train::TrainArgs;
+use super::train::{step_bar, trained, warn_removed, write_summary, Destination, TrainArgs};
 use crate::config::Toggle;
 use crate::control::Control;
 use crate::model::{open_any, AnyModel, CpsamModel};
@@ -84,21 +84,7 @@ fn refuse_cpnet_only(args: &TrainArgs) -> anyhow::Result<()> {
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     refuse_cpnet_only(&args)?;
     let device = args.device.resolve()?;
-    let name = args.model_name.clone().unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        format!("cellpose_{secs}")
-    });
-    crate::model::name::check_model_name(&name).map_err(|m| anyhow::anyhow!("--model-name {m}"))?;
-    let models_out = args.dir.join("models");
-    let save_path = models_out.join(&name);
-    anyhow::ensure!(
-        !save_path.is_dir(),
-        "--model-name `{name}`: {} is a folder; choose another name",
-        save_path.display()
-    );
+    let Destination { models_out, save_path, .. } = args.destination()?;
     let cfg = CpsamTrainConfig {
         learning_rate: args.learning_rate.unwrap_or(1e-5),
         weight_decay: args.weight_decay.unwrap_or(0.1),
@@ -126,14 +112,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Ok(prepare_cp4(train::load_pairs(&pairs)?, &Cp4PrepareOptions { normalize, min_train_masks })?)
     };
     let prepared = load(&args.dir, args.min_train_masks)?;
-    if !prepared.removed.is_empty() {
-        tracing::warn!(
-            "{} train images with number of masks less than min_train_masks ({}), removing from train set: {}",
-            prepared.removed.len(),
-            args.min_train_masks,
-            prepared.removed.iter().map(|(n, k)| format!("{n} ({k} masks)")).collect::<Vec<_>>().join(", ")
-        );
-    }
+    warn_removed(&prepared, args.min_train_masks);
     let examples = prepared.examples;
     let test = match &args.test_dir {
         Some(dir) => Some(load(dir, 0)?.examples),
@@ -160,12 +139,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         cfg.weight_decay,
         crate::device::describe(device)
     );
-    let steps = cfg.n_epochs * cfg.nimg_per_epoch.unwrap_or(examples.len()).div_ceil(cfg.batch_size);
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = step_bar(cfg.n_epochs, cfg.nimg_per_epoch.unwrap_or(examples.len()), cfg.batch_size);
     let mut hooks = BarHooks { bar };
     let outcome = train_seg_cpsam(&model, &examples, test.as_deref(), &cfg, &mut hooks, &Control::new())?;
     hooks.bar.finish_and_clear();
@@ -180,15 +154,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "learning_rate": cfg.learning_rate,
             "weight_decay": cfg.weight_decay,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("failed to write {}", path.display()))?;
+        write_summary(path, &doc)?;
     }
-    eprintln!(
-        ">>>> model trained and saved to {} (final train loss {:.4}, diam_labels {:.2}, {:.3} s/step)",
-        save_path.display(),
-        outcome.train_losses.last().copied().unwrap_or(f64::NAN),
-        outcome.diam_labels,
-        outcome.seconds_per_step
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(trained(&save_path, &outcome))
 }
