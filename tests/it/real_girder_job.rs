@@ -3,16 +3,17 @@
 //! `serve` workers handing a job back on SIGTERM, taking one over after a SIGKILL, stopping on a
 //! cancel, and leaving no checkpoint behind.
 
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cellpose_train_worker::demo::seed::{interface_values, seed, DemoSpec, DemoWorld};
-use cellpose_train_worker::girder::{GirderConfig, Job, JobStatus, JobUpdate, NewJob, ParentType};
+use cellpose_train_worker::girder::{GirderConfig, JobStatus, ParentType};
 use cellpose_train_worker::job::store;
 use serde_json::{json, Value};
 
 use super::helpers::{bin, run_python, tempdir};
 use super::real_girder::{set_disk_reserve, RealGirder};
+use super::worker_queue::{start_worker_with, submit, Worker};
 
 async fn world(real: &RealGirder, size: usize, cells: usize, nbase: &[i64]) -> DemoWorld {
     let spec =
@@ -152,11 +153,6 @@ print('ok', masks.shape)
     );
 }
 
-struct Worker {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
 fn start_worker(
     real: &RealGirder,
     world: &DemoWorld,
@@ -164,55 +160,9 @@ fn start_worker(
     dir: &std::path::Path,
     lease_s: u64,
 ) -> Worker {
-    let log = dir.join(format!("{id}.log"));
-    let config = dir.join("empty.toml");
-    std::fs::write(&config, "").unwrap();
-    let child = bin()
-        .args(["serve", "--worker-id", id, "--config"])
-        .arg(&config)
-        .env("CPW_GIRDER__API_URL", &real.api_url)
-        .env("CPW_GIRDER__API_KEY", world.admin_api_key.expose())
-        .env("CPW_QUEUE__POLL_INTERVAL_S", "0.3")
-        .env("CPW_QUEUE__HEARTBEAT_S", "0.5")
-        .env("CPW_QUEUE__LEASE_S", lease_s.to_string())
-        .env("CPW_QUEUE__SHUTDOWN_GRACE_S", "10")
-        .env("CPW_TRAINING__DEVICE", "cpu")
-        .env("CPW_TRAINING__BSIZE", "32")
-        .env("CPW_TRAINING__MIN_EPOCHS", "1")
-        .env("CPW_TRAINING__CHECKPOINT_EVERY", "2")
-        .env("CPW_SERVER__LISTEN", "127.0.0.1:0")
-        .env("CPW_PATHS__WORK_DIR", dir.join(format!("{id}-work")))
-        .env("OMP_NUM_THREADS", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start serve");
-    Worker { child, log }
-}
-
-impl Worker {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Submits a job as NimbusImage does: created with a token that may `POST /job`, then QUEUED.
-async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job {
-    let kwargs = json!({
-        "request": "compute", "datasetId": world.dataset_id, "token": world.user_token.expose(),
-        "parameters": {"workerInterface": interface_values(&world.base_model, name, epochs)}
-    });
-    let new = NewJob {
-        title: name.into(),
-        job_type: "cellpose_train".into(),
-        kwargs: Some(kwargs),
-        ..Default::default()
-    };
-    let job = world.creator.jobs().create(&new).await.unwrap();
-    let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
-    world.user.jobs().update(&job.id, &queued).await.unwrap();
-    job
+    let (lease, work) = (lease_s.to_string(), dir.join(format!("{id}-work")));
+    let env = [("CPW_QUEUE__LEASE_S", lease.as_str()), ("CPW_PATHS__WORK_DIR", work.to_str().unwrap())];
+    start_worker_with(&real.api_url, world, id, dir, &env)
 }
 
 /// Every line of the job's log (an entry of a real Girder's log is one PUT and may hold several).

@@ -52,19 +52,29 @@ pub(super) async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job 
     job
 }
 
-struct Worker {
-    id: String,
-    child: Child,
-    log: std::path::PathBuf,
+pub(super) struct Worker {
+    pub id: String,
+    pub child: Child,
+    /// Its stderr (the log).
+    pub log: std::path::PathBuf,
+}
+
+impl Worker {
+    /// What the worker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 fn start_worker(mock: &MockHandle, world: &DemoWorld, id: &str, dir: &std::path::Path) -> Worker {
-    start_worker_with(mock, world, id, dir, &[])
+    start_worker_with(&mock.api_url, world, id, dir, &[])
 }
 
-/// [`start_worker`] with more (or overriding) `CPW_*` variables.
-fn start_worker_with(
-    mock: &MockHandle,
+/// A `serve` process against the Girder at `api_url` with the seeded service account, fast
+/// polls and heartbeats, a 4 s lease and checkpoints every 2 epochs; `env` adds or overrides
+/// `CPW_*` variables.
+pub(super) fn start_worker_with(
+    api_url: &str,
     world: &DemoWorld,
     id: &str,
     dir: &std::path::Path,
@@ -77,7 +87,7 @@ fn start_worker_with(
     let child = bin()
         .args(["serve", "--worker-id", id, "--config"])
         .arg(&config)
-        .env("CPW_GIRDER__API_URL", &mock.api_url)
+        .env("CPW_GIRDER__API_URL", api_url)
         .env("CPW_GIRDER__API_KEY", world.admin_api_key.expose())
         .env("CPW_QUEUE__POLL_INTERVAL_S", "0.3")
         .env("CPW_QUEUE__HEARTBEAT_S", "0.5")
@@ -315,7 +325,7 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
     let job = submit(&world, "handed-back", 60).await;
     // a lease far longer than the test waits: only the release line lets the next worker in
     let long_lease = [("CPW_QUEUE__LEASE_S", "600")];
-    let mut first = start_worker_with(&mock, &world, "first", dir.path(), &long_lease);
+    let mut first = start_worker_with(&mock.api_url, &world, "first", dir.path(), &long_lease);
     let t0 = Instant::now();
     loop {
         if t0.elapsed() > Duration::from_secs(90) || first.child.try_wait().unwrap().is_some() {
@@ -360,7 +370,7 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
     assert!(models(&world).await.iter().all(|(n, _)| n != "handed-back"));
 
     // the next worker takes it at once (no lease wait) and resumes from the checkpoint
-    let mut second = start_worker_with(&mock, &world, "second", dir.path(), &long_lease);
+    let mut second = start_worker_with(&mock.api_url, &world, "second", dir.path(), &long_lease);
     let t1 = Instant::now();
     loop {
         let j = world.user.jobs().get(&job.id).await.unwrap();
