@@ -69,9 +69,9 @@ pub async fn scenario(p: &mut Probe) {
     let ds = p.post("POST /folder dataset", "folder").token(&tok).send(Send::Form(&ds_form)).await;
     let ds_id = s(&ds["_id"]);
     p.post("POST /folder duplicate", "folder").token(&tok).send(Send::Form(&ds_form)).await;
-    p.get("GET /folder/{id}", &format!("folder/{ds_id}")).token(&tok).await;
-    p.get("GET /folder/{id} anonymous", &format!("folder/{ds_id}")).await;
-    p.get("GET /folder/{id} other user", &format!("folder/{ds_id}")).token(&bob).await;
+    p.get("GET /folder/{id}", format!("folder/{ds_id}")).token(&tok).await;
+    p.get("GET /folder/{id} anonymous", format!("folder/{ds_id}")).await;
+    p.get("GET /folder/{id} other user", format!("folder/{ds_id}")).token(&bob).await;
     p.get("GET /folder/{id} bad id", "folder/notanid").token(&tok).await;
     let models_form = [
         ("parentType", "folder".to_string()),
@@ -98,8 +98,8 @@ pub async fn scenario(p: &mut Probe) {
         .token(&tok)
         .query(&q(&[("folderId", &scratch_id), ("name", "m1")]))
         .await;
-    p.put("PUT /item/{id}?name", &format!("item/{item_id}")).token(&tok).query(&q(&[("name", "m1b")])).await;
-    p.put("PUT /item/{id} no Content-Length", &format!("item/{item_id}"))
+    p.put("PUT /item/{id}?name", format!("item/{item_id}")).token(&tok).query(&q(&[("name", "m1b")])).await;
+    p.put("PUT /item/{id} no Content-Length", format!("item/{item_id}"))
         .token(&tok)
         .query(&q(&[("name", "m1c")]))
         .send(Send::Bare)
@@ -130,9 +130,9 @@ pub async fn scenario(p: &mut Probe) {
         .send(Send::Bytes(data.clone()))
         .await;
     let file_id = s(&file["_id"]);
-    p.get("GET /file/{id}", &format!("file/{file_id}")).token(&tok).await;
-    p.get("GET /file/{id}/download", &format!("file/{file_id}/download")).token(&tok).await;
-    p.get("GET /item/{id}/download", &format!("item/{item_id}/download")).token(&tok).await;
+    p.get("GET /file/{id}", format!("file/{file_id}")).token(&tok).await;
+    p.get("GET /file/{id}/download", format!("file/{file_id}/download")).token(&tok).await;
+    p.get("GET /item/{id}/download", format!("item/{item_id}/download")).token(&tok).await;
     // two chunks: a non-final one must be at least Girder's 5 MiB minimum; resume from the offset
     const MIB5: usize = 5 * 1024 * 1024;
     let big = Bytes::from((0..MIB5 + 1000).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
@@ -162,10 +162,10 @@ pub async fn scenario(p: &mut Probe) {
         .query(&q(&[("uploadId", &up_id), ("offset", &MIB5.to_string())]))
         .send(Send::Bytes(big.slice(MIB5..)))
         .await;
-    p.get("GET /file/{id}/download (2 chunks)", &format!("file/{}/download", s(&done["_id"])))
+    p.get("GET /file/{id}/download (2 chunks)", format!("file/{}/download", s(&done["_id"])))
         .token(&tok)
         .await;
-    p.get("GET /item/{id}/files", &format!("item/{item_id}/files"))
+    p.get("GET /item/{id}/files", format!("item/{item_id}/files"))
         .token(&tok)
         .query(&q(&[("limit", "0")]))
         .await;
@@ -181,15 +181,15 @@ pub async fn scenario(p: &mut Probe) {
         .token(&tok)
         .query(&q(&[("path", "/user/alice/Private/nope")]))
         .await;
-    p.delete("DELETE /item/{id}", &format!("item/{item_id}")).token(&tok).await;
-    p.get("GET /item/{id} deleted", &format!("item/{item_id}")).token(&tok).await;
-    p.delete("DELETE /folder/{id} without a local worker", &format!("folder/{scratch_id}")).token(&tok).await;
+    p.delete("DELETE /item/{id}", format!("item/{item_id}")).token(&tok).await;
+    p.get("GET /item/{id} deleted", format!("item/{item_id}")).token(&tok).await;
+    p.delete("DELETE /folder/{id} without a local worker", format!("folder/{scratch_id}")).token(&tok).await;
     p.put("PUT /dev_support/local_worker", "dev_support/local_worker")
         .token(&admin_tok)
         .query(&q(&[("enabled", "true")]))
         .await;
-    p.delete("DELETE /folder/{id} with a local worker", &format!("folder/{scratch_id}")).token(&tok).await;
-    p.get("GET /folder/{id} deleted", &format!("folder/{scratch_id}")).token(&tok).await;
+    p.delete("DELETE /folder/{id} with a local worker", format!("folder/{scratch_id}")).token(&tok).await;
+    p.get("GET /folder/{id} deleted", format!("folder/{scratch_id}")).token(&tok).await;
 
     // NimbusImage annotations and worker interfaces
     let ann = |shape: &str, tags: &[&str], x: f64| {
@@ -273,12 +273,12 @@ pub async fn scenario(p: &mut Probe) {
         .send(Send::Bytes(tiff))
         .await;
     let image_id = s(&f["itemId"]);
-    p.get("GET /item/{id} large image", &format!("item/{image_id}")).token(&tok).await;
-    p.get("GET /item/{id}/tiles", &format!("item/{image_id}/tiles")).token(&tok).await;
+    p.get("GET /item/{id} large image", format!("item/{image_id}")).token(&tok).await;
+    p.get("GET /item/{id}/tiles", format!("item/{image_id}/tiles")).token(&tok).await;
     for (label, frame) in
         [("GET /item/{id}/tiles/region pickle:5", "1"), ("GET /item/{id}/tiles/region bad frame", "99")]
     {
-        p.get(label, &format!("item/{image_id}/tiles/region"))
+        p.get(label, format!("item/{image_id}/tiles/region"))
             .token(&tok)
             .query(&q(&[
                 ("frame", frame),
@@ -327,7 +327,7 @@ pub async fn scenario(p: &mut Probe) {
     p.put("PUT /job 3 -> 2 refused", &jp).token(&tok).query(&q(&[("status", "2")])).await;
     p.put("PUT /job 3 -> 3 no-op", &jp).token(&tok).query(&q(&[("status", "3")])).await;
     let job2 = p.post("POST /job", "job").token(&creator).send(Send::Form(&job_form)).await;
-    p.put("PUT /job/{id}/cancel", &format!("job/{}/cancel", s(&job2["_id"]))).token(&tok).await;
+    p.put("PUT /job/{id}/cancel", format!("job/{}/cancel", s(&job2["_id"]))).token(&tok).await;
     p.get("GET /job?statuses", "job").token(&tok).query(&q(&[("statuses", "[3]")])).await;
     p.get("GET /job/all admin", "job/all")
         .token(&admin_tok)
