@@ -104,8 +104,11 @@ pub struct TrainingSettings {
     /// Allowed Epochs range (the interface's 100-2000 by default; a deployment may widen it).
     pub min_epochs: usize,
     pub max_epochs: usize,
-    /// Save a resumable checkpoint to Girder every N epochs.
+    /// Save a resumable checkpoint to Girder every N epochs (CPnet: 26 MB each).
     pub checkpoint_every: usize,
+    /// The same for Cellpose-SAM jobs, whose checkpoints are 3.65 GB (trained weights and AdamW
+    /// moments, fp32): fewer of them, since each is uploaded to Girder.
+    pub cpsam_checkpoint_every: usize,
     /// Largest region (pixels) fetched and trained on; bigger regions are an error.
     pub max_region_pixels: u64,
     /// bfloat16 convolutions: `auto` (on CUDA), `on`, `off`.
@@ -129,6 +132,7 @@ impl Default for TrainingSettings {
             min_epochs: 100,
             max_epochs: 2000,
             checkpoint_every: 10,
+            cpsam_checkpoint_every: 25,
             max_region_pixels: 64 * 1024 * 1024,
             mixed_precision: Toggle::Auto,
             batch_size: 8,
@@ -299,8 +303,8 @@ impl Settings {
                 t.min_epochs, t.max_epochs
             ));
         }
-        if t.checkpoint_every == 0 {
-            return bad("[training] checkpoint_every must be at least 1".into());
+        if t.checkpoint_every == 0 || t.cpsam_checkpoint_every == 0 {
+            return bad("[training] checkpoint_every and cpsam_checkpoint_every must be at least 1".into());
         }
         let q = &self.queue;
         for (k, v) in

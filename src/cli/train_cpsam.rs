@@ -17,7 +17,7 @@ use crate::model::{open_any, AnyModel, CpsamModel};
 use crate::train::cpsam::{
     prepare_cp4, train_seg_cpsam, validate_cpsam_config, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig,
 };
-use crate::train::{self, EpochInfo, StepInfo, TrainError};
+use crate::train::{self, EpochInfo, Optimizer, StepInfo, TrainError, TrainState};
 use crate::transforms::Normalize;
 
 /// cellpose 4's tile size for every cpsam model.
@@ -32,7 +32,13 @@ impl CpsamHooks for BarHooks {
     fn on_step(&mut self, s: &StepInfo) {
         self.bar.set_position((s.epoch * s.steps_per_epoch + s.step + 1) as u64);
     }
-    fn on_epoch(&mut self, e: &EpochInfo, _model: &CpsamModel) -> Result<(), TrainError> {
+    fn on_epoch(
+        &mut self,
+        e: &EpochInfo,
+        _model: &CpsamModel,
+        _optim: &Optimizer,
+        _state: &TrainState,
+    ) -> Result<(), TrainError> {
         self.bar.set_message(format!("epoch {} loss {:.4} lr {:.2e}", e.epoch, e.train_loss, e.lr));
         if e.epoch == 5 || e.epoch.is_multiple_of(10) {
             self.bar.suspend(|| {
@@ -141,7 +147,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     );
     let bar = step_bar(cfg.n_epochs, cfg.nimg_per_epoch.unwrap_or(examples.len()), cfg.batch_size);
     let mut hooks = BarHooks { bar };
-    let outcome = train_seg_cpsam(&model, &examples, test.as_deref(), &cfg, &mut hooks, &Control::new())?;
+    let outcome =
+        train_seg_cpsam(&model, &examples, test.as_deref(), &cfg, &mut hooks, &Control::new(), None)?;
     hooks.bar.finish_and_clear();
     if let Some(path) = &args.summary_json {
         let doc = serde_json::json!({

@@ -30,8 +30,9 @@ pub struct JobContext {
     pub device: Device,
     /// Unique per job (the Girder job id): temporary upload names, local copies.
     pub job_tag: String,
-    /// A checkpoint to continue from (a job taken over from a dead worker).
-    pub resume: Option<Vec<u8>>,
+    /// A checkpoint to continue from (a job taken over from a dead worker), as downloaded:
+    /// shared, not copied (a Cellpose-SAM checkpoint is 3.65 GB).
+    pub resume: Option<bytes::Bytes>,
     pub seed: u64,
 }
 

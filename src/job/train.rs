@@ -49,7 +49,7 @@ pub async fn train<F: Family>(
     let (examples, resume_bytes, control_t) = (samples.train.clone(), ctx.resume.clone(), control.clone());
     let validation = samples.validation.clone();
     let mut reporter =
-        Reporter { events: events.clone(), checkpoint_every: ctx.settings.training.checkpoint_every };
+        Reporter { events: events.clone(), checkpoint_every: family.checkpoint_every(&ctx.settings) };
     let run = crate::telemetry::spawn_blocking_in_span("training", move || {
         let net = base;
         let mut resumed_from_epoch = None;

@@ -85,16 +85,16 @@ impl Worker {
     ) -> Finish {
         let job_id = job.id.clone();
         let user_id = me.id.clone();
-        // the job type names the family; Cellpose-SAM jobs write no checkpoints (none to look for)
+        // the job type names the family; the checkpoint's own meta says it again, so a checkpoint
+        // of the other family is refused by the resume, not misread
         let cpsam = self.settings.queue.is_cpsam(&job.job_type);
-        let latest = if cpsam { Ok(None) } else { checkpoints::latest(&user, &user_id, &job_id).await };
-        let resume = match latest {
+        let resume = match checkpoints::latest(&user, &user_id, &job_id).await {
             Ok(Some((at, bytes))) => {
                 let label = checkpoint_label(at.epoch, at.step);
                 self.log(&job_id, &format!("Resuming from the checkpoint after {label} (round {round})."))
                     .await;
                 tracing::info!(epoch = at.epoch, step = at.step, "resuming from checkpoint");
-                Some(bytes.to_vec())
+                Some(bytes)
             }
             Ok(None) => None,
             Err(e) => {

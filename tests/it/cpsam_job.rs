@@ -71,7 +71,7 @@ async fn run_sam_with(
     client: &GirderClient,
     values: Value,
     settings: cellpose_train_worker::config::Settings,
-    resume: Option<Vec<u8>>,
+    resume: Option<Bytes>,
 ) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = JobContext {
@@ -98,27 +98,57 @@ async fn run_sam_with(
     (result, events)
 }
 
-/// The cpsam loop cannot resume: a job never emits a checkpoint, whatever `checkpoint_every`
-/// says, and refuses one it is handed instead of pretending to continue from it.
+/// A cpsam job checkpoints every `cpsam_checkpoint_every` epochs (not after the last: the model
+/// itself is uploaded then); a job resumed from one of them uploads the very model an
+/// uninterrupted job does; a CPnet checkpoint is refused before training and uploads nothing.
 #[tokio::test]
-async fn a_cpsam_job_emits_no_checkpoints_and_refuses_to_resume() {
+async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_model() {
     let f = sam_fixture().await;
     let mut settings = f.settings();
-    settings.training.checkpoint_every = 1;
+    settings.training.checkpoint_every = 100; // the CPnet setting does not apply to this family
+    settings.training.cpsam_checkpoint_every = 1;
     let (result, events) = run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
     let outcome = result.unwrap();
-    assert_eq!(outcome.train_losses.len(), 3);
     let epochs = events.iter().filter(|e| matches!(e, JobEvent::Epoch(_))).count();
     assert_eq!(epochs, 3, "one epoch event per epoch");
-    assert!(!events.iter().any(|e| matches!(e, JobEvent::Checkpoint { .. })), "a cpsam job checkpointed");
+    let mut checkpoints: Vec<(usize, usize, Vec<u8>)> = events
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Checkpoint { epoch, step, bytes } => Some((epoch, step, bytes)),
+            _ => None,
+        })
+        .collect();
+    let at: Vec<(usize, usize)> = checkpoints.iter().map(|c| (c.0, c.1)).collect();
+    assert_eq!(at, [(1, 0), (2, 0)], "after epochs 1 and 2 of 3");
 
+    let after_one = Bytes::from(checkpoints.swap_remove(0).2);
+    let (result, events) =
+        run_sam_with(&f, &f.world.user, values("sam-resumed", 3), settings.clone(), Some(after_one)).await;
+    let resumed = result.unwrap();
+    assert_eq!(resumed.train_losses, outcome.train_losses, "the resumed job's loss curve");
+    let warned = events.iter().any(|e| matches!(e, JobEvent::Warning { message, .. } if message.starts_with("Resuming from the checkpoint after epoch 1")));
+    assert!(warned, "the job did not say it resumed");
+    let models = sam_models(&f).await;
+    let file_of = |name: &str| models.iter().find(|m| m.0 == name).unwrap().1[0].0.clone();
+    let a = f.world.user.files().download(&file_of("sam-ck")).await.unwrap();
+    let b = f.world.user.files().download(&file_of("sam-resumed")).await.unwrap();
+    assert!(a == b, "the resumed job's model differs from the uninterrupted job's");
+
+    let cpnet = cellpose_train_worker::model::Model::new(crate::train::tiny_config(), tch::Device::Cpu);
+    let optim = cellpose_train_worker::train::Optimizer::new(
+        cellpose_train_worker::train::OptimizerKind::Sgd,
+        cpnet.vs.trainable_variables(),
+        0.0,
+    );
+    let state = cellpose_train_worker::train::TrainState { epoch: 1, ..Default::default() };
+    let cp_ck = cellpose_train_worker::train::checkpoint::encode(&cpnet, &optim, &state).unwrap();
     let (result, _) =
-        run_sam_with(&f, &f.world.user, values("sam-ck2", 3), settings, Some(b"x".to_vec())).await;
+        run_sam_with(&f, &f.world.user, values("sam-wrong", 3), settings, Some(Bytes::from(cp_ck))).await;
     let err = result.unwrap_err();
     assert!(matches!(err, JobError::Checkpoint(_)), "{err}");
-    assert!(err.to_string().contains("cannot resume"), "{err}");
+    assert!(err.to_string().contains("cpnet") && err.to_string().contains("start over"), "{err}");
     let names: Vec<String> = sam_models(&f).await.into_iter().map(|m| m.0).collect();
-    assert_eq!(names, ["sam-ck", SAM_BASE], "nothing uploaded by the refused resume");
+    assert_eq!(names, ["sam-ck", "sam-resumed", SAM_BASE], "nothing uploaded by the refused resume");
 }
 
 #[tokio::test]
@@ -256,7 +286,9 @@ async fn cpsam_interface_posts_the_slot_fields_and_hides_reserved_user_models() 
     }
 }
 
-/// `serve` takes both job types from one queue and runs each with its family.
+/// `serve` takes both job types from one queue and runs each with its family; the Cellpose-SAM
+/// job, handed back earlier with a checkpoint after epoch 1, resumes from it and its checkpoints
+/// are removed at the end.
 #[tokio::test]
 async fn serve_runs_a_cellpose_and_a_cellpose_sam_job_from_one_queue() {
     use cellpose_train_worker::config::Settings;
@@ -271,7 +303,7 @@ async fn serve_runs_a_cellpose_and_a_cellpose_sam_job_from_one_queue() {
         "request": "compute",
         "datasetId": world.dataset_id,
         "token": world.user_token.expose(),
-        "parameters": {"workerInterface": values("sam-model", 1)}
+        "parameters": {"workerInterface": values("sam-model", 2)}
     });
     let new = NewJob {
         title: "sam-model".into(),
@@ -282,6 +314,9 @@ async fn serve_runs_a_cellpose_and_a_cellpose_sam_job_from_one_queue() {
     let sam_job = world.creator.jobs().create(&new).await.unwrap();
     let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
     world.user.jobs().update(&sam_job.id, &queued).await.unwrap();
+    let point = worker::checkpoints::Point { epoch: 1, step: 0 };
+    let ck = crate::cpsam_resume::checkpoint_after_one_epoch();
+    worker::checkpoints::save(&world.user, &world.user_id, &sam_job.id, point, ck).await.unwrap();
 
     let mut settings = Settings::default();
     settings.girder.api_url = mock.api_url.clone();
@@ -311,4 +346,13 @@ async fn serve_runs_a_cellpose_and_a_cellpose_sam_job_from_one_queue() {
     };
     assert_eq!(names(&sam), ["sam-model", SAM_BASE], "the Cellpose-SAM job's model in .cellposesam");
     assert_eq!(names(&cp), ["cp-model", "tiny-base"], "the Cellpose job's model in .cellpose");
+    let log = world.user.jobs().get(&sam_job.id).await.unwrap().log.unwrap_or_default();
+    assert!(
+        log.iter().any(|l| l.starts_with("Resuming from the checkpoint after epoch 1 (round 1)")),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|l| l.contains("Epoch 2/2")), "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("Epoch 1/2")), "epoch 1 trained again: {log:?}");
+    let left = worker::checkpoints::latest(&world.user, &world.user_id, &sam_job.id).await.unwrap();
+    assert!(left.is_none(), "the job's checkpoint outlived it");
 }

@@ -342,9 +342,16 @@ fn cpsam_short_run_loss_curve_matches_cellpose4() {
     let model = CpsamModel::load(&tiny, Device::Cpu).unwrap();
     let cfg = CpsamTrainConfig { n_epochs, learning_rate: lr, ..Default::default() };
     let test = &prepared.examples[..1];
-    let outcome =
-        train_seg_cpsam(&model, &prepared.examples, Some(test), &cfg, &mut NoCpsamHooks, &Control::new())
-            .unwrap();
+    let outcome = train_seg_cpsam(
+        &model,
+        &prepared.examples,
+        Some(test),
+        &cfg,
+        &mut NoCpsamHooks,
+        &Control::new(),
+        None,
+    )
+    .unwrap();
     // cellpose 4's test loss cadence: epoch 0, 5 and every 10th
     let tested: Vec<usize> = (0..n_epochs).filter(|&e| outcome.test_losses[e].is_some()).collect();
     assert_eq!(tested, vec![0, 5]);

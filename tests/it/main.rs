@@ -3,6 +3,7 @@ mod annotations;
 mod cpsam;
 mod cpsam_cli;
 mod cpsam_job;
+mod cpsam_resume;
 mod cpsam_train;
 mod cpsam_train_cli;
 mod demo;

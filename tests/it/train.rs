@@ -12,7 +12,7 @@ use tch::Device;
 
 use crate::helpers::{bin, run_python, tempdir};
 
-fn tiny_config() -> CpnetConfig {
+pub(crate) fn tiny_config() -> CpnetConfig {
     CpnetConfig { nbase: vec![2, 8, 16, 32], ..Default::default() }
 }
 

@@ -1,10 +1,9 @@
 //! The Cellpose-SAM family (cellpose 4.2.1.1), as NimbusImage's "Cellpose-SAM retrain" tool
 //! trains it: up to three input slots, `train_seg` with AdamW and its defaults (bsize 256, batch
 //! 1, no rescaling), `min_train_masks=1`, models in `Private/.cellposesam/models` as fp32 files
-//! that `CellposeModel(pretrained_model=path)` loads.
-//!
-//! No checkpoints yet: the cpsam loop cannot resume, so this family never emits one and refuses
-//! to resume from one (a job handed back by a stopping worker starts over from its base model).
+//! that `CellposeModel(pretrained_model=path)` loads. Checkpoints hold the trained weights and
+//! AdamW's moments (3.65 GB at full size; see [`crate::train::cpsam::checkpoint`]) and are
+//! written every `[training] cpsam_checkpoint_every` epochs and on a shutdown.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +21,11 @@ use crate::job::validate::{JobParams, ParamErrors};
 use crate::job::validate_cpsam::validate_cpsam;
 use crate::model::{open_any, registry, AnyModel, CpsamModel, ModelError, ModelFamily};
 use crate::predict_cpsam::Cp4Options;
-use crate::train::checkpoint::CheckpointError;
-use crate::train::cpsam::{prepare_cp4, train_seg_cpsam, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig};
-use crate::train::{EpochInfo, Example, RawExample, TrainError};
+use crate::train::cpsam::checkpoint::encode as encode_checkpoint;
+use crate::train::cpsam::{
+    prepare_cp4, train_seg_cpsam, Cp4PrepareOptions, CpsamHooks, CpsamResume, CpsamTrainConfig,
+};
+use crate::train::{EpochInfo, Example, Optimizer, RawExample, TrainError, TrainState};
 use crate::transforms::Normalize;
 
 /// The Cellpose-SAM family.
@@ -56,8 +57,7 @@ impl Drop for Scratch {
 
 impl Family for Cpsam {
     type Net = CpsamModel;
-    /// Never built: [`Family::resume`] refuses every checkpoint.
-    type Resume = ();
+    type Resume = CpsamResume;
 
     fn kind(&self) -> ModelFamily {
         ModelFamily::Cpsam
@@ -69,6 +69,10 @@ impl Family for Cpsam {
 
     fn fields(&self, settings: &Settings) -> Vec<Field> {
         params_cpsam::fields(settings.training.min_epochs, settings.training.max_epochs)
+    }
+
+    fn checkpoint_every(&self, settings: &Settings) -> usize {
+        settings.training.cpsam_checkpoint_every
     }
 
     fn is_builtin(&self, name: &str) -> bool {
@@ -150,11 +154,10 @@ impl Family for Cpsam {
             .map_err(|e| JobError::Dataset { dataset: what.into(), detail: e.to_string() })
     }
 
-    fn resume(&self, _bytes: &[u8], _net: &CpsamModel) -> Result<((), ResumePoint), JobError> {
-        Err(JobError::Checkpoint(CheckpointError::Invalid(
-            "Cellpose-SAM training cannot resume from a checkpoint yet; the job must start over from its base model"
-                .into(),
-        )))
+    fn resume(&self, bytes: &[u8], net: &CpsamModel) -> Result<(CpsamResume, ResumePoint), JobError> {
+        let r = CpsamResume::load(bytes, "checkpoint", net)?;
+        let at = ResumePoint { epoch: r.state.epoch, step: r.state.step };
+        Ok((r, at))
     }
 
     fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainResult, JobError> {
@@ -168,7 +171,8 @@ impl Family for Cpsam {
             ..Default::default()
         };
         let mut hooks = Hooks { reporter };
-        let outcome = train_seg_cpsam(job.net, &job.examples, None, &cfg, &mut hooks, job.control)?;
+        let outcome =
+            train_seg_cpsam(job.net, &job.examples, None, &cfg, &mut hooks, job.control, job.resume)?;
         // no best-epoch tracking for this family yet: the last epoch is uploaded
         Ok(TrainResult { outcome, kept_epoch: None, scored: Vec::new() })
     }
@@ -213,14 +217,28 @@ fn named(e: ModelError, origin: &str) -> ModelError {
     }
 }
 
-/// The trainer's hooks for a job: per-epoch progress with ETA; no checkpoints (see the module).
+/// The trainer's hooks for a job: per-epoch progress with ETA, and checkpoints.
 struct Hooks<'a> {
     reporter: &'a mut Reporter,
 }
 
 impl CpsamHooks for Hooks<'_> {
-    fn on_epoch(&mut self, e: &EpochInfo, _model: &CpsamModel) -> Result<(), TrainError> {
+    fn on_epoch(
+        &mut self,
+        e: &EpochInfo,
+        model: &CpsamModel,
+        optim: &Optimizer,
+        state: &TrainState,
+    ) -> Result<(), TrainError> {
         self.reporter.epoch(e);
+        if self.reporter.checkpoint_due(e.epoch + 1, e.n_epochs) {
+            // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
+            self.reporter.checkpoint(state.epoch, state.step, encode_checkpoint(model, optim, state));
+        }
         Ok(())
+    }
+
+    fn on_interrupt(&mut self, model: &CpsamModel, optim: &Optimizer, state: &TrainState) {
+        self.reporter.checkpoint(state.epoch, state.step, encode_checkpoint(model, optim, state));
     }
 }

@@ -39,6 +39,10 @@ pub trait Family: Clone + Send + Sync + 'static {
     fn root_folder(&self) -> &'static str;
     /// The tool's interface fields, with the deployment's epoch limits.
     fn fields(&self, settings: &Settings) -> Vec<Field>;
+    /// Epochs between resumable checkpoints.
+    fn checkpoint_every(&self, settings: &Settings) -> usize {
+        settings.training.checkpoint_every
+    }
     /// Names the base-model field accepts besides the user's own models.
     fn is_builtin(&self, name: &str) -> bool;
     /// Built-ins to offer in the interface (those whose weights are installed).

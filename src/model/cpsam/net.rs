@@ -106,6 +106,21 @@ impl Cpsam {
     /// Every libtorch call is a fallible `f_` one: a wrong input shape or an allocation failure
     /// is returned, not raised as a panic.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        let nlay = self.blocks.len() as i64;
+        let draws = match x.size().as_slice() {
+            [batch, _, _, _] if train && self.config.rdrop > 0.0 && nlay > 0 => {
+                Some(Tensor::f_rand([*batch, nlay], (Kind::Float, x.device()))?)
+            }
+            _ => None,
+        };
+        self.forward_drawn(x, draws.as_ref())
+    }
+
+    /// [`Cpsam::forward_t`] with the layer drop's uniform draws given: `[B, n_blocks]` in
+    /// [0, 1), block `i` skipped for sample `b` where `draws[b, i]` is below its probability;
+    /// `None` drops nothing (eval). Why: a trainer that draws them from its own seeded stream gets
+    /// the same drops after a resume, whatever else used torch's global generator meanwhile.
+    pub fn forward_drawn(&self, x: &Tensor, draws: Option<&Tensor>) -> Result<Tensor, TchError> {
         let kind = self.pos_embed.kind();
         let size = x.size();
         let (c, ps) = (size.get(1).copied().unwrap_or(0), self.config.ps);
@@ -126,11 +141,16 @@ impl Cpsam {
             .f_permute([0, 2, 3, 1])?
             .f_add(&self.pos_embed)?;
         let nlay = self.blocks.len() as i64;
-        if train && self.config.rdrop > 0.0 && nlay > 0 {
+        if let Some(draws) = draws.filter(|_| self.config.rdrop > 0.0 && nlay > 0) {
             let batch = size[0];
+            if draws.size() != [batch, nlay] {
+                return Err(TchError::Shape(format!(
+                    "layer-drop draws must be [{batch}, {nlay}], got {:?}",
+                    draws.size()
+                )));
+            }
             let p = Tensor::f_linspace(0.0, self.config.rdrop, nlay, (Kind::Float, x.device()))?;
-            let skip =
-                Tensor::f_rand([batch, nlay], (Kind::Float, x.device()))?.f_lt_tensor(&p)?.f_to_kind(kind)?;
+            let skip = draws.f_to_device(x.device())?.f_lt_tensor(&p)?.f_to_kind(kind)?;
             for (i, blk) in self.blocks.iter().enumerate() {
                 let m = skip.f_select(1, i as i64)?.f_view([batch, 1, 1, 1])?;
                 let y = blk.forward(&x)?;

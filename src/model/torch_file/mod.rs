@@ -11,8 +11,10 @@ mod write;
 
 use std::path::PathBuf;
 
-pub use read::{for_each_tensor, read_state_dict, read_state_dict_bytes, read_tensor_metas};
-pub use write::{state_dict_to_bytes, write_state_dict, write_tensors, TensorMeta};
+pub use read::{
+    for_each_tensor, for_each_tensor_in_bytes, read_state_dict, read_state_dict_bytes, read_tensor_metas,
+};
+pub use write::{state_dict_to_bytes, tensors_to_bytes, write_state_dict, write_tensors, TensorMeta};
 
 use crate::pickle;
 

@@ -43,7 +43,7 @@ pub fn read_state_dict_bytes(bytes: &[u8], origin: &str) -> Result<StateDict, Mo
     let mut entries = Vec::new();
     let mut zip =
         zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| wrap(ModelFileErrorKind::Zip(e.to_string())))?;
-    visit_tensors(&mut zip, |name, t| {
+    visit_tensors(&mut zip, MAX_MODEL_BYTES, |name, t| {
         entries.push((name, t));
         Ok(())
     })
@@ -64,7 +64,25 @@ where
 {
     let wrap = |kind| ModelFileError { path: path.to_path_buf(), kind };
     let mut zip = open_archive(path).map_err(|k| E::from(wrap(k)))?;
-    visit_tensors(&mut zip, f).map_err(|e| match e {
+    visit_tensors(&mut zip, MAX_MODEL_BYTES, f).map_err(|e| match e {
+        VisitError::File(kind) => E::from(wrap(kind)),
+        VisitError::Visitor(e) => e,
+    })
+}
+
+/// [`for_each_tensor`] over bytes in memory (a downloaded checkpoint), with `limit` bytes for
+/// all storages together: each tensor is handed over and can be dropped before the next is
+/// inflated, so a 3.6 GB Cellpose-SAM checkpoint is not held twice.
+pub fn for_each_tensor_in_bytes<E, F>(bytes: &[u8], origin: &str, limit: u64, f: F) -> Result<(), E>
+where
+    E: From<ModelFileError>,
+    F: FnMut(String, RawTensor) -> Result<(), E>,
+{
+    let wrap = |kind| ModelFileError { path: PathBuf::from(origin), kind };
+    check_magic(bytes, bytes.len() as u64).map_err(|k| E::from(wrap(k)))?;
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| E::from(wrap(ModelFileErrorKind::Zip(e.to_string()))))?;
+    visit_tensors(&mut zip, limit, f).map_err(|e| match e {
         VisitError::File(kind) => E::from(wrap(kind)),
         VisitError::Visitor(e) => e,
     })
@@ -185,11 +203,12 @@ fn read_root<R: Read + Seek>(
 
 fn visit_tensors<R: Read + Seek, E>(
     zip: &mut zip::ZipArchive<R>,
+    limit: u64,
     mut f: impl FnMut(String, RawTensor) -> Result<(), E>,
 ) -> Result<(), VisitError<E>> {
     use ModelFileErrorKind as K;
     let (prefix, big_endian, items) = read_root(zip).map_err(VisitError::File)?;
-    let mut budget = Budget { left: MAX_MODEL_BYTES, seen: HashSet::new() };
+    let mut budget = Budget { left: limit, seen: HashSet::new() };
     for (key, value) in &items {
         let name = key.as_str().ok_or_else(|| {
             VisitError::File(K::NotStateDict(format!("a key is a {}, not a name", key.type_name())))

@@ -60,6 +60,15 @@ pub fn state_dict_to_bytes(sd: &StateDict) -> std::io::Result<Vec<u8>> {
     Ok(out.into_inner())
 }
 
+/// The bytes of a `torch.save` file streamed like [`write_tensors`]: `data(i)` is asked for
+/// each tensor in turn, so only the archive and one tensor's bytes are in memory at once.
+pub fn tensors_to_bytes(
+    metas: &[TensorMeta],
+    mut data: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<Vec<u8>> {
+    Ok(write_archive(Cursor::new(Vec::new()), metas, &mut data)?.into_inner())
+}
+
 /// The `data.pkl` of a state_dict: an `OrderedDict` of `_rebuild_tensor_v2` calls whose storages
 /// are the archive records `data/<i>`.
 fn state_dict_pickle(metas: &[TensorMeta]) -> Vec<u8> {

@@ -3,11 +3,13 @@
 //! epoch loop ([`trainer`]). The loss, the AdamW update and the epoch sampling are the shared
 //! ones of [`crate::train`], where cellpose 4 behaves as cellpose 3.1.1.2.
 pub mod augment;
+pub mod checkpoint;
 pub mod data;
 pub mod schedule;
 pub mod trainer;
 
 pub use augment::Cp4Augment;
+pub use checkpoint::CpsamResume;
 pub use data::{prepare_cp4, reshape_norm_cp4, Cp4DataError, Cp4PrepareOptions};
 pub use schedule::lr_schedule_cp4;
 pub use trainer::{

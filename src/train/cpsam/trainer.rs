@@ -12,17 +12,23 @@
 //! training mode (layer drop) for training steps and eval mode for the test loss; fp32 weights
 //! throughout (a bf16 file is loaded as fp32) and fp32 files saved.
 //!
+//! Resumable like the CPnet loop: a checkpoint after any epoch, or before any step on a
+//! shutdown, continues bit for bit. Why that holds: the augmentation stream of an epoch is a
+//! pure function of seed and epoch (a resume mid-epoch replays the draws of the steps done), and
+//! the layer drop of each step one of (seed, epoch, step) ([`layer_drop_draws`]).
+//!
 //! The patch embedding takes no gradient (`CPSAM.forward` convolves with `proj.weight.data`),
 //! so, as PyTorch's AdamW skips parameters without a gradient, it is neither updated nor decayed.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use super::augment::Cp4Augment;
+use super::checkpoint::CpsamResume;
 use super::schedule::lr_schedule_cp4;
 use crate::control::{Control, StopReason};
 use crate::model::CpsamModel;
@@ -30,7 +36,7 @@ use crate::train::batches::epoch_order;
 use crate::train::data::Example;
 use crate::train::loss::seg_loss;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::trainer::{epoch_path, EpochInfo, StepInfo, TrainError, TrainOutcome};
+use crate::train::trainer::{epoch_path, EpochInfo, StepInfo, TrainError, TrainOutcome, TrainState};
 use crate::transforms::array3_to_tensor;
 
 /// Everything cellpose 4 `train_seg` takes besides the data, with its defaults.
@@ -82,11 +88,21 @@ impl Default for CpsamTrainConfig {
 /// What the caller sees during a cpsam run.
 pub trait CpsamHooks {
     fn on_step(&mut self, _info: &StepInfo) {}
-    /// After each epoch; an error stops training.
-    fn on_epoch(&mut self, _info: &EpochInfo, _model: &CpsamModel) -> Result<(), TrainError> {
+    /// After each epoch, with the state to resume from after it (to checkpoint); an error stops
+    /// training.
+    fn on_epoch(
+        &mut self,
+        _info: &EpochInfo,
+        _model: &CpsamModel,
+        _optim: &Optimizer,
+        _state: &TrainState,
+    ) -> Result<(), TrainError> {
         Ok(())
     }
     fn on_saved(&mut self, _path: &Path, _epoch: usize) {}
+    /// Once when stopping for a shutdown, before the step that would have run next, with
+    /// everything needed to resume exactly.
+    fn on_interrupt(&mut self, _model: &CpsamModel, _optim: &Optimizer, _state: &TrainState) {}
 }
 
 /// No-op hooks.
@@ -177,14 +193,18 @@ fn batch(
     let (mut xs, mut ys) = (Vec::with_capacity(inds.len()), Vec::with_capacity(inds.len()));
     for &i in inds {
         let it = &items[i];
-        let size = it.image.size();
-        let rsc = rescale.map_or(1.0, |diam_mean| it.diameter / diam_mean);
-        let aug = Cp4Augment::draw(rng, size[1] as usize, size[2] as usize, bsize, scale_range, rsc);
-        let (x, y) = aug.apply(&it.image, &it.targets, bsize);
+        let (x, y) = draw(it, rng, bsize, scale_range, rescale).apply(&it.image, &it.targets, bsize);
         xs.push(x);
         ys.push(y);
     }
     (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0))
+}
+
+/// The augmentation of `it`, drawn from `rng` (zoomed by diameter / `rescale` when rescaling).
+fn draw(it: &Item, rng: &mut ChaCha8Rng, bsize: usize, scale_range: f64, rescale: Option<f64>) -> Cp4Augment {
+    let size = it.image.size();
+    let rsc = rescale.map_or(1.0, |diam_mean| it.diameter / diam_mean);
+    Cp4Augment::draw(rng, size[1] as usize, size[2] as usize, bsize, scale_range, rsc)
 }
 
 /// RNG for the augmentation of one epoch (a pure function of seed and epoch, as cellpose's
@@ -196,7 +216,19 @@ fn rng_for(seed: u64, stream: u64, epoch: usize) -> ChaCha8Rng {
     r
 }
 
-/// Trains `model` in place like cellpose 4 `train_seg` and returns the loss curves.
+/// The layer drop's uniform draws `[batch, n_blocks]` for one training step: a pure function of
+/// (seed, epoch, step), from a stream of its own (not torch's global generator, which other
+/// threads may use), so a resumed run drops the same blocks as an uninterrupted one.
+fn layer_drop_draws(seed: u64, epoch: usize, step: usize, batch: usize, n_blocks: usize) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(2);
+    rng.set_word_pos((((epoch as u128) << 24) | step as u128) << 16);
+    let draws: Vec<f32> = (0..batch * n_blocks).map(|_| rng.gen::<f32>()).collect();
+    Tensor::from_slice(&draws).view([batch as i64, n_blocks as i64])
+}
+
+/// Trains `model` in place like cellpose 4 `train_seg` and returns the loss curves; with
+/// `resume` (its weights already in `model`) it continues where the checkpoint stopped.
 pub fn train_seg_cpsam(
     model: &CpsamModel,
     train: &[Example],
@@ -204,6 +236,7 @@ pub fn train_seg_cpsam(
     cfg: &CpsamTrainConfig,
     hooks: &mut dyn CpsamHooks,
     control: &Control,
+    resume: Option<CpsamResume>,
 ) -> Result<TrainOutcome, TrainError> {
     let bsize = model.net.config.bsize() as usize;
     validate_cpsam_config(cfg, bsize)?;
@@ -241,31 +274,66 @@ pub fn train_seg_cpsam(
     let lr = lr_schedule_cp4(cfg.learning_rate, cfg.n_epochs);
     let params: Vec<Tensor> = trained_parameters(model).into_iter().map(|(_, t)| t).collect();
     let mut optim = Optimizer::new(OptimizerKind::Adamw, params, cfg.weight_decay);
+    let (start, start_step, partial, mut train_losses, mut test_losses, mut epoch_seconds) = match resume {
+        Some(r) => {
+            optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
+            let s = r.state;
+            (s.epoch, s.step, s.partial_epoch_loss, s.train_losses, s.test_losses, s.epoch_seconds)
+        }
+        None => (0, 0, 0.0, Vec::new(), Vec::new(), Vec::new()),
+    };
+    if start >= cfg.n_epochs {
+        return Err(TrainError::Config(format!(
+            "resume point epoch {start} is past the last epoch ({})",
+            cfg.n_epochs
+        )));
+    }
+    train_losses.resize(cfg.n_epochs, 0.0);
+    test_losses.resize(cfg.n_epochs, None);
+    epoch_seconds.resize(cfg.n_epochs, 0.0);
     let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size);
-    let total_steps = cfg.n_epochs * steps_per_epoch;
-    let mut train_losses = vec![0.0; cfg.n_epochs];
-    let mut test_losses = vec![None; cfg.n_epochs];
-    let mut epoch_seconds = vec![0.0; cfg.n_epochs];
+    let total_steps = (cfg.n_epochs - start) * steps_per_epoch - start_step;
     let mut steps_done = 0usize;
     let mut steady: Option<(Instant, usize)> = None;
     let train_t0 = Instant::now();
-    for epoch in 0..cfg.n_epochs {
+    for epoch in start..cfg.n_epochs {
         let epoch_t0 = Instant::now();
         let order = epoch_order(nimg, per_epoch, cfg.seed, 0, epoch);
         let mut rng = rng_for(cfg.seed, 1, epoch);
-        let mut loss_sum = 0.0;
+        let first_step = if epoch == start { start_step } else { 0 };
+        let mut loss_sum = if epoch == start { partial } else { 0.0 };
         for (step, inds) in order.chunks(cfg.batch_size).enumerate() {
-            // no checkpoints in this loop yet: a shutdown stops it like a cancel, with its reason
+            if step < first_step {
+                // done before the checkpoint: consume its draws so the next steps see theirs
+                for &i in inds {
+                    draw(&train_items[i], &mut rng, bsize, scale_range, rescale);
+                }
+                continue;
+            }
+            // checked before every step: a cancel or a shutdown waits for one step at most
             match control.reason() {
                 None => {}
                 Some(StopReason::Cancel) => return Err(TrainError::Cancelled { epoch }),
-                Some(StopReason::Shutdown) => return Err(TrainError::Interrupted { epoch, step }),
+                Some(StopReason::Shutdown) => {
+                    let state = TrainState {
+                        epoch,
+                        step,
+                        optimizer_steps: optim.steps,
+                        partial_epoch_loss: loss_sum,
+                        train_losses: train_losses[..epoch].to_vec(),
+                        test_losses: test_losses[..epoch].to_vec(),
+                        epoch_seconds: epoch_seconds[..epoch].to_vec(),
+                    };
+                    hooks.on_interrupt(model, &optim, &state);
+                    return Err(TrainError::Interrupted { epoch, step });
+                }
             }
             let (x, y) = batch(&train_items, inds, &mut rng, bsize, scale_range, rescale);
             let failed = |e| TrainError::step_failed(&x, e);
+            let draws = layer_drop_draws(cfg.seed, epoch, step, inds.len(), model.net.config.blocks.len());
             optim.set_learning_rate(lr[epoch]);
             optim.zero_grad();
-            let out = model.net.forward_t(&x, true).map_err(failed)?;
+            let out = model.net.forward_drawn(&x, Some(&draws)).map_err(failed)?;
             let loss = seg_loss(&out, &y).map_err(failed)?;
             loss.f_backward().map_err(failed)?;
             optim.apply();
@@ -287,7 +355,7 @@ pub fn train_seg_cpsam(
             return Err(TrainError::Diverged { epoch, value: train_loss });
         }
         train_losses[epoch] = train_loss;
-        if epoch == 0 {
+        if epoch == start {
             steady = Some((Instant::now(), steps_done));
         }
         if epoch == 5 || epoch % 10 == 0 {
@@ -310,7 +378,16 @@ pub fn train_seg_cpsam(
             seconds: epoch_seconds[epoch],
         };
         tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr = lr[epoch], "epoch done");
-        hooks.on_epoch(&info, model)?;
+        let state = TrainState {
+            epoch: epoch + 1,
+            step: 0,
+            optimizer_steps: optim.steps,
+            partial_epoch_loss: 0.0,
+            train_losses: train_losses[..=epoch].to_vec(),
+            test_losses: test_losses[..=epoch].to_vec(),
+            epoch_seconds: epoch_seconds[..=epoch].to_vec(),
+        };
+        hooks.on_epoch(&info, model, &optim, &state)?;
         let last = epoch == cfg.n_epochs - 1;
         if let Some(path) = &cfg.save_path {
             if !last && epoch % cfg.save_every == 0 && epoch != 0 {
