@@ -104,7 +104,7 @@ pub struct TrainingSettings {
     /// Allowed Epochs range (the interface's 100-2000 by default; a deployment may widen it).
     pub min_epochs: usize,
     pub max_epochs: usize,
-    /// Save a resumable checkpoint to Girder every N epochs (CPnet: 26 MB each).
+    /// Save a resumable checkpoint to Girder every N epochs (CPnet: about 53 MB each).
     pub checkpoint_every: usize,
     /// The same for Cellpose-SAM jobs, whose checkpoints are 3.65 GB (trained weights and AdamW
     /// moments, fp32): fewer of them, since each is uploaded to Girder.

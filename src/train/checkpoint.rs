@@ -8,7 +8,7 @@
 //! family was recorded (CPnet only) have `meta` last and no family; they still load as CPnet.
 //!
 //! What `model.*` holds is the family's choice: CPnet keeps its whole state_dict (buffers
-//! included, 26 MB); Cellpose-SAM only the tensors AdamW updates (see
+//! included; with the SGD momentum about 53 MB for cyto3); Cellpose-SAM only the tensors AdamW updates (see
 //! [`super::cpsam::checkpoint`]), in fp32 like the moments, so a resumed run equals an
 //! uninterrupted one bit for bit.
 
