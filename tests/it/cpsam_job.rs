@@ -19,13 +19,18 @@ use crate::cpsam_train::{run_train_ref, write_raw};
 use crate::helpers::{fixture as fixture_file, run_cp4_tool, tempdir};
 use crate::job::{fixture, json_lines, oneshot, stderr, Fixture, TINY};
 
-const ROOT: &str = ".cellposesam";
+pub(crate) const ROOT: &str = ".cellposesam";
 const SAM_BASE: &str = "tiny sam";
 
 /// The values a user would submit: both demo channels in slots 1 and 2.
 fn values(output: &str, epochs: usize) -> Value {
+    values_for(SAM_BASE, output, epochs)
+}
+
+/// [`values`] with another base model.
+pub(crate) fn values_for(base: &str, output: &str, epochs: usize) -> Value {
     json!({
-        "Base Model": SAM_BASE,
+        "Base Model": base,
         "Output Model Name": output,
         "Channel for Slot 1": {"0": true},
         "Channel for Slot 2": {"1": true},
@@ -185,19 +190,38 @@ async fn cpsam_compute_uploads_a_model_cellpose4_loads_with_a_lower_loss() {
     let trained = dir.path().join("sam-out.pth");
     std::fs::write(&trained, f.world.user.files().download(&files[0].0).await.unwrap()).unwrap();
     let base = fixture_file("cpsam/tiny.pth");
+    let (before, after) = cellpose4_checks(
+        &f.world.user,
+        &f.world.dataset_id,
+        &values("x", epochs),
+        &trained,
+        &base,
+        dir.path(),
+    )
+    .await;
+    assert!(after < 0.9 * before, "the job did not lower cellpose 4's loss: {before} -> {after}");
+}
 
-    // cellpose 4.2.1.1 loads it (same keys and values) and segments with it
+/// What the issue asks of a trained Cellpose-SAM file: cellpose 4.2.1.1 loads it (same keys and
+/// values) and segments with it; returns cellpose 4's loss (computed by Python) of `base` and of
+/// `trained` on the job's training crops, fetched as the job fetches them for `values`.
+pub(crate) async fn cellpose4_checks(
+    client: &GirderClient,
+    dataset_id: &str,
+    values: &Value,
+    trained: &std::path::Path,
+    base: &std::path::Path,
+    dir: &std::path::Path,
+) -> (f64, f64) {
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    run_cp4_tool(&["check".to_string(), s(&trained)]);
+    run_cp4_tool(&["check".to_string(), s(trained)]);
 
-    // the job's training crops, fetched as the job fetches them
-    let client = &f.world.user;
     let fields = params_cpsam::fields(1, 2000);
-    let (params, _) = validate_cpsam(&values("x", epochs), &fields, &|_| true).unwrap();
-    let img = dataset::open_dataset(client, &f.world.dataset_id).await.unwrap();
+    let (params, _) = validate_cpsam(values, &fields, &|_| true).unwrap();
+    let img = dataset::open_dataset(client, dataset_id).await.unwrap();
     let tags =
         [params.training_tags.clone(), params.region_tags.clone(), params.validation_tags.clone()].concat();
-    let (anns, _, _) = dataset::load_annotations(client, &f.world.dataset_id, &tags).await.unwrap();
+    let (anns, _, _) = dataset::load_annotations(client, dataset_id, &tags).await.unwrap();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let raw =
         dataset::collect_samples(client, &img, &params, &anns, u64::MAX, &Events::new(tx), &Control::new())
@@ -205,20 +229,20 @@ async fn cpsam_compute_uploads_a_model_cellpose4_loads_with_a_lower_loss() {
             .unwrap();
     assert_eq!(raw.train.len(), 3, "three training quadrants");
     assert_eq!(raw.train[0].image.dim(), (2, 64, 64), "one crop channel per chosen slot");
-    let (imgs, labels) = (dir.path().join("imgs.npy"), dir.path().join("labels.npy"));
+    let (imgs, labels) = (dir.join("imgs.npy"), dir.join("labels.npy"));
     write_raw(&raw.train, &imgs, &labels);
-    let seg = dir.path().join("seg");
-    let first = dir.path().join("first.npy");
+    let seg = dir.join("seg");
+    let first = dir.join("first.npy");
     ndarray_npy::write_npy(&first, &raw.train[0].image).unwrap();
-    run_cp4_tool(&["eval".to_string(), s(&trained), s(&first), s(&seg), "--channel-axis".into(), "0".into()]);
-    assert!(dir.path().join("seg_masks0.npy").is_file(), "cellpose 4 did not segment with the model");
+    run_cp4_tool(&["eval".to_string(), s(trained), s(&first), s(&seg), "--channel-axis".into(), "0".into()]);
+    assert!(dir.join("seg_masks0.npy").is_file(), "cellpose 4 did not segment with the model");
 
     let loss = |model: &std::path::Path| -> f64 {
         run_train_ref(&["cploss".to_string(), s(model), s(&imgs), s(&labels)]).trim().parse().unwrap()
     };
-    let (before, after) = (loss(&base), loss(&trained));
+    let (before, after) = (loss(base), loss(trained));
     eprintln!("cellpose 4 loss on the job's training crops: base {before:.4}, trained {after:.4}");
-    assert!(after < 0.9 * before, "the job did not lower cellpose 4's loss: {before} -> {after}");
+    (before, after)
 }
 
 #[tokio::test]

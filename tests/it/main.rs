@@ -2,6 +2,7 @@
 mod annotations;
 mod cpsam;
 mod cpsam_cli;
+mod cpsam_full;
 mod cpsam_job;
 mod cpsam_resume;
 mod cpsam_train;

@@ -15,7 +15,7 @@ use super::helpers::{bin, run_python, tempdir};
 use super::real_girder::{set_disk_reserve, RealGirder};
 use super::worker_queue::{start_worker_with, submit, Worker};
 
-async fn world(real: &RealGirder, size: usize, cells: usize, nbase: &[i64]) -> DemoWorld {
+pub(super) async fn world(real: &RealGirder, size: usize, cells: usize, nbase: &[i64]) -> DemoWorld {
     let spec =
         DemoSpec { size, cells, seed: 5, base_nbase: nbase.to_vec(), base_model_name: "tiny-base".into() };
     seed(GirderConfig::new(&real.api_url), &spec)
@@ -46,10 +46,22 @@ fn oneshot(
     params: Value,
     dir: &std::path::Path,
 ) -> Output {
+    oneshot_at(&real.api_url, world, request, params, dir)
+}
+
+/// The one-shot binary against the Girder at `api_url`, as the user of `world`, on the CPU with
+/// epochs from 1; models and work files in `dir`.
+pub(super) fn oneshot_at(
+    api_url: &str,
+    world: &DemoWorld,
+    request: &str,
+    params: Value,
+    dir: &std::path::Path,
+) -> Output {
     let cfg = dir.join("empty.toml");
     std::fs::write(&cfg, "").unwrap();
     bin()
-        .args(["--apiUrl", &real.api_url, "--token", world.user_token.expose(), "--request", request])
+        .args(["--apiUrl", api_url, "--token", world.user_token.expose(), "--request", request])
         .args(["--parameters", &params.to_string(), "--datasetId", &world.dataset_id])
         .arg("--config")
         .arg(&cfg)
