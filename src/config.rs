@@ -231,6 +231,18 @@ pub enum Tool {
     CellposeSam,
 }
 
+impl Tool {
+    /// Whether an `interface` request for `image` is the Cellpose-SAM tool's: as this setting
+    /// says, or with `auto` as the image's name does.
+    pub fn is_cpsam(self, image: &str) -> bool {
+        match self {
+            Tool::Auto => crate::job::params_cpsam::is_cpsam_image(image),
+            Tool::Cellpose => false,
+            Tool::CellposeSam => true,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Tool {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         one_of(d, &[("auto", Tool::Auto), ("cellpose", Tool::Cellpose), ("cellposesam", Tool::CellposeSam)])

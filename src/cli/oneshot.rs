@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{Settings, Tool};
+use crate::config::Settings;
 use crate::control::Control;
 use crate::girder::{Auth, GirderClient, GirderConfig, Secret};
 use crate::job::events::{error_line, line_for};
 use crate::job::params::interface_json;
-use crate::job::params_cpsam::{is_cpsam_image, is_cpsam_values};
+use crate::job::params_cpsam::is_cpsam_values;
 use crate::job::{self, store, Cpnet, Cpsam, Events, Family, JobContext, JobRequest, Request};
 
 /// The container contract's flags (camelCase, as NimbusImage passes them).
@@ -87,12 +87,7 @@ fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
                 .image
                 .as_deref()
                 .context("--parameters must contain \"image\" (the worker image name)")?;
-            let cpsam = match settings.oneshot.tool {
-                Tool::Auto => is_cpsam_image(image),
-                Tool::Cellpose => false,
-                Tool::CellposeSam => true,
-            };
-            if cpsam {
+            if settings.oneshot.tool.is_cpsam(image) {
                 rt.block_on(interface(&Cpsam, &client, &settings, &request))
             } else {
                 rt.block_on(interface(&Cpnet, &client, &settings, &request))

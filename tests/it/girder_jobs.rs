@@ -1,16 +1,10 @@
 //! Jobs through the client against the mock: the recorded state machines, progress and log,
 //! filters, admin-only listing and access errors.
 
-use cellpose_train_worker::girder::{GirderClient, GirderError, JobFilter, JobStatus, JobUpdate, NewJob};
+use cellpose_train_worker::girder::{GirderError, JobFilter, JobStatus, JobUpdate, NewJob};
 use serde_json::json;
 
-use super::girder_seed::{raw_get, seeded, Seeded};
-
-/// `client`'s user with a token that may `POST /job` (a login token may not, as in Girder).
-async fn creator(s: &Seeded, client: &GirderClient) -> GirderClient {
-    let me = client.users().me().await.unwrap();
-    client.with_token(s.admin.jobs().creator_token(&me.id).await.unwrap())
-}
+use super::girder_seed::{creator, raw_get, seeded};
 
 fn new_job(title: &str, handler: Option<&str>) -> NewJob {
     NewJob {

@@ -35,6 +35,12 @@ pub struct Seeded {
     pub dataset: Folder,
 }
 
+/// `client`'s user with a token that may `POST /job` (a login token may not, as in Girder).
+pub async fn creator(s: &Seeded, client: &GirderClient) -> GirderClient {
+    let me = client.users().me().await.unwrap();
+    client.with_token(s.admin.jobs().creator_token(&me.id).await.unwrap())
+}
+
 pub fn new_user(login: &str) -> NewUser {
     NewUser {
         login: login.into(),

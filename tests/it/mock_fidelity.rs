@@ -6,7 +6,7 @@ use cellpose_train_worker::girder::{GirderError, JobUpdate, NewJob, ParentType};
 use cellpose_train_worker::mock_girder::MockConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::girder_seed::{seeded, seeded_with};
+use super::girder_seed::{creator, seeded, seeded_with};
 
 /// Sends `head` (request line and headers, without the blank line) and `body` over a fresh
 /// connection, bytes as given (no client adds headers), and returns the status and body.
@@ -29,7 +29,7 @@ async fn a_body_less_post_or_put_without_content_length_is_411() {
     let token = s.alice.token().await.unwrap().expect("alice has a token");
     let auth = format!("Girder-Token: {}", token.expose());
     let folder = format!("/api/v1/folder?parentType=folder&parentId={}&name=made", s.private.id);
-    let creator = s.alice.with_token(s.admin.jobs().creator_token(&s.alice_user.id).await.unwrap());
+    let creator = creator(&s, &s.alice).await;
     let job = creator
         .jobs()
         .create(&NewJob { title: "t".into(), job_type: "x".into(), ..Default::default() })
@@ -65,7 +65,7 @@ async fn one_put_job_log_is_one_entry_however_many_lines_it_holds() {
     let s = seeded().await;
     let jobs = s.alice.jobs();
     // a login token may not create jobs (as in Girder); the admin mints one that may
-    let creator = s.alice.with_token(s.admin.jobs().creator_token(&s.alice_user.id).await.unwrap());
+    let creator = creator(&s, &s.alice).await;
     let job = creator
         .jobs()
         .create(&NewJob { title: "t".into(), job_type: "x".into(), ..Default::default() })

@@ -112,27 +112,25 @@ impl Drop for RealGirder {
 /// `PUT /dev_support/local_worker` (launcher-only, admin): whether Girder's `local` Celery queue
 /// has a worker (eager mode), which `DELETE /folder` needs.
 pub async fn set_local_worker(api_url: &str, admin_token: &str, enabled: bool) {
+    let on = if enabled { "true" } else { "false" };
+    dev_support_put(api_url, admin_token, "local_worker", ("enabled", on.to_string())).await;
+}
+
+/// `PUT /dev_support/<route>?<query>` as the admin, asserting success.
+async fn dev_support_put(api_url: &str, admin_token: &str, route: &str, query: (&str, String)) {
     let resp = reqwest::Client::new()
-        .put(format!("{api_url}/dev_support/local_worker"))
-        .query(&[("enabled", if enabled { "true" } else { "false" })])
+        .put(format!("{api_url}/dev_support/{route}"))
+        .query(&[query])
         .header("Girder-Token", admin_token)
         .header("Content-Length", "0")
         .send()
         .await
-        .expect("local_worker request");
-    assert!(resp.status().is_success(), "local_worker: {}", resp.status());
+        .unwrap_or_else(|e| panic!("{route} request: {e}"));
+    assert!(resp.status().is_success(), "{route}: {}", resp.status());
 }
 
 /// `PUT /dev_support/disk_reserve` (launcher-only, admin): the free space, in MB, below which the
 /// filesystem assetstore refuses uploads. A reserve larger than the disk makes the disk full.
 pub async fn set_disk_reserve(api_url: &str, admin_token: &str, mb: u64) {
-    let resp = reqwest::Client::new()
-        .put(format!("{api_url}/dev_support/disk_reserve"))
-        .query(&[("mb", mb.to_string())])
-        .header("Girder-Token", admin_token)
-        .header("Content-Length", "0")
-        .send()
-        .await
-        .expect("disk_reserve request");
-    assert!(resp.status().is_success(), "disk_reserve: {}", resp.status());
+    dev_support_put(api_url, admin_token, "disk_reserve", ("mb", mb.to_string())).await;
 }
