@@ -316,28 +316,12 @@ async fn cpsam_interface_posts_the_slot_fields_and_hides_reserved_user_models() 
 #[tokio::test]
 async fn serve_runs_a_cellpose_and_a_cellpose_sam_job_from_one_queue() {
     use cellpose_train_worker::config::Settings;
-    use cellpose_train_worker::girder::{JobStatus, JobUpdate, NewJob};
     use cellpose_train_worker::worker::{self, Finish, Worker};
 
     let (mock, world) = crate::worker_queue::world().await;
-    let bytes = Bytes::from(std::fs::read(fixture_file("cpsam/tiny.pth")).unwrap());
-    store::upload_model_in(&world.user, &world.user_id, ROOT, SAM_BASE, bytes, "seed").await.unwrap();
+    crate::worker_queue::store_sam_base(&world).await;
     let cpnet_job = crate::worker_queue::submit(&world, "cp-model", 1).await;
-    let kwargs = json!({
-        "request": "compute",
-        "datasetId": world.dataset_id,
-        "token": world.user_token.expose(),
-        "parameters": {"workerInterface": values("sam-model", 2)}
-    });
-    let new = NewJob {
-        title: "sam-model".into(),
-        job_type: "cellposesam_train".into(),
-        kwargs: Some(kwargs),
-        ..Default::default()
-    };
-    let sam_job = world.creator.jobs().create(&new).await.unwrap();
-    let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
-    world.user.jobs().update(&sam_job.id, &queued).await.unwrap();
+    let sam_job = crate::worker_queue::submit_sam(&world, "sam-model", 2).await;
     let point = worker::checkpoints::Point { epoch: 1, step: 0 };
     let ck = crate::cpsam_resume::checkpoint_after_one_epoch();
     worker::checkpoints::save(&world.user, &world.user_id, &sam_job.id, point, ck).await.unwrap();

@@ -39,5 +39,6 @@ mod train;
 mod train_golden;
 mod train_qc;
 mod worker_checkpoints;
+mod worker_faults;
 mod worker_queue;
 mod worker_round;

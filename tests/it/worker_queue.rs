@@ -1,7 +1,7 @@
 //! The queue worker as deployed: real `serve` processes against the mock Girder (in this test
-//! process), jobs submitted through the REST API as the platform does, and the faults a
-//! deployment meets: a worker SIGKILLed mid-training, a job canceled mid-training, SIGTERM, 5xx
-//! answers and dropped connections.
+//! process), jobs of both tools (Cellpose and Cellpose-SAM) on one queue, submitted through the
+//! REST API as the platform does, and the faults a deployment meets: a worker SIGKILLed
+//! mid-training, a job canceled mid-training, SIGTERM, 5xx answers and dropped connections.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -29,19 +29,38 @@ pub(super) async fn world() -> (MockHandle, DemoWorld) {
     (mock, world)
 }
 
+/// Queues a "Cellpose retrain" job training `name` from the world's base model.
 pub(super) async fn submit(world: &DemoWorld, name: &str, epochs: usize) -> Job {
+    let values = interface_values(&world.base_model, name, epochs);
+    submit_as(world, "cellpose_train", name, values).await
+}
+
+/// Queues a "Cellpose-SAM retrain" job training `name` from the tiny cpsam stored by
+/// [`store_sam_base`].
+pub(super) async fn submit_sam(world: &DemoWorld, name: &str, epochs: usize) -> Job {
+    submit_as(world, "cellposesam_train", name, crate::cpsam_job::values_for(SAM_BASE, name, epochs)).await
+}
+
+/// The user's tiny Cellpose-SAM model (the fixture) in `.cellposesam/models`, named [`SAM_BASE`].
+pub(super) async fn store_sam_base(world: &DemoWorld) {
+    let bytes = bytes::Bytes::from(std::fs::read(super::helpers::fixture("cpsam/tiny.pth")).unwrap());
+    store::upload_model_in(&world.user, &world.user_id, crate::cpsam_job::ROOT, SAM_BASE, bytes, "seed")
+        .await
+        .unwrap();
+}
+
+pub(super) const SAM_BASE: &str = "tiny sam";
+
+/// Queues a job of `job_type` with the interface `values`, as NimbusImage submits one.
+async fn submit_as(world: &DemoWorld, job_type: &str, name: &str, values: Value) -> Job {
     let kwargs = json!({
         "request": "compute",
         "datasetId": world.dataset_id,
         "token": world.user_token.expose(),
-        "parameters": {"workerInterface": interface_values(&world.base_model, name, epochs)}
+        "parameters": {"workerInterface": values}
     });
-    let new = NewJob {
-        title: name.into(),
-        job_type: "cellpose_train".into(),
-        kwargs: Some(kwargs),
-        ..Default::default()
-    };
+    let new =
+        NewJob { title: name.into(), job_type: job_type.into(), kwargs: Some(kwargs), ..Default::default() };
     let job = world.creator.jobs().create(&new).await.unwrap();
     world
         .user
@@ -66,12 +85,12 @@ impl Worker {
     }
 }
 
-fn start_worker(mock: &MockHandle, world: &DemoWorld, id: &str, dir: &std::path::Path) -> Worker {
+pub(super) fn start_worker(mock: &MockHandle, world: &DemoWorld, id: &str, dir: &std::path::Path) -> Worker {
     start_worker_with(&mock.api_url, world, id, dir, &[])
 }
 
 /// A `serve` process against the Girder at `api_url` with the seeded service account, fast
-/// polls and heartbeats, a 4 s lease and checkpoints every 2 epochs; `env` adds or overrides
+/// polls and heartbeats, a 4 s lease and checkpoints every 2 epochs (both families); `env` adds or overrides
 /// `CPW_*` variables.
 pub(super) fn start_worker_with(
     api_url: &str,
@@ -97,6 +116,7 @@ pub(super) fn start_worker_with(
         .env("CPW_TRAINING__BSIZE", "32")
         .env("CPW_TRAINING__MIN_EPOCHS", "1")
         .env("CPW_TRAINING__CHECKPOINT_EVERY", "2")
+        .env("CPW_TRAINING__CPSAM_CHECKPOINT_EVERY", "2")
         .env("CPW_SERVER__LISTEN", "127.0.0.1:0")
         .env("CPW_LOG__FORMAT", "json")
         .env("OMP_NUM_THREADS", "1")
@@ -109,13 +129,13 @@ pub(super) fn start_worker_with(
     Worker { id: id.into(), child, log }
 }
 
-fn sigterm(child: &Child) {
+pub(super) fn sigterm(child: &Child) {
     let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
 }
 
 /// Waits for a child to exit, up to `limit`.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub(super) fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         if let Some(s) = child.try_wait().unwrap() {
@@ -126,25 +146,25 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
     None
 }
 
-fn log_of(job: &Job) -> Vec<String> {
+pub(super) fn log_of(job: &Job) -> Vec<String> {
     job.log.clone().unwrap_or_default()
 }
 
-fn claims(job: &Job) -> Vec<String> {
+pub(super) fn claims(job: &Job) -> Vec<String> {
     log_of(job).into_iter().filter(|l| l.contains("[cellpose-train-worker] claim")).collect()
 }
 
-fn worker_of(claim: &str) -> String {
+pub(super) fn worker_of(claim: &str) -> String {
     claim.split_whitespace().find_map(|w| w.strip_prefix("worker=")).unwrap_or_default().to_string()
 }
 
-fn round_of(claim: &str) -> u64 {
+pub(super) fn round_of(claim: &str) -> u64 {
     claim.split_whitespace().find_map(|w| w.strip_prefix("round=")).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
 /// The owner of each round by the claim rule: the first claim line of the round, in log order
 /// (later claimants of the same round lost and backed off).
-fn round_owners(job: &Job) -> Vec<(u64, String)> {
+pub(super) fn round_owners(job: &Job) -> Vec<(u64, String)> {
     let mut owners: Vec<(u64, String)> = Vec::new();
     for c in claims(job) {
         let r = round_of(&c);
@@ -156,9 +176,12 @@ fn round_owners(job: &Job) -> Vec<(u64, String)> {
     owners
 }
 
+/// `(name, files)` of the user's models of both families.
 pub(super) async fn models(world: &DemoWorld) -> Vec<(String, usize)> {
     let mut out = Vec::new();
-    for item in store::list_user_models(&world.user, &world.user_id).await.unwrap() {
+    let mut items = store::list_user_models(&world.user, &world.user_id).await.unwrap();
+    items.extend(store::list_models(&world.user, &world.user_id, crate::cpsam_job::ROOT).await.unwrap());
+    for item in items {
         let files = world.user.items().files(&item.id).await.unwrap();
         out.push((item.name, files.len()));
     }
@@ -170,10 +193,12 @@ async fn three_workers_six_jobs_survive_kill_cancel_and_faults() {
     let (mock, world) = world().await;
     let user: &GirderClient = &world.user;
     let dir = tempdir();
+    store_sam_base(&world).await;
     let names: Vec<String> = (0..6).map(|i| format!("queue-model-{i}")).collect();
     let mut jobs = Vec::new();
-    for n in &names {
-        jobs.push(submit(&world, n, 40).await);
+    // both tools on one queue: jobs 1 and 4 are Cellpose-SAM ones
+    for (i, n) in names.iter().enumerate() {
+        jobs.push(if i % 3 == 1 { submit_sam(&world, n, 12).await } else { submit(&world, n, 40).await });
     }
     // Girder hiccups through the run: 5xx on job updates and reads, dropped connections
     fault(&mock, json!({"method": "PUT", "path": "^/api/v1/job/[0-9a-f]+$", "count": 6, "status": 503}))
@@ -398,194 +423,4 @@ async fn sigterm_mid_training_hands_the_job_back_and_another_worker_resumes_it()
     assert_eq!(models(&world).await.iter().filter(|(n, _)| n == "handed-back").count(), 1);
     second.child.kill().unwrap();
     let _ = second.child.wait();
-}
-
-/// Issue 14: a job that crashes workers must not crash the next one. Four queued jobs, two
-/// workers: one job's base model is the crafted 2^40 x stride-0 file, one job already took down
-/// two workers (its log holds their claim and attempt lines and nothing after, what a SIGKILLed or
-/// aborted worker leaves), one job carries another user's token. Each of those ends ERROR with a
-/// line that says why, within at most two attempts; the good job still succeeds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_succeed() {
-    use bytes::Bytes;
-    use cellpose_train_worker::girder::{Auth, NewUser, Secret};
-
-    let (mock, world) = world().await;
-    let dir = tempdir();
-    let crafted = super::hostile::crafted_model(&[1 << 40], &[0], 1, &[0; 4], false);
-    store::upload_model(&world.user, &world.user_id, "crafted", Bytes::from(crafted), "test").await.unwrap();
-
-    let with_base = |name: &str, base: &str, token: &str| {
-        json!({
-            "request": "compute",
-            "datasetId": world.dataset_id,
-            "token": token,
-            "parameters": {"workerInterface": interface_values(base, name, 1)}
-        })
-    };
-    let submit_kwargs = |name: String, kwargs: Value| {
-        let user = world.user.clone();
-        let creator = world.creator.clone();
-        async move {
-            let new = NewJob {
-                title: name,
-                job_type: "cellpose_train".into(),
-                kwargs: Some(kwargs),
-                ..Default::default()
-            };
-            let job = creator.jobs().create(&new).await.unwrap();
-            let queued = JobUpdate { status: Some(JobStatus::QUEUED), ..Default::default() };
-            user.jobs().update(&job.id, &queued).await.unwrap();
-            job
-        }
-    };
-    let token = world.user_token.expose().to_string();
-    let from_crafted =
-        submit_kwargs("from-crafted".into(), with_base("from-crafted", "crafted", &token)).await;
-
-    // a job two workers died on: RUNNING, each marker in its own PUT as the workers wrote them
-    let pill = submit_kwargs("pill".into(), with_base("pill", &world.base_model, &token)).await;
-    let running = JobUpdate { status: Some(JobStatus::RUNNING), ..Default::default() };
-    world.admin.jobs().update(&pill.id, &running).await.unwrap();
-    for (round, w) in [(1, "dead-1"), (2, "dead-2")] {
-        for line in [
-            format!("[cellpose-train-worker] claim round={round} worker={w} nonce=0000000{round}"),
-            format!("[cellpose-train-worker] attempt round={round} worker={w}"),
-            format!("{{\"progress\": 0.05, \"title\": \"Loading\", \"info\": \"round {round}\"}}"),
-        ] {
-            let update = JobUpdate { log: Some(format!("{line}\n")), ..Default::default() };
-            world.admin.jobs().update(&pill.id, &update).await.unwrap();
-        }
-    }
-
-    // another user's token in a job the first user owns
-    let anonymous = GirderClient::new(GirderConfig::new(mock.api_url.clone()), Auth::Anonymous).unwrap();
-    let mallory = NewUser {
-        login: "mallory".into(),
-        email: "mallory@example.org".into(),
-        first_name: "Mallory".into(),
-        last_name: "Test".into(),
-        password: Secret::new("mallory-password-1"),
-    };
-    let (_, other_token) = anonymous.users().create(&mallory).await.unwrap();
-    let other_token = other_token.expect("an anonymous POST /user logs the new user in");
-    let foreign =
-        submit_kwargs("foreign".into(), with_base("foreign", &world.base_model, other_token.expose())).await;
-    let good = submit_kwargs("good".into(), with_base("good", &world.base_model, &token)).await;
-
-    let mut workers: Vec<Worker> =
-        ["p0", "p1"].iter().map(|id| start_worker(&mock, &world, id, dir.path())).collect();
-    let ids = [&from_crafted.id, &pill.id, &foreign.id, &good.id];
-    let t0 = Instant::now();
-    let done = loop {
-        let mut jobs = Vec::new();
-        for id in ids {
-            jobs.push(world.admin.jobs().get(id).await.unwrap());
-        }
-        if jobs.iter().all(|j| [JobStatus::SUCCESS, JobStatus::ERROR].contains(&j.status)) {
-            break jobs;
-        }
-        for w in &mut workers {
-            assert!(
-                w.child.try_wait().unwrap().is_none(),
-                "worker {} died: {}",
-                w.id,
-                std::fs::read_to_string(&w.log).unwrap()
-            );
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "jobs did not end: {:?}",
-            jobs.iter().map(|j| (&j.title, j.status)).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    for w in &mut workers {
-        assert!(w.child.try_wait().unwrap().is_none(), "worker {} crashed", w.id);
-        let _ = w.child.kill();
-        let _ = w.child.wait();
-    }
-    let attempts = |j: &Job| {
-        log_of(j)
-            .iter()
-            .flat_map(|e| e.lines().map(str::to_string).collect::<Vec<_>>())
-            .filter(|l| l.contains("] attempt round="))
-            .count()
-    };
-    let text = |j: &Job| log_of(j).join("\n");
-    let [crafted_job, pill_job, foreign_job, good_job] = [&done[0], &done[1], &done[2], &done[3]];
-    assert_eq!(crafted_job.status, JobStatus::ERROR, "{}", text(crafted_job));
-    assert!(text(crafted_job).contains("4398046511104 bytes"), "{}", text(crafted_job));
-    assert!(attempts(crafted_job) <= 2, "{}", text(crafted_job));
-    assert_eq!(pill_job.status, JobStatus::ERROR, "{}", text(pill_job));
-    assert!(
-        text(pill_job).contains("this job crashed 2 workers: dead-1 (round 1), dead-2 (round 2)"),
-        "{}",
-        text(pill_job)
-    );
-    assert_eq!(attempts(pill_job), 2, "no third attempt: {}", text(pill_job));
-    assert_eq!(foreign_job.status, JobStatus::ERROR, "{}", text(foreign_job));
-    assert!(text(foreign_job).contains("belongs to user mallory"), "{}", text(foreign_job));
-    assert_eq!(good_job.status, JobStatus::SUCCESS, "{}", text(good_job));
-    let names: Vec<String> = models(&world).await.into_iter().map(|(n, _)| n).collect();
-    assert!(
-        names.contains(&"good".to_string())
-            && !names.iter().any(|n| n == "foreign" || n == "pill" || n == "from-crafted"),
-        "{names:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_is_degraded_while_queue_polls_fail_and_ok_again_after_one_succeeds() {
-    use cellpose_train_worker::worker;
-    let (mock, world) = world().await;
-    // a free port for the ops endpoint, known before serve starts
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut settings = cellpose_train_worker::config::Settings::default();
-    settings.girder.api_url = mock.api_url.clone();
-    settings.girder.api_key = Some(world.admin_api_key.clone());
-    settings.girder.max_retries = 0;
-    settings.training.device = "cpu".parse().unwrap();
-    settings.queue.poll_interval_s = 0.2;
-    settings.server.listen = format!("127.0.0.1:{port}");
-    let shutdown = cellpose_train_worker::control::Control::new();
-    let opts = worker::ServeOptions { worker_id: Some("h".into()), max_jobs: None };
-    let serving = tokio::spawn(worker::serve(settings, opts, shutdown.clone()));
-    let health = || async move {
-        match reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await {
-            Ok(r) => Some((r.status().as_u16(), r.json::<Value>().await.unwrap())),
-            Err(_) => None, // not listening yet
-        }
-    };
-    let wait_for = |want: u16| async move {
-        let t0 = Instant::now();
-        loop {
-            if let Some((code, body)) = health().await {
-                if code == want {
-                    return (body, t0.elapsed());
-                }
-            }
-            assert!(t0.elapsed() < Duration::from_secs(20), "/healthz never answered {want}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let (body, _) = wait_for(200).await;
-    assert_eq!(body["status"], json!("ok"), "{body}");
-
-    // Girder still answers /system/version, but every poll of the queue fails
-    fault(&mock, json!({"method": "GET", "path": "^/api/v1/job/all$", "count": 100000, "status": 500})).await;
-    let (body, after) = wait_for(503).await;
-    assert_eq!(body["status"], json!("degraded"), "{body}");
-    assert_eq!(body["girder"]["ok"], json!(true), "{body}");
-    assert!(body["polls"]["error"].as_str().is_some_and(|e| e.contains("500")), "{body}");
-    assert!(body["polls"]["failing_since"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
-    assert!(body["polls"]["failing_for_s"].as_f64().is_some_and(|s| s > 0.9), "{body}");
-    assert!(after < Duration::from_secs(5), "degraded only after {after:?}");
-
-    // one successful poll: ok again
-    reqwest::Client::new().delete(format!("{}/mock/faults", mock.base_url)).send().await.unwrap();
-    let (body, _) = wait_for(200).await;
-    assert_eq!((body["status"].clone(), body["polls"]["ok"].clone()), (json!("ok"), json!(true)), "{body}");
-    shutdown.shutdown();
-    serving.await.unwrap().unwrap();
 }
