@@ -15,6 +15,7 @@ pub mod flows_torch;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
+mod state;
 mod step;
 pub mod trainer;
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use super::batches::{self, BatchPlan};
 use super::data::Example;
@@ -17,6 +17,9 @@ use super::schedule::lr_schedule;
 use super::step::Stepper;
 use crate::control::{Control, StopReason};
 use crate::model::{Model, ModelError};
+
+pub(crate) use super::state::Start;
+pub use super::state::{Resume, TrainState};
 
 /// Everything `train_seg` takes besides the data.
 #[derive(Debug, Clone)]
@@ -169,44 +172,6 @@ pub trait TrainHooks {
 pub struct NoHooks;
 impl TrainHooks for NoHooks {}
 
-/// Where a run stands: enough, with the weights and optimizer state, to continue it exactly
-/// (batches are a pure function of seed, epoch and step).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrainState {
-    /// The next epoch to run.
-    pub epoch: usize,
-    /// The next step within that epoch (0 at an epoch boundary).
-    pub step: usize,
-    pub optimizer_steps: i64,
-    /// Sum of loss x batch size over the steps of `epoch` already done.
-    pub partial_epoch_loss: f64,
-    pub train_losses: Vec<f64>,
-    pub test_losses: Vec<Option<f64>>,
-    /// Wall seconds of each epoch done (0 where unknown: checkpoints written before this field).
-    #[serde(default)]
-    pub epoch_seconds: Vec<f64>,
-}
-
-/// Continue from a saved state (the model's weights must already be loaded).
-pub struct Resume {
-    pub state: TrainState,
-    pub optimizer_state: Vec<(String, Tensor)>,
-}
-
-impl Resume {
-    /// Reads a checkpoint written by [`super::checkpoint::encode`], loads its weights into
-    /// `model` and returns the state to continue from. `origin` names the bytes in errors.
-    pub fn load(
-        bytes: &[u8],
-        origin: &str,
-        model: &Model,
-    ) -> Result<Resume, super::checkpoint::CheckpointError> {
-        let ck = super::checkpoint::decode(bytes, origin)?;
-        model.copy_from(&ck.model, origin)?;
-        Ok(Resume { state: ck.state, optimizer_state: ck.optimizer })
-    }
-}
-
 /// Result of a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainOutcome {
@@ -304,25 +269,20 @@ pub fn train_seg(
         to_channels_last(model);
     }
     let mut optim = Optimizer::new(cfg.optimizer, model.vs.trainable_variables(), cfg.weight_decay);
-    let (start, start_step, partial, mut train_losses, mut test_losses, mut epoch_seconds) = match resume {
-        Some(r) => {
-            optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
-            let s = r.state;
-            (s.epoch, s.step, s.partial_epoch_loss, s.train_losses, s.test_losses, s.epoch_seconds)
-        }
-        None => (0, 0, 0.0, Vec::new(), Vec::new(), Vec::new()),
-    };
-    if start >= cfg.n_epochs {
-        return Err(TrainError::Config(format!(
-            "resume point epoch {start} is past the last epoch ({})",
-            cfg.n_epochs
-        )));
-    }
-    train_losses.resize(cfg.n_epochs, 0.0);
-    test_losses.resize(cfg.n_epochs, None);
-    epoch_seconds.resize(cfg.n_epochs, 0.0);
-    let compute = if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float };
     let steps_per_epoch = plan.per_epoch.div_ceil(cfg.batch_size);
+    let resumed = resume.map(|r| {
+        optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
+        r.state
+    });
+    let Start {
+        epoch: start,
+        step: start_step,
+        partial_epoch_loss: partial,
+        mut train_losses,
+        mut test_losses,
+        mut epoch_seconds,
+    } = Start::from(resumed, cfg.n_epochs, steps_per_epoch)?;
+    let compute = if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float };
     let (rx, producer) =
         batches::spawn_train_batches(train.clone(), plan.clone(), start, start_step, cfg.n_epochs)
             .map_err(|e| TrainError::Config(format!("could not start the batch thread: {e}")))?;

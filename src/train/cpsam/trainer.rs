@@ -36,7 +36,7 @@ use crate::train::batches::epoch_order;
 use crate::train::data::Example;
 use crate::train::loss::seg_loss;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::trainer::{epoch_path, EpochInfo, StepInfo, TrainError, TrainOutcome, TrainState};
+use crate::train::trainer::{epoch_path, EpochInfo, Start, StepInfo, TrainError, TrainOutcome, TrainState};
 use crate::transforms::array3_to_tensor;
 
 /// Everything cellpose 4 `train_seg` takes besides the data, with its defaults.
@@ -274,24 +274,19 @@ pub fn train_seg_cpsam(
     let lr = lr_schedule_cp4(cfg.learning_rate, cfg.n_epochs);
     let params: Vec<Tensor> = trained_parameters(model).into_iter().map(|(_, t)| t).collect();
     let mut optim = Optimizer::new(OptimizerKind::Adamw, params, cfg.weight_decay);
-    let (start, start_step, partial, mut train_losses, mut test_losses, mut epoch_seconds) = match resume {
-        Some(r) => {
-            optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
-            let s = r.state;
-            (s.epoch, s.step, s.partial_epoch_loss, s.train_losses, s.test_losses, s.epoch_seconds)
-        }
-        None => (0, 0, 0.0, Vec::new(), Vec::new(), Vec::new()),
-    };
-    if start >= cfg.n_epochs {
-        return Err(TrainError::Config(format!(
-            "resume point epoch {start} is past the last epoch ({})",
-            cfg.n_epochs
-        )));
-    }
-    train_losses.resize(cfg.n_epochs, 0.0);
-    test_losses.resize(cfg.n_epochs, None);
-    epoch_seconds.resize(cfg.n_epochs, 0.0);
     let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size);
+    let resumed = resume.map(|r| {
+        optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
+        r.state
+    });
+    let Start {
+        epoch: start,
+        step: start_step,
+        partial_epoch_loss: partial,
+        mut train_losses,
+        mut test_losses,
+        mut epoch_seconds,
+    } = Start::from(resumed, cfg.n_epochs, steps_per_epoch)?;
     let total_steps = (cfg.n_epochs - start) * steps_per_epoch - start_step;
     let mut steps_done = 0usize;
     let mut steady: Option<(Instant, usize)> = None;
