@@ -1,9 +1,10 @@
 //! Where a training run stands and where it starts: the state a checkpoint carries
-//! ([`TrainState`]), a CPnet resume point ([`Resume`]), and the checked starting point both
+//! ([`TrainState`]), a resume point of either family ([`Resume`]), and the checked starting point both
 //! families' loops begin from ([`Start`]).
 
 use tch::Tensor;
 
+use super::optim::Optimizer;
 use super::trainer::TrainError;
 use crate::model::Model;
 
@@ -23,6 +24,30 @@ pub struct TrainState {
     /// Wall seconds of each epoch done (0 where unknown: checkpoints written before this field).
     #[serde(default)]
     pub epoch_seconds: Vec<f64>,
+}
+
+impl TrainState {
+    /// The state before step `step` of `epoch`: the curves of the epochs done (the first
+    /// `epoch` entries) and `partial_epoch_loss` of the steps of `epoch` already done.
+    pub fn at(
+        epoch: usize,
+        step: usize,
+        optimizer_steps: i64,
+        partial_epoch_loss: f64,
+        train_losses: &[f64],
+        test_losses: &[Option<f64>],
+        epoch_seconds: &[f64],
+    ) -> TrainState {
+        TrainState {
+            epoch,
+            step,
+            optimizer_steps,
+            partial_epoch_loss,
+            train_losses: train_losses[..epoch].to_vec(),
+            test_losses: test_losses[..epoch].to_vec(),
+            epoch_seconds: epoch_seconds[..epoch].to_vec(),
+        }
+    }
 }
 
 /// Continue from a saved state (the model's weights must already be loaded).
@@ -58,6 +83,21 @@ pub(crate) struct Start {
 }
 
 impl Start {
+    /// Where a run with `optim` starts: [`Start::from`] the resume's state, whose optimizer
+    /// state then goes into `optim` (nothing is loaded when the point is refused).
+    pub(crate) fn resuming(
+        resume: Option<Resume>,
+        optim: &mut Optimizer,
+        n_epochs: usize,
+        steps_per_epoch: usize,
+    ) -> Result<Start, TrainError> {
+        let Some(r) = resume else { return Start::from(None, n_epochs, steps_per_epoch) };
+        let steps = r.state.optimizer_steps;
+        let start = Start::from(Some(r.state), n_epochs, steps_per_epoch)?;
+        optim.load_state_tensors(&r.optimizer_state, steps);
+        Ok(start)
+    }
+
     /// From a checkpoint's state (or none), refusing a point this run does not have: a
     /// checkpoint of another job or a crafted one must fail here, not index past the plan.
     pub(crate) fn from(

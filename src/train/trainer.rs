@@ -270,10 +270,6 @@ pub fn train_seg(
     }
     let mut optim = Optimizer::new(cfg.optimizer, model.vs.trainable_variables(), cfg.weight_decay);
     let steps_per_epoch = plan.per_epoch.div_ceil(cfg.batch_size);
-    let resumed = resume.map(|r| {
-        optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
-        r.state
-    });
     let Start {
         epoch: start,
         step: start_step,
@@ -281,7 +277,7 @@ pub fn train_seg(
         mut train_losses,
         mut test_losses,
         mut epoch_seconds,
-    } = Start::from(resumed, cfg.n_epochs, steps_per_epoch)?;
+    } = Start::resuming(resume, &mut optim, cfg.n_epochs, steps_per_epoch)?;
     let compute = if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float };
     let (rx, producer) =
         batches::spawn_train_batches(train.clone(), plan.clone(), start, start_step, cfg.n_epochs)
@@ -309,15 +305,15 @@ pub fn train_seg(
                     None => {}
                     Some(StopReason::Cancel) => return Err(TrainError::Cancelled { epoch }),
                     Some(StopReason::Shutdown) => {
-                        let state = TrainState {
+                        let state = TrainState::at(
                             epoch,
                             step,
-                            optimizer_steps: optim.steps,
-                            partial_epoch_loss: stepper.epoch_loss.double_value(&[]),
-                            train_losses: train_losses[..epoch].to_vec(),
-                            test_losses: test_losses[..epoch].to_vec(),
-                            epoch_seconds: epoch_seconds[..epoch].to_vec(),
-                        };
+                            optim.steps,
+                            stepper.epoch_loss.double_value(&[]),
+                            &train_losses,
+                            &test_losses,
+                            &epoch_seconds,
+                        );
                         hooks.on_interrupt(model, &optim, &state);
                         return Err(TrainError::Interrupted { epoch, step });
                     }
@@ -371,15 +367,8 @@ pub fn train_seg(
                 seconds: epoch_seconds[epoch],
             };
             tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr = lr_e, "epoch done");
-            let state = TrainState {
-                epoch: epoch + 1,
-                step: 0,
-                optimizer_steps: optim.steps,
-                partial_epoch_loss: 0.0,
-                train_losses: train_losses[..=epoch].to_vec(),
-                test_losses: test_losses[..=epoch].to_vec(),
-                epoch_seconds: epoch_seconds[..=epoch].to_vec(),
-            };
+            let state =
+                TrainState::at(epoch + 1, 0, optim.steps, 0.0, &train_losses, &test_losses, &epoch_seconds);
             hooks.on_epoch(&info, model, &optim, &state)?;
             let last = epoch == cfg.n_epochs - 1;
             if let Some(path) = &cfg.save_path {

@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 use cellpose_train_worker::girder::GirderClient;
 use cellpose_train_worker::job::store;
 use cellpose_train_worker::model::{CpsamConfig, CpsamModel};
-use cellpose_train_worker::train::cpsam::{checkpoint, trained_parameters, CpsamResume};
+use cellpose_train_worker::train::cpsam::{checkpoint, trained_parameters};
 use cellpose_train_worker::train::{Optimizer, OptimizerKind, TrainState};
 
 use crate::cpsam_job::{cellpose4_checks, values_for, ROOT};
@@ -127,7 +127,7 @@ fn cpsam_full_checkpoint_round_trips() {
     tch::manual_seed(2);
     let fresh = CpsamModel::new(CpsamConfig::default(), Device::Cpu);
     let t1 = Instant::now();
-    let resume = CpsamResume::load(&bytes, "full.ckpt", &fresh).unwrap();
+    let resume = checkpoint::load(&bytes, "full.ckpt", &fresh).unwrap();
     eprintln!("resumed in {:.1} s", t1.elapsed().as_secs_f64());
     assert_eq!(resume.state, state);
     let saved = model.vs.variables();

@@ -10,8 +10,8 @@ use cellpose_train_worker::control::Control;
 use cellpose_train_worker::model::torch_file::{read_state_dict_bytes, DType};
 use cellpose_train_worker::model::{CpsamModel, Model};
 use cellpose_train_worker::train::cpsam::{
-    self, checkpoint, train_seg_cpsam, trained_parameters, Cp4PrepareOptions, CpsamHooks, CpsamResume,
-    CpsamTrainConfig, NoCpsamHooks,
+    self, checkpoint, train_seg_cpsam, trained_parameters, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig,
+    NoCpsamHooks,
 };
 use cellpose_train_worker::train::{self, EpochInfo, Example, Optimizer, StepInfo, TrainError, TrainState};
 
@@ -100,7 +100,7 @@ fn cpsam_runs_resumed_mid_epoch_and_at_an_epoch_boundary_equal_an_uninterrupted_
     ] {
         // a new process: the base model again, then the checkpoint's weights and moments
         let second = base();
-        let resume = CpsamResume::load(&bytes, "memory", &second).unwrap();
+        let resume = checkpoint::load(&bytes, "memory", &second).unwrap();
         assert_eq!((resume.state.epoch, resume.state.step), at, "{what}");
         let resumed =
             train_seg_cpsam(&second, &data, None, &cfg, &mut NoCpsamHooks, &Control::new(), Some(resume))
@@ -160,12 +160,11 @@ fn a_checkpoint_of_the_other_family_is_refused_by_name() {
     let optim = Optimizer::new(train::OptimizerKind::Sgd, params, 0.0);
     let cp_ck =
         train::checkpoint::encode(&cpnet, &optim, &TrainState { epoch: 1, ..Default::default() }).unwrap();
-    let err =
-        CpsamResume::load(&cp_ck, "cp.ckpt", &base()).err().expect("a CPnet checkpoint resumed a cpsam");
+    let err = checkpoint::load(&cp_ck, "cp.ckpt", &base()).err().expect("a CPnet checkpoint resumed a cpsam");
     let msg = err.to_string();
     assert!(msg.contains("cp.ckpt") && msg.contains("cpnet") && msg.contains("Cellpose-SAM"), "{msg}");
     // meta comes first, so the refusal happens before any weight is copied
     let untouched = base();
-    let _ = CpsamResume::load(&cp_ck, "cp.ckpt", &untouched);
+    let _ = checkpoint::load(&cp_ck, "cp.ckpt", &untouched);
     assert_same_weights(&untouched, &base(), "a refused checkpoint");
 }

@@ -207,10 +207,7 @@ impl train::TrainHooks for Hooks<'_> {
         if let Some(keep) = &mut self.keep {
             keep.after_epoch(e, model)?;
         }
-        if self.reporter.checkpoint_due(e.epoch + 1, e.n_epochs) {
-            // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
-            self.reporter.checkpoint(state.epoch, state.step, checkpoint::encode(model, optim, state));
-        }
+        self.reporter.checkpoint_after(e, state, || checkpoint::encode(model, optim, state));
         Ok(())
     }
 

@@ -22,10 +22,8 @@ use crate::job::validate_cpsam::validate_cpsam;
 use crate::model::{open_any, registry, AnyModel, CpsamModel, ModelError, ModelFamily};
 use crate::predict_cpsam::Cp4Options;
 use crate::train::cpsam::checkpoint::encode as encode_checkpoint;
-use crate::train::cpsam::{
-    prepare_cp4, train_seg_cpsam, Cp4PrepareOptions, CpsamHooks, CpsamResume, CpsamTrainConfig,
-};
-use crate::train::{EpochInfo, Example, Optimizer, RawExample, TrainError, TrainState};
+use crate::train::cpsam::{prepare_cp4, train_seg_cpsam, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig};
+use crate::train::{EpochInfo, Example, Optimizer, RawExample, Resume, TrainError, TrainState};
 use crate::transforms::Normalize;
 
 /// The Cellpose-SAM family.
@@ -57,7 +55,7 @@ impl Drop for Scratch {
 
 impl Family for Cpsam {
     type Net = CpsamModel;
-    type Resume = CpsamResume;
+    type Resume = Resume;
 
     fn kind(&self) -> ModelFamily {
         ModelFamily::Cpsam
@@ -154,8 +152,8 @@ impl Family for Cpsam {
             .map_err(|e| JobError::Dataset { dataset: what.into(), detail: e.to_string() })
     }
 
-    fn resume(&self, bytes: &[u8], net: &CpsamModel) -> Result<(CpsamResume, ResumePoint), JobError> {
-        let r = CpsamResume::load(bytes, "checkpoint", net)?;
+    fn resume(&self, bytes: &[u8], net: &CpsamModel) -> Result<(Resume, ResumePoint), JobError> {
+        let r = crate::train::cpsam::checkpoint::load(bytes, "checkpoint", net)?;
         let at = ResumePoint { epoch: r.state.epoch, step: r.state.step };
         Ok((r, at))
     }
@@ -231,10 +229,7 @@ impl CpsamHooks for Hooks<'_> {
         state: &TrainState,
     ) -> Result<(), TrainError> {
         self.reporter.epoch(e);
-        if self.reporter.checkpoint_due(e.epoch + 1, e.n_epochs) {
-            // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
-            self.reporter.checkpoint(state.epoch, state.step, encode_checkpoint(model, optim, state));
-        }
+        self.reporter.checkpoint_after(e, state, || encode_checkpoint(model, optim, state));
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use crate::control::Control;
 use crate::evaluate::ApSummary;
 use crate::model::ModelFamily;
 use crate::report::ScoredEpoch;
-use crate::train::{EpochInfo, Example, RawExample, TrainOutcome};
+use crate::train::{EpochInfo, Example, RawExample, TrainOutcome, TrainState};
 
 pub use cpnet::Cpnet;
 pub use cpsam::Cpsam;
@@ -158,6 +158,20 @@ impl Reporter {
     /// last: the model itself is uploaded then).
     pub fn checkpoint_due(&self, epochs_done: usize, n_epochs: usize) -> bool {
         epochs_done < n_epochs && epochs_done.is_multiple_of(self.checkpoint_every.max(1))
+    }
+
+    /// After epoch `e`: the checkpoint of `state` (the state after it) when one is due;
+    /// `encode` runs only then.
+    pub fn checkpoint_after(
+        &self,
+        e: &EpochInfo,
+        state: &TrainState,
+        encode: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) {
+        if self.checkpoint_due(e.epoch + 1, e.n_epochs) {
+            // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
+            self.checkpoint(state.epoch, state.step, encode());
+        }
     }
 
     /// A checkpoint after `epoch` epochs and `step` steps of the next (see [`JobEvent::Checkpoint`]).

@@ -13,7 +13,7 @@ use tch::{nn, Device, Kind};
 use super::blocks::BlockShape;
 use super::net::{Cpsam, CpsamConfig};
 use crate::model::family::{FamilyError, ModelFamily};
-use crate::model::torch_file::{self, DType, TensorMeta};
+use crate::model::torch_file::{self, DType, RawTensor, TensorMeta};
 use crate::model::weights::{check_family, raw_to_tensor, tensor_to_raw, ModelError};
 
 /// A CPSAM and the `VarStore` that owns its tensors.
@@ -43,27 +43,13 @@ impl CpsamModel {
         let model = CpsamModel::new(config, device);
         let vars = model.vs.variables();
         let mut seen = HashSet::new();
-        torch_file::for_each_tensor(path, |name, raw| {
+        torch_file::for_each_tensor(path, |name, raw| -> Result<(), ModelError> {
             let key = strip(&name);
             // extra tensors are ignored, as cellpose loads with strict=False
             let Some(var) = vars.get(key) else { return Ok(()) };
-            if raw.shape != var.size() {
-                return Err(ModelError::WrongShape {
-                    origin: origin.clone(),
-                    name: key.to_string(),
-                    expected: var.size(),
-                    found: raw.shape.clone(),
-                });
-            }
-            if !matches!(raw.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-                return Err(ModelError::WrongDtype {
-                    origin: origin.clone(),
-                    name: key.to_string(),
-                    found: raw.dtype,
-                });
-            }
-            let src = raw_to_tensor(&raw);
-            tch::no_grad(|| var.shallow_clone().copy_(&src));
+            copy_checked(var, &raw, &origin, key, |d| {
+                matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+            })?;
             seen.insert(key.to_string());
             Ok(())
         })?;
@@ -103,6 +89,35 @@ impl CpsamModel {
     pub fn num_params(&self) -> i64 {
         self.vs.variables().values().map(|t| t.numel() as i64).sum()
     }
+}
+
+/// Copies stored tensor `name` of `origin` into `var` after checking its shape and that
+/// `dtype_ok` accepts its element type (a model file takes any float; a checkpoint only fp32).
+pub(crate) fn copy_checked(
+    var: &tch::Tensor,
+    raw: &RawTensor,
+    origin: &str,
+    name: &str,
+    dtype_ok: impl Fn(DType) -> bool,
+) -> Result<(), ModelError> {
+    if raw.shape != var.size() {
+        return Err(ModelError::WrongShape {
+            origin: origin.to_string(),
+            name: name.to_string(),
+            expected: var.size(),
+            found: raw.shape.clone(),
+        });
+    }
+    if !dtype_ok(raw.dtype) {
+        return Err(ModelError::WrongDtype {
+            origin: origin.to_string(),
+            name: name.to_string(),
+            found: raw.dtype,
+        });
+    }
+    let src = raw_to_tensor(raw);
+    tch::no_grad(|| var.shallow_clone().copy_(&src));
+    Ok(())
 }
 
 /// The state_dict keys of a CPSAM in PyTorch's order: `CPSAM`'s own parameters (`diam_labels`,

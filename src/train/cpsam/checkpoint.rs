@@ -12,11 +12,12 @@ use std::collections::{HashMap, HashSet};
 use tch::Tensor;
 
 use super::trainer::trained_parameters;
+use crate::model::cpsam::copy_checked;
 use crate::model::torch_file::DType;
 use crate::model::{raw_to_tensor, CpsamModel, ModelError, ModelFamily};
 use crate::train::checkpoint::{self, CheckpointError, Entry, Part};
 use crate::train::optim::Optimizer;
-use crate::train::trainer::TrainState;
+use crate::train::trainer::{Resume, TrainState};
 
 /// Serialises the trained weights of `model`, the optimizer's moments and `state`.
 pub fn encode(model: &CpsamModel, optim: &Optimizer, state: &TrainState) -> std::io::Result<Vec<u8>> {
@@ -24,61 +25,33 @@ pub fn encode(model: &CpsamModel, optim: &Optimizer, state: &TrainState) -> std:
     checkpoint::encode_entries(ModelFamily::Cpsam, entries, optim, state)
 }
 
-/// Where to continue a Cellpose-SAM run (its weights are already in the model).
-pub struct CpsamResume {
-    pub state: TrainState,
-    pub optimizer_state: Vec<(String, Tensor)>,
-}
-
-impl CpsamResume {
-    /// Reads a checkpoint written by [`encode`], copies its weights into `model` (the job's base
-    /// model, loaded afresh) tensor by tensor, and returns the state to continue from. `origin`
-    /// names the bytes in errors.
-    pub fn load(bytes: &[u8], origin: &str, model: &CpsamModel) -> Result<CpsamResume, CheckpointError> {
-        let trained: HashMap<String, Tensor> = trained_parameters(model).into_iter().collect();
-        let mut seen = HashSet::new();
-        let mut optimizer_state = Vec::new();
-        let state = checkpoint::decode_with(bytes, origin, ModelFamily::Cpsam, |part, raw| {
-            match part {
-                Part::Model(name) => {
-                    let var = trained.get(name).ok_or_else(|| {
-                        CheckpointError::Invalid(format!(
-                            "{origin}: `model.{name}` is not a trained tensor of this network \
+/// Reads a checkpoint written by [`encode`], copies its weights into `model` (the job's base
+/// model, loaded afresh) tensor by tensor, and returns where to continue. `origin` names the
+/// bytes in errors.
+pub fn load(bytes: &[u8], origin: &str, model: &CpsamModel) -> Result<Resume, CheckpointError> {
+    let trained: HashMap<String, Tensor> = trained_parameters(model).into_iter().collect();
+    let mut seen = HashSet::new();
+    let mut optimizer_state = Vec::new();
+    let state = checkpoint::decode_with(bytes, origin, ModelFamily::Cpsam, |part, raw| {
+        match part {
+            Part::Model(name) => {
+                let var = trained.get(name).ok_or_else(|| {
+                    CheckpointError::Invalid(format!(
+                        "{origin}: `model.{name}` is not a trained tensor of this network \
                              (a checkpoint of another Cellpose-SAM architecture?)"
-                        ))
-                    })?;
-                    if raw.shape != var.size() {
-                        return Err(ModelError::WrongShape {
-                            origin: origin.to_string(),
-                            name: name.to_string(),
-                            expected: var.size(),
-                            found: raw.shape,
-                        }
-                        .into());
-                    }
-                    if raw.dtype != DType::F32 {
-                        return Err(ModelError::WrongDtype {
-                            origin: origin.to_string(),
-                            name: name.to_string(),
-                            found: raw.dtype,
-                        }
-                        .into());
-                    }
-                    let src = raw_to_tensor(&raw);
-                    tch::no_grad(|| var.shallow_clone().copy_(&src));
-                    seen.insert(name.to_string());
-                }
-                Part::Optim(name) => optimizer_state.push((name.to_string(), raw_to_tensor(&raw))),
+                    ))
+                })?;
+                copy_checked(var, &raw, origin, name, |d| d == DType::F32)?;
+                seen.insert(name.to_string());
             }
-            Ok(())
-        })?;
-        let mut missing: Vec<&String> = trained.keys().filter(|k| !seen.contains(*k)).collect();
-        missing.sort();
-        if let Some(name) = missing.first() {
-            return Err(
-                ModelError::MissingTensor { origin: origin.to_string(), name: name.to_string() }.into()
-            );
+            Part::Optim(name) => optimizer_state.push((name.to_string(), raw_to_tensor(&raw))),
         }
-        Ok(CpsamResume { state, optimizer_state })
+        Ok(())
+    })?;
+    let mut missing: Vec<&String> = trained.keys().filter(|k| !seen.contains(*k)).collect();
+    missing.sort();
+    if let Some(name) = missing.first() {
+        return Err(ModelError::MissingTensor { origin: origin.to_string(), name: name.to_string() }.into());
     }
+    Ok(Resume { state, optimizer_state })
 }

@@ -9,7 +9,6 @@ pub mod schedule;
 pub mod trainer;
 
 pub use augment::Cp4Augment;
-pub use checkpoint::CpsamResume;
 pub use data::{prepare_cp4, reshape_norm_cp4, Cp4DataError, Cp4PrepareOptions};
 pub use schedule::lr_schedule_cp4;
 pub use trainer::{

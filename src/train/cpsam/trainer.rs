@@ -28,7 +28,6 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use super::augment::Cp4Augment;
-use super::checkpoint::CpsamResume;
 use super::schedule::lr_schedule_cp4;
 use crate::control::{Control, StopReason};
 use crate::model::CpsamModel;
@@ -36,7 +35,9 @@ use crate::train::batches::epoch_order;
 use crate::train::data::Example;
 use crate::train::loss::seg_loss;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::trainer::{epoch_path, EpochInfo, Start, StepInfo, TrainError, TrainOutcome, TrainState};
+use crate::train::trainer::{
+    epoch_path, EpochInfo, Resume, Start, StepInfo, TrainError, TrainOutcome, TrainState,
+};
 use crate::transforms::array3_to_tensor;
 
 /// Everything cellpose 4 `train_seg` takes besides the data, with its defaults.
@@ -236,7 +237,7 @@ pub fn train_seg_cpsam(
     cfg: &CpsamTrainConfig,
     hooks: &mut dyn CpsamHooks,
     control: &Control,
-    resume: Option<CpsamResume>,
+    resume: Option<Resume>,
 ) -> Result<TrainOutcome, TrainError> {
     let bsize = model.net.config.bsize() as usize;
     validate_cpsam_config(cfg, bsize)?;
@@ -275,10 +276,6 @@ pub fn train_seg_cpsam(
     let params: Vec<Tensor> = trained_parameters(model).into_iter().map(|(_, t)| t).collect();
     let mut optim = Optimizer::new(OptimizerKind::Adamw, params, cfg.weight_decay);
     let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size);
-    let resumed = resume.map(|r| {
-        optim.load_state_tensors(&r.optimizer_state, r.state.optimizer_steps);
-        r.state
-    });
     let Start {
         epoch: start,
         step: start_step,
@@ -286,7 +283,7 @@ pub fn train_seg_cpsam(
         mut train_losses,
         mut test_losses,
         mut epoch_seconds,
-    } = Start::from(resumed, cfg.n_epochs, steps_per_epoch)?;
+    } = Start::resuming(resume, &mut optim, cfg.n_epochs, steps_per_epoch)?;
     let total_steps = (cfg.n_epochs - start) * steps_per_epoch - start_step;
     let mut steps_done = 0usize;
     let mut steady: Option<(Instant, usize)> = None;
@@ -310,15 +307,15 @@ pub fn train_seg_cpsam(
                 None => {}
                 Some(StopReason::Cancel) => return Err(TrainError::Cancelled { epoch }),
                 Some(StopReason::Shutdown) => {
-                    let state = TrainState {
+                    let state = TrainState::at(
                         epoch,
                         step,
-                        optimizer_steps: optim.steps,
-                        partial_epoch_loss: loss_sum,
-                        train_losses: train_losses[..epoch].to_vec(),
-                        test_losses: test_losses[..epoch].to_vec(),
-                        epoch_seconds: epoch_seconds[..epoch].to_vec(),
-                    };
+                        optim.steps,
+                        loss_sum,
+                        &train_losses,
+                        &test_losses,
+                        &epoch_seconds,
+                    );
                     hooks.on_interrupt(model, &optim, &state);
                     return Err(TrainError::Interrupted { epoch, step });
                 }
@@ -373,15 +370,8 @@ pub fn train_seg_cpsam(
             seconds: epoch_seconds[epoch],
         };
         tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr = lr[epoch], "epoch done");
-        let state = TrainState {
-            epoch: epoch + 1,
-            step: 0,
-            optimizer_steps: optim.steps,
-            partial_epoch_loss: 0.0,
-            train_losses: train_losses[..=epoch].to_vec(),
-            test_losses: test_losses[..=epoch].to_vec(),
-            epoch_seconds: epoch_seconds[..=epoch].to_vec(),
-        };
+        let state =
+            TrainState::at(epoch + 1, 0, optim.steps, 0.0, &train_losses, &test_losses, &epoch_seconds);
         hooks.on_epoch(&info, model, &optim, &state)?;
         let last = epoch == cfg.n_epochs - 1;
         if let Some(path) = &cfg.save_path {
