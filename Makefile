@@ -3,7 +3,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build demo test bench clippy
+.PHONY: setup build demo test bench clippy image
 
 setup:
 	./scripts/setup.sh
@@ -16,6 +16,11 @@ demo: build
 
 test: setup
 	./scripts/test.sh
+
+# Both worker images (Docker; base images made from Debian's packages where no registry answers).
+image: setup
+	./scripts/docker-daemon.sh start
+	./docker/build-images.sh
 
 bench: build
 	./bench/run.sh

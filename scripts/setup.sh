@@ -7,6 +7,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+# Debian packages the tests run: Docker (the worker images are built and run by the tests) and
+# debootstrap (the base images, made locally where no registry can be reached). Installed only
+# when missing, and only where apt can (root on a Debian machine); elsewhere the image tests say
+# what is missing.
+missing_debs=()
+command -v dockerd >/dev/null 2>&1 || missing_debs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing_debs+=(debootstrap)
+if [ ${#missing_debs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing_debs[*]} from Debian's packages" >&2
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing_debs[@]}" >/dev/null
+  else
+    echo "setup: ${missing_debs[*]} missing and not installable here (needs root and apt)" >&2
+  fi
+fi
 stamp=.venv/.requirements.sha
 want=$(sha256sum tools/requirements.txt | cut -d' ' -f1)
 

@@ -33,14 +33,14 @@ pub fn run(args: MockGirderArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("failed to listen on {addr}"))?;
         let local = listener.local_addr().context("failed to read the listening address")?;
-        eprintln!("mock Girder listening on http://{local}/api/v1 (Ctrl-C stops it)");
+        eprintln!("mock Girder listening on http://{local}/api/v1 (Ctrl-C or SIGTERM stops it)");
         let config = MockConfig {
             upload_minimum_chunk_size: args.min_chunk_size,
             addr: local,
             local_worker: args.local_worker,
         };
         serve(listener, config, async {
-            let _ = tokio::signal::ctrl_c().await;
+            super::signals::termination().await;
         })
         .await
         .context("mock Girder server failed")

@@ -15,6 +15,7 @@ mod oneshot;
 mod predict;
 mod segment;
 mod serve;
+mod signals;
 mod synth;
 mod train;
 mod train_cpsam;

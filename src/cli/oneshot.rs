@@ -138,14 +138,14 @@ async fn compute<F: Family>(
             }
         }
     });
-    // the platform stops a one-shot container to cancel it: nothing is uploaded then
+    // the platform stops a one-shot container to cancel it (girder_worker: `docker stop`, SIGTERM
+    // then SIGKILL after 10 s): the job stops at its next step and nothing is uploaded
     let control = Control::new();
     let on_signal = control.clone();
     let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupted; cancelling the job");
-            on_signal.cancel();
-        }
+        let signal = super::signals::termination().await;
+        tracing::info!(signal, "cancelling the job");
+        on_signal.cancel();
     });
     let ctx = JobContext {
         client,

@@ -46,20 +46,7 @@ pub fn run(args: ServeArgs, settings: Settings) -> anyhow::Result<ExitCode> {
 
 /// Shuts the worker down on SIGTERM (container stop) or SIGINT (Ctrl-C).
 async fn on_signal(shutdown: Control) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
-            tracing::warn!("cannot listen for signals; stop the worker with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing up"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing up"),
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    let signal = super::signals::termination().await;
+    tracing::info!(signal, "finishing up");
     shutdown.shutdown();
 }

@@ -134,7 +134,11 @@ fn dockerfile_copies_what_exists_runs_the_binary_and_carries_nimbusimage_labels(
     }
     let runs: String =
         ins.iter().filter(|(op, _)| op == "RUN").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join("\n");
-    assert!(built.iter().any(|b| b == "/usr/local/bin/cellpose-train-worker"));
+    // the runtime stage takes the build stage's staging root: the binary and the libraries it loads
+    assert_eq!(built, ["/stage/"]);
+    assert!(runs.contains(
+        "install -D /usr/local/bin/cellpose-train-worker /stage/usr/local/bin/cellpose-train-worker"
+    ));
     assert!(runs.contains("cp target/release/cellpose-train-worker /usr/local/bin/cellpose-train-worker"));
     assert!(runs.contains("cargo build --release --locked --bin cellpose-train-worker"));
     let cargo = read("Cargo.toml");

@@ -23,6 +23,7 @@ mod girder_seed;
 mod girder_tiles;
 mod helpers;
 mod hostile;
+mod images;
 mod job;
 mod job_control;
 mod job_inputs;
