@@ -8,13 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-# Debian packages the tests run: Docker (the worker images are built and run by the tests) and
-# debootstrap (the base images, made locally where no registry can be reached). Installed only
+# Debian packages the tests run: Docker (the worker images are built and run by the tests),
+# debootstrap (the base images, made locally where no registry can be reached) and redis-server
+# (the broker girder_worker takes the image tests' jobs from). Installed only
 # when missing, and only where apt can (root on a Debian machine); elsewhere the image tests say
 # what is missing.
 missing_debs=()
 command -v dockerd >/dev/null 2>&1 || missing_debs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing_debs+=(debootstrap)
+# the Celery broker of the girder_worker chain the image tests launch the images through
+command -v redis-server >/dev/null 2>&1 || missing_debs+=(redis-server)
 if [ ${#missing_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing_debs[*]} from Debian's packages" >&2

@@ -36,6 +36,11 @@ pub struct RealGirder {
 impl RealGirder {
     /// Starts a server; panics with its log when it does not come up within 60 s.
     pub fn start() -> RealGirder {
+        RealGirder::start_with(&[])
+    }
+
+    /// [`RealGirder::start`] with more launcher flags (e.g. `--broker redis://...`).
+    pub fn start_with(extra: &[&str]) -> RealGirder {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("girder.log");
         let python = girder_python();
@@ -48,6 +53,7 @@ impl RealGirder {
             .arg(repo_root().join("tests/real_girder/launcher.py"))
             .arg("--assetstore")
             .arg(dir.path().join("assetstore"))
+            .args(extra)
             .env("PYTHONWARNINGS", "ignore")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

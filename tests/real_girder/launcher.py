@@ -9,7 +9,10 @@ there). Files go to a filesystem assetstore in `--assetstore`.
 
 The database starts empty: as on a new deployment, the first user created (`POST /user`) becomes
 the site admin. It binds 127.0.0.1 on `--port` (0: a free port), mounts the NimbusImage stand-in (nimbus_stub.py) and the test-only `dev_support` routes, then
-prints `GIRDER_URL http://127.0.0.1:PORT/api/v1` once connections are accepted. It exits when its
+prints `GIRDER_URL http://127.0.0.1:PORT/api/v1` once connections are accepted. With `--broker
+URL` it is also a girder_worker deployment's Girder: its worker plugin publishes Celery tasks to
+that broker, `worker.api_url` points at this server, and `POST /tool_launch` (tool_launch.py)
+launches worker images as NimbusImage does. It exits when its
 standard input closes, so a test run that ends, however it ends, takes its server with it.
 """
 import argparse
@@ -144,8 +147,15 @@ def main():
     # insufficient free space") while the disk has less than this reserve free; its default is
     # 10 GiB, more than a CI runner has to spare. A test server stores kilobytes.
     ap.add_argument('--reserved-mb', type=int, default=16)
+    # A Celery broker (redis://...) for girder_worker: the worker plugin publishes tasks there
+    # (tool_launch.py), and `worker.api_url` is set to this server's URL for the tasks to call back.
+    ap.add_argument('--broker')
     args = ap.parse_args()
     _exit_when_stdin_closes()
+    if args.broker:
+        # girder_worker's Celery app reads these once, when Girder's worker plugin imports it
+        os.environ['GIRDER_WORKER_BROKER'] = args.broker
+        os.environ['GIRDER_WORKER_BACKEND'] = args.broker
 
     os.environ['GIRDER_SERVER_MODE'] = 'development'
     os.environ['GIRDER_MONGO_URI'] = 'mongodb://localhost:27017/girder'
@@ -167,6 +177,9 @@ def main():
     import nimbus_stub
     nimbus_stub.mount(api_root)
     _dev_support(api_root)
+    if args.broker:
+        import tool_launch
+        tool_launch.mount(api_root)
 
     from girder.models.assetstore import Assetstore
     Assetstore().createFilesystemAssetstore(name='local', root=args.assetstore)
@@ -176,6 +189,10 @@ def main():
     sock.bind(('127.0.0.1', args.port))
     sock.listen(128)
     port = sock.getsockname()[1]
+    if args.broker:
+        from girder.models.setting import Setting
+        from girder_plugin_worker.constants import PluginSettings
+        Setting().set(PluginSettings.API_URL, f'http://127.0.0.1:{port}/api/v1')
 
     import uvicorn
     server = uvicorn.Server(uvicorn.Config(

@@ -1,6 +1,7 @@
 //! The worker images as a lab runs them: both Dockerfile targets, built by `make image`, run by a
 //! real Docker daemon against a real Girder 5.0.21 on the host network (the only network these
-//! machines allow containers).
+//! machines allow containers): by hand (`contents`, `oneshot`, `serve`) and as NimbusImage
+//! launches them, through girder_worker, Celery and a real broker (`chain`, `girder_worker`).
 //!
 //! `make test` builds the images and names them in `CPW_IMAGE_CELLPOSE` / `CPW_IMAGE_CELLPOSESAM`
 //! (scripts/test.sh); without those variables (a bare `cargo test`) each test says why it does
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 use cellpose_train_worker::demo::seed::DemoWorld;
 use serde_json::Value;
 
+mod chain;
 mod contents;
+mod girder_worker;
 mod oneshot;
 mod serve;
 
