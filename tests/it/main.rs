@@ -16,6 +16,7 @@ mod girder_cli;
 mod girder_contract;
 mod girder_differential;
 mod girder_files;
+mod girder_ids;
 mod girder_jobs;
 mod girder_numpy;
 mod girder_python;
