@@ -187,15 +187,17 @@ impl Jobs<'_> {
     }
 
     /// `PUT /job/{id}`. A refused status move is a 400 with field `status`. Retried on transient
-    /// failures like any PUT; a retry after a lost answer can append a log line twice.
+    /// failures like any PUT; a retry after a lost answer can append a log line twice. The log
+    /// and progress message are redacted ([`crate::redact`]): users and admins read them.
     #[tracing::instrument(skip_all, fields(job_id = %id))]
     pub async fn update(&self, id: &str, update: &JobUpdate) -> Result<Job, GirderError> {
+        let redacted = |t: &String| crate::redact::text(t).into_owned();
         let call = Call::put(ApiPath::id("job", id)?)
             .query_opt("status", update.status.map(|s| s.0))
             .query_opt("progressCurrent", update.progress_current)
             .query_opt("progressTotal", update.progress_total)
-            .query_opt("progressMessage", update.progress_message.as_ref())
-            .query_opt("log", update.log.as_ref())
+            .query_opt("progressMessage", update.progress_message.as_ref().map(redacted))
+            .query_opt("log", update.log.as_ref().map(redacted))
             .query_opt("overwrite", update.overwrite_log.then_some("true"))
             .query_opt("notify", update.notify);
         self.client.json(call).await

@@ -111,12 +111,14 @@ async fn healthz(State(ops): State<Ops>) -> impl IntoResponse {
         (true, Some(_)) => "degraded",
         (true, None) => "ok",
     };
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "polls": degraded.unwrap_or_else(|| json!({"ok": true})),
         "girder": match &girder { Ok(v) => json!({"ok": true, "version": v}), Err(e) => json!({"ok": false, "error": e.to_string()}) },
         "device": match &device_ok { Ok(d) => json!({"ok": true, "device": d}), Err(e) => json!({"ok": false, "error": e}) },
     });
+    // the answer quotes Girder's errors
+    crate::redact::json(&mut body);
     let code = if status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body))
 }

@@ -185,7 +185,7 @@ pub async fn serve(
     }
     tracing::info!(
         worker = %worker.id,
-        api_url = %worker.settings.girder.api_url,
+        api_url = %crate::redact::text(&worker.settings.girder.api_url),
         job_types = ?worker.settings.queue.job_types(),
         device = %crate::device::describe(worker.device),
         "serving"
