@@ -3,7 +3,8 @@
 //! `ID?x=1` added a query string; both are refused with a message naming the flag, and the
 //! client refuses every id that is not a Girder ObjectId without making the request.
 
-use serde_json::Value;
+use cellpose_train_worker::demo::seed::interface_values;
+use serde_json::{json, Value};
 
 use super::girder_seed::{clear_requests, requests, seeded};
 use super::helpers::{bin, tempdir};
@@ -16,17 +17,21 @@ async fn a_dataset_id_that_is_a_path_or_has_a_query_is_refused_naming_the_flag_a
     let dir = tempdir();
     let cfg = dir.path().join("empty.toml");
     std::fs::write(&cfg, "").unwrap();
+    // valid fields: without the check, the job would go on to read the dataset
+    let params = json!({"workerInterface": interface_values("cyto3", "m", 100)}).to_string();
     for bad in ["../user/me".to_string(), format!("{}?x=1", s.dataset.id), "../../system/version".into()] {
         clear_requests(&s.mock).await;
         let out = bin()
             .args(["--apiUrl", &s.mock.api_url, "--token", token.expose(), "--request", "compute"])
-            .args(["--datasetId", &bad, "--parameters", "{}"])
+            .args(["--datasetId", &bad, "--parameters", &params])
             .arg("--config")
             .arg(&cfg)
             .env("CPW_TRAINING__DEVICE", "cpu")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{bad}: exit status");
+        let sent = requests(&s.mock).await;
+        assert!(sent.is_empty(), "{bad}: nothing may reach Girder, sent {sent:?}");
         let lines = json_lines(&out);
         let [line] = lines.as_slice() else { panic!("{bad}: want one error line, got {lines:?}") };
         let message = line["error"].as_str().unwrap_or_default();
@@ -35,8 +40,6 @@ async fn a_dataset_id_that_is_a_path_or_has_a_query_is_refused_naming_the_flag_a
             "{bad}: the flag and the value are named: {message}"
         );
         assert!(message.contains("24 hexadecimal digits"), "{bad}: what an id looks like: {message}");
-        let sent = requests(&s.mock).await;
-        assert!(sent.is_empty(), "{bad}: nothing may reach Girder, sent {sent:?}");
     }
 }
 

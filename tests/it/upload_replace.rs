@@ -18,7 +18,7 @@ use cellpose_train_worker::job::{store, JobError};
 use cellpose_train_worker::mock_girder::{spawn_mock, MockConfig};
 use serde_json::{json, Value};
 
-use super::girder_seed::{fault_at, new_user};
+use super::girder_seed::{fault, fault_at, new_user};
 use super::real_girder::RealGirder;
 
 const ROOT: &str = ".cellpose";
@@ -133,13 +133,35 @@ impl StepFault {
     }
 }
 
+/// Broken promises, kept to the end so that one run lists all of them: `lost` (a model of the
+/// name, or one the job did not create, is gone), `untrue` (the message says something else
+/// than the folder holds).
+#[derive(Default)]
+struct Findings {
+    lost: Vec<String>,
+    untrue: Vec<String>,
+}
+
+impl Findings {
+    fn assert_none(&self, label: &str) {
+        assert!(
+            self.lost.is_empty() && self.untrue.is_empty(),
+            "{label}: {} jobs lost a model, {} said something untrue:\n{}\n{}",
+            self.lost.len(),
+            self.untrue.len(),
+            self.lost.join("\n"),
+            self.untrue.join("\n")
+        );
+    }
+}
+
 /// Checks the three promises after one job that stored `new` as `name`; `before` is the family
 /// as the job found it. Returns the failure text (message and info) when the job failed.
 fn check(
+    found: &mut Findings,
     case: &str,
     name: &str,
-    before: &[Snap],
-    after: &[Snap],
+    (before, after): (&[Snap], &[Snap]),
     result: &Result<Item, JobError>,
     new: &Bytes,
 ) -> Option<String> {
@@ -149,24 +171,21 @@ fn check(
     let text = result.as_ref().err().map(|e| format!("{e}\ninfo: {}", e.info()));
     let named = |n: &str| text.as_deref().is_some_and(|t| t.contains(&format!("`{n}`")));
     let new_at = has.iter().find(|i| i.bytes.as_ref() == Some(new));
+    let mut lost = |why: String| found.lost.push(format!("{case}: {why}\n  {text:?}\n  {after:?}"));
     // 1. a complete model of the name, or the new one under a name the message gives
     match result {
         Ok(item) => {
-            assert_eq!(at_name.len(), 1, "{case}: one item named {name}: {after:?}");
-            assert_eq!(
-                (at_name[0].id.as_str(), at_name[0].bytes.as_ref()),
-                (item.id.as_str(), Some(new)),
-                "{case}"
-            );
+            let one = matches!(at_name.as_slice(), [i] if i.id == item.id && i.bytes.as_ref() == Some(new));
+            if !one {
+                lost(format!("stored, but `{name}` is not exactly the new model"));
+            }
         }
         Err(_) if !had.is_empty() => {
             let kept = at_name.iter().any(|i| i.bytes.is_some())
                 || has.iter().any(|i| named(&i.name) && i.name != name);
-            assert!(
-                kept,
-                "{case}: no complete model of `{name}` and none named in the error:\n{}\n{after:?}",
-                text.unwrap()
-            );
+            if !kept {
+                lost(format!("no complete model of `{name}` and none named in the error"));
+            }
         }
         Err(_) => {}
     }
@@ -175,37 +194,43 @@ fn check(
         let still = has.iter().any(|i| i.id == old.id && i.bytes == old.bytes);
         let replaced =
             old.name == name && (result.is_ok() || new_at.is_some_and(|n| n.name == name || named(&n.name)));
-        assert!(
-            still || replaced,
-            "{case}: the complete model `{}` ({}) is gone:\n{text:?}\n{after:?}",
-            old.name,
-            old.id
-        );
+        if !(still || replaced) {
+            lost(format!("the complete model `{}` ({}) is gone", old.name, old.id));
+        }
     }
     // 3. the message says what the folder holds
     let text = text.clone()?;
+    let mut untrue = |why: String| found.untrue.push(format!("{case}: {why}\n  {text}"));
     if text.contains("Nothing in Girder was changed.") {
-        let same = |a: &[Snap], b: &[Snap]| {
-            a.len() == b.len() && a.iter().all(|x| b.iter().any(|y| y.id == x.id && y.bytes == x.bytes))
-        };
-        assert!(same(before, after), "{case}: `nothing changed`, but:\n{before:?}\n{after:?}");
+        let same = before.len() == after.len()
+            && before.iter().all(|x| after.iter().any(|y| y.id == x.id && y.bytes == x.bytes));
+        if !same {
+            untrue(format!("`nothing changed`, but {before:?} became {after:?}"));
+        }
         return Some(text);
     }
+    let mut wants = Vec::new();
     if at_name.is_empty() {
-        assert!(text.contains(&format!("No model named `{name}` is in Girder now")), "{case}: {text}");
-        assert!(!text.contains("unchanged"), "{case}: nothing is unchanged: {text}");
+        wants.push(format!("No model named `{name}` is in Girder now"));
+        if text.contains("unchanged") {
+            untrue("nothing is unchanged".into());
+        }
     } else if at_name.iter().any(|i| before.iter().any(|b| b.id == i.id && b.bytes == i.bytes)) {
-        assert!(text.contains(&format!("Your model `{name}` in Girder is unchanged")), "{case}: {text}");
+        wants.push(format!("Your model `{name}` in Girder is unchanged"));
     }
-    match new_at {
-        Some(n) => assert!(
-            text.contains(&format!("The new model is stored in Girder as `{}`", n.name)),
-            "{case}: {text}"
-        ),
-        None => assert!(text.contains("The new model was not stored in Girder"), "{case}: {text}"),
+    wants.push(match new_at {
+        Some(n) => format!("The new model is stored in Girder as `{}`", n.name),
+        None => "The new model was not stored in Girder".into(),
+    });
+    for want in wants {
+        if !text.contains(&want) {
+            untrue(format!("does not say `{want}`"));
+        }
     }
     for other in has.iter().filter(|i| i.name != name) {
-        assert!(named(&other.name), "{case}: the complete `{}` is not named: {text}", other.name);
+        if !named(&other.name) {
+            untrue(format!("does not name the complete `{}`", other.name));
+        }
     }
     Some(text)
 }
@@ -213,10 +238,9 @@ fn check(
 /// One job storing `bytes` as `name` under the faults `specs`, checked; returns the error text.
 async fn job(
     s: &Server,
+    found: &mut Findings,
     case: &str,
-    name: &str,
-    bytes: &Bytes,
-    tag: &str,
+    (name, bytes, tag): (&str, &Bytes, &str),
     specs: &[Value],
 ) -> Option<String> {
     let before = s.family(name).await;
@@ -227,19 +251,48 @@ async fn job(
     s.clear_faults().await;
     let after = s.family(name).await;
     let case = format!("{}: {case}", s.label);
-    let text = check(&case, name, &before, &after, &result, bytes);
+    let text = check(found, &case, name, (&before, &after), &result, bytes);
     eprintln!("{case}: {}", text.as_deref().unwrap_or("stored"));
     // this job's own empty temporary item may stay only when its removal was made to fail
-    let ours = format!("{name}.uploading-{tag}-");
+    let ours = format!("{name}.uploading-{tag}");
     let own_empty = after.iter().filter(|i| i.name.starts_with(&ours) && i.bytes.is_none()).count();
-    let delete_faulted = specs.iter().filter(|s| s["method"] == "DELETE").count() > 0;
-    assert!(own_empty == 0 || (result.is_err() && delete_faulted), "{case}: left its empty item: {after:?}");
+    let delete_faulted = specs.iter().any(|s| s["method"] == "DELETE");
+    if own_empty > 0 && !(result.is_err() && delete_faulted) {
+        found.untrue.push(format!("{case}: left its empty item behind: {after:?}"));
+    }
     text
 }
 
 /// Every step failing once in a job and again in the next job of the same name, refused and with
 /// its answer lost; a fault in the roll-back too; the issue's sequence; then a healthy job.
 async fn every_step_fails(s: &Server) {
+    let mut found = Findings::default();
+    let f = &mut found;
+    // issue 26: B's rename fails (the old model is gone, B's is complete under its temporary
+    // name), then C's upload fails: C must not delete B's model, and must say where it is
+    let name = "issue";
+    s.upload(name, &model(1), "seed").await.unwrap();
+    let b =
+        job(s, f, "issue: job B rename refused", (name, &model(2), "jobb"), &[STEPS[8].spec(false, 1)]).await;
+    let temp = s.family(name).await.into_iter().find(|i| i.bytes.as_ref() == Some(&model(2)));
+    let c =
+        job(s, f, "issue: job C chunk refused", (name, &model(3), "jobc"), &[STEPS[4].spec(false, 1)]).await;
+    match (&b, &temp, &c) {
+        (Some(_), Some(temp), Some(c)) => {
+            let earlier = format!("An earlier upload's model is stored as `{}`", temp.name);
+            if !c.contains(&earlier) || !c.contains(&format!("rename it to `{name}`")) {
+                f.untrue.push(format!("issue: job C does not point to B's model: {c}"));
+            }
+        }
+        _ => f.lost.push(format!("issue: B failed: {b:?}, B's model in Girder: {temp:?}, C failed: {c:?}")),
+    }
+    let d = job(s, f, "issue: healthy job D", (name, &model(4), "jobd"), &[]).await;
+    assert!(d.is_none(), "{d:?}");
+    let left = s.family(name).await;
+    if let Some(temp) = temp.filter(|t| !left.iter().any(|i| i.id == t.id)) {
+        f.lost.push(format!("issue: B's model {} did not outlive D: it is not D's to delete", temp.name));
+    }
+
     let mut cases: Vec<(String, Vec<Value>)> = Vec::new();
     for step in STEPS {
         for after in [false, true] {
@@ -259,30 +312,12 @@ async fn every_step_fails(s: &Server) {
         s.upload(&name, &model(1), "seed")
             .await
             .unwrap_or_else(|e| panic!("{}: seeding {name}: {e}", s.label));
-        job(s, &format!("{label}, job B"), &name, &model(2), "jobb", specs).await;
-        job(s, &format!("{label}, job C"), &name, &model(3), "jobc", specs).await;
-        let done = job(s, &format!("{label}, healthy job D"), &name, &model(4), "jobd", &[]).await;
+        job(s, f, &format!("{label}, job B"), (&name, &model(2), "jobb"), specs).await;
+        job(s, f, &format!("{label}, job C"), (&name, &model(3), "jobc"), specs).await;
+        let done = job(s, f, &format!("{label}, healthy job D"), (&name, &model(4), "jobd"), &[]).await;
         assert!(done.is_none(), "{}: {label}: the healthy job failed: {done:?}", s.label);
     }
-    // issue 26: B's rename fails (the old model is gone, B's is complete under its temporary
-    // name), then C's upload fails: C must not delete B's model, and must say where it is
-    let name = "issue";
-    s.upload(name, &model(1), "seed").await.unwrap();
-    let b = job(s, "issue: job B rename refused", name, &model(2), "jobb", &[STEPS[8].spec(false, 1)]).await;
-    let b = b.expect("job B fails");
-    let temp =
-        s.family(name).await.into_iter().find(|i| i.bytes.as_ref() == Some(&model(2))).expect("B's model");
-    assert!(b.contains(&format!("The new model is stored in Girder as `{}`", temp.name)), "{b}");
-    let c = job(s, "issue: job C chunk refused", name, &model(3), "jobc", &[STEPS[4].spec(false, 1)]).await;
-    let c = c.expect("job C fails");
-    assert!(c.contains(&format!("An earlier upload's model is stored as `{}`", temp.name)), "{c}");
-    assert!(c.contains(&format!("rename it to `{name}`")), "{c}");
-    let d = job(s, "issue: healthy job D", name, &model(4), "jobd", &[]).await;
-    assert!(d.is_none(), "{d:?}");
-    assert!(
-        s.family(name).await.iter().any(|i| i.id == temp.id),
-        "B's model outlives D: it is not D's to delete"
-    );
+    found.assert_none(s.label);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,58 +359,80 @@ async fn every_step_of_a_replace_failing_once_or_twice_loses_no_model_on_a_real_
     assert!(!stderr.contains("Traceback"), "the real Girder failed:\n{stderr}");
 }
 
-/// The issue's sequence through the training job (what NimbusImage shows): job B's rename fails
-/// after the old model was removed, then job C's upload fails. Each error says where the models
-/// are, `info` says what to do about that (not "unchanged"), and C leaves B's model alone.
+/// The issue's sequence through the training job (what NimbusImage shows), first half: job B's
+/// rename fails after the old model was removed. The error says the old model is gone and where
+/// the new one is, and `info` does not claim the old model is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_failed_rename_and_a_failed_upload_the_job_errors_say_where_the_models_are() {
-    use super::girder_seed::fault;
-    use super::job::{fixture, BASE, TINY};
-    use cellpose_train_worker::demo::seed::interface_values;
-
-    let f = fixture(96, 10, &TINY).await;
-    let user = &f.world.user;
-    let (_, old_bytes) = f.model(BASE).await;
-    store::upload_model(user, &f.world.user_id, "keep-me", old_bytes, "prep").await.unwrap();
-    let values = interface_values(BASE, "keep-me", 1);
-    let work = tempfile::tempdir().unwrap();
-    let mut settings = f.settings();
-    settings.paths.work_dir = Some(work.path().to_path_buf());
-    let clear = || async {
-        reqwest::Client::new().delete(format!("{}/mock/faults", f.mock.base_url)).send().await.unwrap()
-    };
-
-    // job B: every rename fails (retried until the budget is spent)
+async fn a_job_whose_rename_fails_says_the_old_model_is_gone_and_where_the_new_one_is() {
+    let (f, values, settings) = keep_me().await;
+    // every rename fails (retried until the budget is spent)
     fault(&f.mock, json!({"method": "PUT", "path": ITEM_ID, "count": 100, "status": 502})).await;
-    let (result, _) = f.run_as(user, &f.world.dataset_id, values.clone(), settings.clone()).await;
-    clear().await;
-    let err = result.expect_err("B's rename was meant to fail");
+    let (result, _) = f.run_as(&f.world.user, &f.world.dataset_id, values, settings).await;
+    clear_faults(&f.mock).await;
+    let err = result.expect_err("the rename was meant to fail");
     let JobError::ModelKept { kept, .. } = &err else { panic!("{err:?}") };
     let (message, info) = (err.to_string(), err.info());
     let models = f.folder("models").await;
     assert!(!models.iter().any(|m| m.1 == "keep-me"), "the old model was removed: {models:?}");
-    let temp =
-        models.iter().find(|m| m.1.starts_with("keep-me.uploading-jobtest-")).expect("B's model").clone();
+    assert!(!info.contains("unchanged"), "the old model is gone, yet: {info}");
+    let temp = models.iter().find(|m| m.1.starts_with("keep-me.uploading-jobtest")).expect("the new model");
     assert!(message.contains("No model named `keep-me` is in Girder now"), "{message}");
     assert!(message.contains(&format!("The new model is stored in Girder as `{}`", temp.1)), "{message}");
-    assert!(
-        info.contains(&format!("Rename `{}` to `keep-me`", temp.1)) && !info.contains("unchanged"),
-        "{info}"
-    );
-    let b_bytes = user.files().download(&temp.2[0].0).await.unwrap();
-    assert_eq!(b_bytes, std::fs::read(kept).unwrap(), "Girder holds B's trained model");
+    assert!(info.contains(&format!("Rename `{}` to `keep-me`", temp.1)), "{info}");
+    let stored = f.world.user.files().download(&temp.2[0].0).await.unwrap();
+    assert_eq!(stored, std::fs::read(kept).unwrap(), "Girder holds the trained model");
+}
 
-    // job C: the upload fails; B's model is not C's to delete
+/// Second half: job C of the same name finds job B's complete model under its temporary name and
+/// no `keep-me`; C's upload fails. C leaves B's model alone (the old protocol deleted it as a
+/// "stale partial upload", leaving no model of that name in Girder) and its error points to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_upload_fails_leaves_an_earlier_jobs_model_alone_and_names_it() {
+    let (f, values, settings) = keep_me().await;
+    // what job B left: its model complete under its temporary name, the old one removed
+    let user = &f.world.user;
+    let folder = store::cellpose_folder(user, &f.world.user_id, &["models"]).await.unwrap();
+    let (old, b_bytes) = f.model("keep-me").await;
+    let b_name = "keep-me.uploading-jobb-5e1f0a";
+    let (b_item, _) = user
+        .files()
+        .upload_item(&folder.id, b_name, b_bytes.clone(), "application/octet-stream")
+        .await
+        .unwrap();
+    user.items().delete(&old.0).await.unwrap();
+
     fault(&f.mock, json!({"method": "POST", "path": "^/api/v1/file/chunk$", "count": 100, "status": 500}))
         .await;
     let (result, _) = f.run_as(user, &f.world.dataset_id, values, settings).await;
-    clear().await;
-    let err = result.expect_err("C's upload was meant to fail");
+    clear_faults(&f.mock).await;
+    let err = result.expect_err("the upload was meant to fail");
+    let models = f.folder("models").await;
+    let b = models.iter().find(|m| m.0 == b_item.id);
+    assert!(b.is_some(), "job B's model was deleted by job C: {models:?}");
+    assert_eq!(user.files().download(&b.unwrap().2[0].0).await.unwrap(), b_bytes);
     let (message, info) = (err.to_string(), err.info());
+    assert!(!info.contains("unchanged"), "there is no `keep-me`, yet: {info}");
     assert!(message.contains("No model named `keep-me` is in Girder now"), "{message}");
-    assert!(message.contains(&format!("An earlier upload's model is stored as `{}`", temp.1)), "{message}");
-    assert!(info.contains("rename it to `keep-me`") && !info.contains("unchanged"), "{info}");
-    let still =
-        f.folder("models").await.into_iter().find(|m| m.0 == temp.0).expect("B's model is still in Girder");
-    assert_eq!(user.files().download(&still.2[0].0).await.unwrap(), b_bytes);
+    assert!(message.contains(&format!("An earlier upload's model is stored as `{b_name}`")), "{message}");
+    assert!(
+        info.contains(&format!("The model stored as `{b_name}` is an earlier job's: rename it to `keep-me`")),
+        "{info}"
+    );
+}
+
+/// A job fixture with the user's model `keep-me` (the base's bytes), the interface values that
+/// train `keep-me` for one epoch, and settings keeping the trained model in a work dir.
+async fn keep_me() -> (super::job::Fixture, Value, cellpose_train_worker::config::Settings) {
+    use super::job::{fixture, BASE, TINY};
+    let f = fixture(96, 10, &TINY).await;
+    let (_, old_bytes) = f.model(BASE).await;
+    store::upload_model(&f.world.user, &f.world.user_id, "keep-me", old_bytes, "prep").await.unwrap();
+    let values = cellpose_train_worker::demo::seed::interface_values(BASE, "keep-me", 1);
+    let mut settings = f.settings();
+    settings.paths.work_dir = Some(f.models_dir.path().join("work"));
+    (f, values, settings)
+}
+
+async fn clear_faults(mock: &cellpose_train_worker::mock_girder::MockHandle) {
+    reqwest::Client::new().delete(format!("{}/mock/faults", mock.base_url)).send().await.unwrap();
 }

@@ -247,6 +247,7 @@ async fn healthz_answers_at_once_from_the_last_known_state_while_girder_hangs() 
     let mut said_no_answer = None;
     while hung.elapsed() < Duration::from_secs(5) {
         let (code, body, took) = health().await.expect("/healthz answers");
+        assert!(took < Duration::from_secs(1), "an answer waited {took:?} on Girder: {body}");
         times.push(took);
         if body["girder"]["ok"] == json!(false) && said_no_answer.is_none() {
             assert_eq!((code, body["status"].as_str()), (503, Some("unhealthy")), "{body}");
@@ -265,7 +266,6 @@ async fn healthz_answers_at_once_from_the_last_known_state_while_girder_hangs() 
         slowest.as_secs_f64() * 1e3,
         said_no_answer.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
     );
-    assert!(slowest < Duration::from_secs(1), "an answer waited on Girder: {slowest:?}");
     let after = said_no_answer.expect("/healthz never said Girder does not answer");
     assert!(after < Duration::from_secs(5), "{after:?}");
     reqwest::Client::new().delete(format!("{}/mock/faults", mock.base_url)).send().await.unwrap();
