@@ -23,6 +23,8 @@
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`control`]: the one stop value (cancel / shutdown) passed down to every stage.
 //! - [`telemetry`]: tracing set-up, blocking work inside the caller's span.
+//! - [`redact`]: the one redaction of secrets (URL passwords, credential query values, tokens and
+//!   keys) applied to everything that leaves the process.
 pub mod annotations;
 pub mod cli;
 pub mod config;
@@ -41,6 +43,7 @@ pub mod pickle;
 pub mod predict;
 pub mod predict_cpsam;
 pub mod rasterize;
+pub mod redact;
 pub mod report;
 pub mod segment;
 pub mod synthetic;

@@ -1,4 +1,5 @@
-//! Tracing set-up in one place: human-readable or JSON lines on stderr, filtered by `RUST_LOG`.
+//! Tracing set-up in one place: human-readable or JSON lines on stderr, filtered by `RUST_LOG`,
+//! every record redacted ([`crate::redact`]) on its way out.
 
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -19,8 +20,11 @@ impl<'de> serde::Deserialize<'de> for LogFormat {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(crate::redact::RedactedStderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

@@ -101,9 +101,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err}");
+            // the chain may quote a server's answer: redacted like every other output
+            let redact = |e: &dyn std::fmt::Display| crate::redact::text(&e.to_string()).into_owned();
+            eprintln!("error: {}", redact(&err));
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", redact(&cause));
             }
             ExitCode::FAILURE
         }

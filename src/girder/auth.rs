@@ -3,7 +3,9 @@
 //!
 //! Secrets live in [`Secret`], whose `Debug` and `Display` print `***`, so a token or key cannot
 //! reach a log line or an error message by accident; the only way out is [`Secret::expose`], used
-//! where the value goes onto the wire.
+//! where the value goes onto the wire. Every secret is also registered with [`crate::redact`]
+//! when it is made, so that a server quoting it back (an error body that echoes the request)
+//! cannot carry it out either.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,9 @@ pub struct Secret(String);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::register(&value);
+        Secret(value)
     }
 
     /// The secret itself, for the header or parameter that carries it.
@@ -39,13 +43,13 @@ impl std::fmt::Display for Secret {
 
 impl From<String> for Secret {
     fn from(s: String) -> Self {
-        Secret(s)
+        Secret::new(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        String::deserialize(d).map(Secret::new)
     }
 }
 

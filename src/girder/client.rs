@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::auth::{Auth, AuthToken, Issued, Secret};
 use super::error::GirderError;
+use super::path::ApiPath;
 use super::retry::RetryPolicy;
 
 /// Settings for a [`GirderClient`].
@@ -89,6 +90,8 @@ pub(crate) enum Body {
 /// One request to the API, relative to `api_url`.
 pub(crate) struct Call {
     pub method: Method,
+    /// Where the request goes; [`Call::path`] is its text for logs and errors.
+    pub segments: ApiPath,
     pub path: String,
     pub query: Vec<(String, String)>,
     pub body: Body,
@@ -100,11 +103,13 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub fn new(method: Method, path: impl Into<String>) -> Call {
+    pub fn new(method: Method, path: impl Into<ApiPath>) -> Call {
         let retry = if method == Method::POST { Retry::IfNotSent } else { Retry::Idempotent };
+        let segments = path.into();
         Call {
             method,
-            path: path.into(),
+            path: segments.to_string(),
+            segments,
             query: Vec::new(),
             body: Body::None,
             retry,
@@ -113,16 +118,16 @@ impl Call {
             basic: None,
         }
     }
-    pub fn get(path: impl Into<String>) -> Call {
+    pub fn get(path: impl Into<ApiPath>) -> Call {
         Call::new(Method::GET, path)
     }
-    pub fn post(path: impl Into<String>) -> Call {
+    pub fn post(path: impl Into<ApiPath>) -> Call {
         Call::new(Method::POST, path)
     }
-    pub fn put(path: impl Into<String>) -> Call {
+    pub fn put(path: impl Into<ApiPath>) -> Call {
         Call::new(Method::PUT, path)
     }
-    pub fn delete(path: impl Into<String>) -> Call {
+    pub fn delete(path: impl Into<ApiPath>) -> Call {
         Call::new(Method::DELETE, path)
     }
     pub fn query(mut self, key: &str, value: impl ToString) -> Call {
@@ -347,6 +352,18 @@ impl GirderClient {
         Some(wait)
     }
 
+    /// The URL of `path`: the API root with each segment appended, escaped.
+    fn url(&self, path: &ApiPath) -> Result<reqwest::Url, GirderError> {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| {
+                GirderError::Invalid(format!("Girder API URL `{}` cannot have a path", self.inner.base))
+            })?
+            .pop_if_empty()
+            .extend(&path.0);
+        Ok(url)
+    }
+
     pub(crate) fn timeout(&self, call: &Call) -> Duration {
         call.timeout.unwrap_or(self.inner.config.timeout)
     }
@@ -360,10 +377,7 @@ impl GirderClient {
     ) -> Result<reqwest::Response, (GirderError, Option<Duration>)> {
         let method = call.method.as_str();
         let timeout = self.timeout(call);
-        let url =
-            self.inner.base.join(&call.path).map_err(|e| {
-                (GirderError::Invalid(format!("bad Girder API path `{}`: {e}", call.path)), None)
-            })?;
+        let url = self.url(&call.segments).map_err(|e| (e, None))?;
         let mut rb = self.inner.http.request(call.method.clone(), url).query(&call.query);
         if total_timeout {
             rb = rb.timeout(timeout);
@@ -421,6 +435,25 @@ mod tests {
         }
         assert!(GirderClient::new(GirderConfig::new("ftp://h/api"), Auth::Anonymous).is_err());
         assert!(GirderClient::new(GirderConfig::new("not a url"), Auth::Anonymous).is_err());
+    }
+
+    #[test]
+    fn ids_are_checked_and_every_segment_is_escaped_into_the_url() {
+        let c = GirderClient::new(GirderConfig::new("http://h:8080/api/v1"), Auth::Anonymous).unwrap();
+        let url = |p: &ApiPath| c.url(p).unwrap().to_string();
+        assert_eq!(url(&ApiPath::from("file/chunk")), "http://h:8080/api/v1/file/chunk");
+        let id = ApiPath::id("item", "5F3C9A1B2D4E6F7A8B9C0D1E").unwrap();
+        assert_eq!(
+            url(&id.clone().then("files")),
+            "http://h:8080/api/v1/item/5f3c9a1b2d4e6f7a8b9c0d1e/files"
+        );
+        // a value segment stays one segment: `/`, `?`, `%` and `..` cannot leave it
+        let odd = id.then("../x?y=1%2F");
+        assert_eq!(url(&odd), "http://h:8080/api/v1/item/5f3c9a1b2d4e6f7a8b9c0d1e/..%2Fx%3Fy=1%252F");
+        for bad in ["../user/me", "5f3c9a1b2d4e6f7a8b9c0d1e?x=1", ".."] {
+            let err = GirderError::from(ApiPath::id("folder", bad).unwrap_err());
+            assert!(matches!(err, GirderError::InvalidId(_)) && err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub enum GirderError {
     /// Something the client itself needs is missing from the answer or the request is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// An id meant for a request path is not a Girder ObjectId; nothing was sent.
+    #[error(transparent)]
+    InvalidId(#[from] super::path::InvalidId),
 }
 
 impl GirderError {

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use super::client::{decode_json, Call, GirderClient};
 use super::error::GirderError;
 use super::items::Item;
+use super::path::ApiPath;
 
 /// A Girder file document.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,7 +53,7 @@ impl GirderClient {
 impl Files<'_> {
     /// `GET /file/{id}`.
     pub async fn get(&self, id: &str) -> Result<FileDoc, GirderError> {
-        self.client.json(Call::get(format!("file/{id}"))).await
+        self.client.json(Call::get(ApiPath::id("file", id)?)).await
     }
 
     /// Creates item `name` in the folder and uploads `data` as its one file. Girder may rename
@@ -190,7 +191,7 @@ impl Files<'_> {
 
     /// `GET /file/{id}/download` into memory.
     pub async fn download(&self, id: &str) -> Result<Bytes, GirderError> {
-        Ok(self.client.fetch(&Call::get(format!("file/{id}/download"))).await?.body)
+        Ok(self.client.fetch(&Call::get(ApiPath::id("file", id)?.then("download"))).await?.body)
     }
 
     /// Streams a file to `dest` (through `dest.part`, renamed when complete and of the size
@@ -209,9 +210,10 @@ impl Files<'_> {
         let mut written = 0u64;
         let mut failures = 0u32;
         let started = Instant::now();
-        let path = format!("file/{id}/download");
+        let download = ApiPath::id("file", id)?.then("download");
+        let path = download.to_string();
         loop {
-            let call = Call::get(&path).query("offset", written);
+            let call = Call::get(download.clone()).query("offset", written);
             let resp = self.client.open_stream(&call).await?;
             let mut stream = resp.bytes_stream();
             let mut failed = None;

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::client::{Call, GirderClient};
 use super::error::GirderError;
+use super::path::ApiPath;
 
 /// What a folder hangs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ impl GirderClient {
 impl Folders<'_> {
     /// `GET /folder/{id}`.
     pub async fn get(&self, id: &str) -> Result<Folder, GirderError> {
-        self.client.json(Call::get(format!("folder/{id}"))).await
+        self.client.json(Call::get(ApiPath::id("folder", id)?)).await
     }
 
     /// The folder called `name` directly under the parent, if any (`GET /folder?parentType&parentId&name`).
@@ -138,12 +139,12 @@ impl Folders<'_> {
     /// `PUT /folder/{id}/metadata`: merges `metadata` (an object) into the folder's; a `null`
     /// value deletes its key.
     pub async fn set_metadata(&self, id: &str, metadata: &Value) -> Result<Folder, GirderError> {
-        self.client.json(Call::put(format!("folder/{id}/metadata")).json(metadata.clone())).await
+        self.client.json(Call::put(ApiPath::id("folder", id)?.then("metadata")).json(metadata.clone())).await
     }
 
     /// `DELETE /folder/{id}` (and everything in it).
     pub async fn delete(&self, id: &str) -> Result<(), GirderError> {
-        let _: Value = self.client.json(Call::delete(format!("folder/{id}"))).await?;
+        let _: Value = self.client.json(Call::delete(ApiPath::id("folder", id)?)).await?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::client::{Call, GirderClient};
 use super::error::GirderError;
 use super::files::FileDoc;
+use super::path::ApiPath;
 
 /// A Girder item document.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,7 +80,7 @@ impl Items<'_> {
 
     /// `GET /item/{id}`.
     pub async fn get(&self, id: &str) -> Result<Item, GirderError> {
-        self.client.json(Call::get(format!("item/{id}"))).await
+        self.client.json(Call::get(ApiPath::id("item", id)?)).await
     }
 
     /// `POST /item`. Girder renames on a clash (`name (1)`), so the returned name may differ.
@@ -98,23 +99,23 @@ impl Items<'_> {
 
     /// `PUT /item/{id}?name=`.
     pub async fn rename(&self, id: &str, name: &str) -> Result<Item, GirderError> {
-        self.client.json(Call::put(format!("item/{id}")).query("name", name)).await
+        self.client.json(Call::put(ApiPath::id("item", id)?).query("name", name)).await
     }
 
     /// `DELETE /item/{id}` with its files.
     pub async fn delete(&self, id: &str) -> Result<(), GirderError> {
-        let _: Value = self.client.json(Call::delete(format!("item/{id}"))).await?;
+        let _: Value = self.client.json(Call::delete(ApiPath::id("item", id)?)).await?;
         Ok(())
     }
 
     /// The files of an item (`GET /item/{id}/files`).
     pub async fn files(&self, id: &str) -> Result<Vec<FileDoc>, GirderError> {
-        self.client.json(Call::get(format!("item/{id}/files")).query("limit", 0)).await
+        self.client.json(Call::get(ApiPath::id("item", id)?.then("files")).query("limit", 0)).await
     }
 
     /// `GET /item/{id}/download`: the file's bytes when the item has one file, a zip of
     /// `<item>/<file>` entries when it has several.
     pub async fn download(&self, id: &str) -> Result<Bytes, GirderError> {
-        Ok(self.client.fetch(&Call::get(format!("item/{id}/download"))).await?.body)
+        Ok(self.client.fetch(&Call::get(ApiPath::id("item", id)?.then("download"))).await?.body)
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::auth::Secret;
 use super::client::{Call, GirderClient};
 use super::error::GirderError;
+use super::path::ApiPath;
 
 /// A job status code. The worker plugin adds codes 820-824 to girder_jobs' 0-5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,19 +183,21 @@ impl Jobs<'_> {
 
     /// `GET /job/{id}`, with its log.
     pub async fn get(&self, id: &str) -> Result<Job, GirderError> {
-        self.client.json(Call::get(format!("job/{id}"))).await
+        self.client.json(Call::get(ApiPath::id("job", id)?)).await
     }
 
     /// `PUT /job/{id}`. A refused status move is a 400 with field `status`. Retried on transient
-    /// failures like any PUT; a retry after a lost answer can append a log line twice.
+    /// failures like any PUT; a retry after a lost answer can append a log line twice. The log
+    /// and progress message are redacted ([`crate::redact`]): users and admins read them.
     #[tracing::instrument(skip_all, fields(job_id = %id))]
     pub async fn update(&self, id: &str, update: &JobUpdate) -> Result<Job, GirderError> {
-        let call = Call::put(format!("job/{id}"))
+        let redacted = |t: &String| crate::redact::text(t).into_owned();
+        let call = Call::put(ApiPath::id("job", id)?)
             .query_opt("status", update.status.map(|s| s.0))
             .query_opt("progressCurrent", update.progress_current)
             .query_opt("progressTotal", update.progress_total)
-            .query_opt("progressMessage", update.progress_message.as_ref())
-            .query_opt("log", update.log.as_ref())
+            .query_opt("progressMessage", update.progress_message.as_ref().map(redacted))
+            .query_opt("log", update.log.as_ref().map(redacted))
             .query_opt("overwrite", update.overwrite_log.then_some("true"))
             .query_opt("notify", update.notify);
         self.client.json(call).await
@@ -202,7 +205,7 @@ impl Jobs<'_> {
 
     /// `PUT /job/{id}/cancel`: CANCELED for a plain job, CANCELING for a worker job that runs.
     pub async fn cancel(&self, id: &str) -> Result<Job, GirderError> {
-        self.client.json(Call::put(format!("job/{id}/cancel"))).await
+        self.client.json(Call::put(ApiPath::id("job", id)?.then("cancel"))).await
     }
 
     /// `POST /job`. Girder requires a token with the `jobs.rest.create_job` scope, which no login

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::client::{Call, GirderClient};
 use super::error::GirderError;
 use super::items::Item;
+use super::path::ApiPath;
 use crate::numpy::{self, Array2};
 
 /// `GET /item/{id}/tiles`.
@@ -150,7 +151,7 @@ impl GirderClient {
 impl Tiles<'_> {
     /// `GET /item/{id}/tiles`.
     pub async fn metadata(&self, item_id: &str) -> Result<TilesMetadata, GirderError> {
-        self.client.json(Call::get(format!("item/{item_id}/tiles"))).await
+        self.client.json(Call::get(ApiPath::id("item", item_id)?.then("tiles"))).await
     }
 
     /// The image item of a dataset folder: `meta.selectedLargeImageId`, else the first item with
@@ -178,7 +179,7 @@ impl Tiles<'_> {
         frame: u32,
         window: Option<Window>,
     ) -> Result<Array2, GirderError> {
-        let call = region_call(item_id, frame, window, "pickle:5");
+        let call = region_call(item_id, frame, window, "pickle:5")?;
         let fetched = self.client.fetch(&call).await?;
         numpy::decode_pickle(&fetched.body).map_err(|source| GirderError::Array {
             method: "GET".into(),
@@ -200,15 +201,20 @@ impl Tiles<'_> {
             frame,
             "reading a region as TIFF: large_image sends it as 8-bit, losing precision"
         );
-        let call = region_call(item_id, frame, window, "TIFF").query("tiffCompression", "raw");
+        let call = region_call(item_id, frame, window, "TIFF")?.query("tiffCompression", "raw");
         let fetched = self.client.fetch(&call).await?;
         decode_tiff(&fetched.body).map_err(|m| GirderError::decode("GET", &call.path, m))
     }
 }
 
-fn region_call(item_id: &str, frame: u32, window: Option<Window>, encoding: &str) -> Call {
-    let mut call =
-        Call::get(format!("item/{item_id}/tiles/region")).query("frame", frame).query("encoding", encoding);
+fn region_call(
+    item_id: &str,
+    frame: u32,
+    window: Option<Window>,
+    encoding: &str,
+) -> Result<Call, GirderError> {
+    let path = ApiPath::id("item", item_id)?.then("tiles").then("region");
+    let mut call = Call::get(path).query("frame", frame).query("encoding", encoding);
     if let Some(w) = window {
         call = call
             .query("left", w.left)
@@ -217,7 +223,7 @@ fn region_call(item_id: &str, frame: u32, window: Option<Window>, encoding: &str
             .query("bottom", w.bottom)
             .query("units", "base_pixels");
     }
-    call
+    Ok(call)
 }
 
 fn decode_tiff(data: &[u8]) -> Result<Array2, String> {

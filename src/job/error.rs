@@ -10,6 +10,7 @@ use crate::telemetry::TaskPanicked;
 use crate::train::checkpoint::CheckpointError;
 use crate::train::TrainError;
 
+use super::replace::UploadFailure;
 use super::validate::ParamErrors;
 
 /// Girder errors are boxed: they are large and a job fails at most once (clippy result_large_err).
@@ -64,8 +65,9 @@ pub enum JobError {
     /// A worker thread panicked: a bug, not the user's input.
     #[error(transparent)]
     Internal(#[from] TaskPanicked),
+    /// The replace protocol failed; the failure says what Girder holds for the name now.
     #[error("Uploading the model failed: {0}")]
-    Upload(Box<GirderError>),
+    Upload(Box<UploadFailure>),
     /// The upload failed after training; the model was saved on the worker first, so the hours
     /// of training are not lost.
     #[error("{source} The trained model is kept on the worker at {}.", kept.display())]
@@ -113,7 +115,8 @@ impl JobError {
             JobError::Girder(e) if e.is_transient() => {
                 "The server had a temporary problem; try again in a few minutes.".into()
             }
-            JobError::Girder(_) | JobError::Upload(_) => "See the worker log for the failed request.".into(),
+            JobError::Girder(_) => "See the worker log for the failed request.".into(),
+            JobError::Upload(failure) => failure.left.advice(),
             JobError::Dataset { .. } => {
                 "Check that the dataset has an image and that its frames exist.".into()
             }
@@ -156,11 +159,12 @@ impl JobError {
                 "This is a bug in the worker. Please report it with the worker log; running the job again may work."
                     .into()
             }
-            JobError::ModelKept { .. } => {
-                "Your previous model of that name is unchanged. Ask the administrator for the kept file, \
-                 or run the job again."
-                    .into()
-            }
+            // the advice follows what Girder holds, as the upload found it after the failure
+            JobError::ModelKept { source, .. } => format!(
+                "{} The trained model is also kept on the worker: ask the administrator for it if running \
+                 the job again is not an option.",
+                source.info()
+            ),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What a running job tells the outside world, and the JSON lines NimbusImage's worker client
 //! prints (`annotation_client.utils.sendProgress/sendWarning/sendError`), byte for byte: Python's
-//! `json.dumps` layout (`", "` and `": "` separators, non-ASCII escaped).
+//! `json.dumps` layout (`", "` and `": "` separators, non-ASCII escaped). Every string in a line
+//! is redacted ([`crate::redact`]): these lines go to stdout and into the Girder job log.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +115,7 @@ fn object(fields: &[(&str, Option<&str>, Option<f64>)]) -> String {
         py_str(k, &mut out);
         out.push_str(": ");
         match (s, f) {
-            (Some(s), _) => py_str(s, &mut out),
+            (Some(s), _) => py_str(&crate::redact::text(s), &mut out),
             (None, Some(f)) => py_float(*f, &mut out),
             (None, None) => out.push_str("null"),
         }

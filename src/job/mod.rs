@@ -8,7 +8,8 @@
 //! model through [`family::Family`]; progress steps come from one table ([`stages`]); one
 //! [`crate::control::Control`] stops any stage. Parameters are checked in [`validate`] against
 //! the field table in [`params`] (Cellpose-SAM's: [`validate_cpsam`], [`params_cpsam`]); Girder
-//! folders are in [`store`]; progress and warnings are [`events`].
+//! folders are in [`store`], the model replace protocol in [`replace`]; progress and warnings are
+//! [`events`].
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
@@ -19,6 +20,7 @@ pub mod intake;
 pub mod package;
 pub mod params;
 pub mod params_cpsam;
+pub mod replace;
 pub mod request;
 pub mod run;
 pub mod stages;

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::girder::{Job, Secret};
+use crate::girder::{Job, ObjectId, Secret};
 
 /// `interface` posts the tool's fields; `compute` runs the training job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -21,8 +21,8 @@ pub enum Request {
 #[derive(Debug, Clone)]
 pub struct JobRequest {
     pub request: Request,
-    /// Required for `compute`.
-    pub dataset_id: Option<String>,
+    /// Required for `compute`; checked when the request is read (it goes into request paths).
+    pub dataset_id: Option<ObjectId>,
     /// The submitting user's token: the job acts as them.
     pub token: Secret,
     /// The worker image's name (`parameters.image`): where `interface` posts the fields.
@@ -64,8 +64,19 @@ impl JobRequest {
             )));
         }
         // NimbusImage passes the dataset as a flag; older launchers put it in the parameters
-        let dataset_id =
-            dataset_id.or_else(|| params.get("datasetId").and_then(Value::as_str).map(str::to_string));
+        let dataset_id = match dataset_id {
+            Some(id) => Some(dataset_object_id(&id, "--datasetId")?),
+            None => match params.get("datasetId") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(id)) => Some(dataset_object_id(id, "--parameters' datasetId")?),
+                Some(other) => {
+                    return Err(RequestError(format!(
+                        "--parameters' datasetId must be a string (the dataset folder's id), not {}",
+                        super::json_type(other)
+                    )))
+                }
+            },
+        };
         Ok(Self::with_parameters(request, token, dataset_id, &params))
     }
 
@@ -88,13 +99,14 @@ impl JobRequest {
                 "the job asks for request `interface`; this worker runs `compute`".into(),
             ));
         }
-        Ok(Self::with_parameters(k.request, k.token, Some(k.dataset_id), &k.parameters))
+        let dataset_id = dataset_object_id(&k.dataset_id, "the job's kwargs.datasetId")?;
+        Ok(Self::with_parameters(k.request, k.token, Some(dataset_id), &k.parameters))
     }
 
     fn with_parameters(
         request: Request,
         token: Secret,
-        dataset_id: Option<String>,
+        dataset_id: Option<ObjectId>,
         params: &Value,
     ) -> JobRequest {
         JobRequest {
@@ -107,9 +119,18 @@ impl JobRequest {
     }
 
     /// The dataset of a `compute` request.
-    pub fn dataset(&self) -> Result<&str, RequestError> {
-        self.dataset_id.as_deref().ok_or_else(|| RequestError("--datasetId is required for compute".into()))
+    pub fn dataset(&self) -> Result<&ObjectId, RequestError> {
+        self.dataset_id.as_ref().ok_or_else(|| RequestError("--datasetId is required for compute".into()))
     }
+}
+
+/// The dataset folder's id from `source` (the flag or field that carried it, named in the error).
+fn dataset_object_id(id: &str, source: &str) -> Result<ObjectId, RequestError> {
+    ObjectId::parse("dataset", id).map_err(|e| {
+        RequestError(format!(
+            "{source}: {e}; pass the id of the dataset folder as NimbusImage shows it (Girder refers to it by that id, never by a path)"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -121,23 +142,21 @@ mod tests {
             .unwrap()
     }
 
+    const D1: &str = "5f3c9a1b2d4e6f7a8b9c0d1e";
+
     #[test]
     fn the_command_line_and_the_job_kwargs_give_the_same_request() {
         let params = r#"{"image": "img:1", "workerInterface": {"Epochs": 3}}"#;
-        let a = JobRequest::from_command_line(
-            Request::Compute,
-            Secret::new("t"),
-            Some("d1".into()),
-            Some(params),
-        )
-        .unwrap();
+        let a =
+            JobRequest::from_command_line(Request::Compute, Secret::new("t"), Some(D1.into()), Some(params))
+                .unwrap();
         let b = JobRequest::from_job(&job(serde_json::json!({
-            "request": "compute", "datasetId": "d1", "token": "t",
+            "request": "compute", "datasetId": D1, "token": "t",
             "parameters": serde_json::from_str::<Value>(params).unwrap(),
         })))
         .unwrap();
         for r in [&a, &b] {
-            assert_eq!(r.dataset().unwrap(), "d1");
+            assert_eq!(r.dataset().unwrap(), D1);
             assert_eq!(r.image.as_deref(), Some("img:1"));
             assert_eq!(r.values, serde_json::json!({"Epochs": 3}));
             assert_eq!(r.token.expose(), "t");
@@ -163,5 +182,33 @@ mod tests {
             JobRequest::from_job(&job(serde_json::json!({"datasetId": "d", "token": "t", "parameters": 3})))
                 .unwrap_err();
         assert!(e.0.contains("not a number"), "{e}");
+    }
+
+    /// Issue 26: a dataset id goes into request paths (`folder/{id}`); `../user/me` would send
+    /// the user's token to `GET user/me`, `ID?x=1` would add a query. Refused at the edge, naming
+    /// where it came from.
+    #[test]
+    fn a_dataset_id_that_is_not_an_object_id_is_refused_naming_the_flag_or_field() {
+        for bad in ["../user/me", &format!("{D1}?x=1"), "d1", ""] {
+            let e = JobRequest::from_command_line(Request::Compute, Secret::new("t"), Some(bad.into()), None)
+                .unwrap_err();
+            assert!(e.0.starts_with("--datasetId: dataset id `"), "{e}");
+            assert!(e.0.contains(bad) && e.0.contains("24 hexadecimal digits"), "{e}");
+            let params = serde_json::json!({"datasetId": bad}).to_string();
+            let e = JobRequest::from_command_line(Request::Compute, Secret::new("t"), None, Some(&params))
+                .unwrap_err();
+            assert!(e.0.starts_with("--parameters' datasetId: dataset id `"), "{e}");
+            let e =
+                JobRequest::from_job(&job(serde_json::json!({"datasetId": bad, "token": "t"}))).unwrap_err();
+            assert!(e.0.starts_with("the job's kwargs.datasetId: dataset id `"), "{e}");
+        }
+        let e = JobRequest::from_command_line(
+            Request::Compute,
+            Secret::new("t"),
+            None,
+            Some(r#"{"datasetId": {"$ne": 1}}"#),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("datasetId must be a string") && e.0.contains("not an object"), "{e}");
     }
 }

@@ -1,23 +1,14 @@
 //! The user's model folder in Girder (`Private/.cellpose/models` for CPnet; each family has its
 //! own root), reports (`<root>/reports`) and checkpoints (`Private/.cellpose/checkpoints/<jobId>`).
 //!
-//! Replacing a model never loses it: the new file is uploaded in full into a new item under a
-//! temporary name, and only then is the old item deleted and the new one renamed. A failed upload
-//! leaves the old model untouched (and removes its own half-made item).
+//! Replacing a model never loses it: see the protocol in [`super::upload`], carried out by
+//! [`super::replace`].
 
 use bytes::Bytes;
 
 use super::error::JobError;
+use super::replace::{replace, Left, Step, UploadFailure, UPLOADING};
 use crate::girder::{Folder, GirderClient, GirderError, Item};
-
-const MODEL_MIME: &str = "application/octet-stream";
-
-fn upload_error(e: GirderError) -> JobError {
-    JobError::Upload(Box::new(e))
-}
-
-/// Marks items that are uploads in progress; never offered as models.
-const UPLOADING: &str = ".uploading-";
 
 /// The CPnet family's folder under `Private` (what NimbusImage's Cellpose workers list).
 pub const CELLPOSE: &str = ".cellpose";
@@ -85,7 +76,9 @@ pub async fn upload_model(
 }
 
 /// Uploads `bytes` as model `name` into `Private/<root>/models`, replacing an older model of
-/// that name only once the new file is stored. `tag` makes the temporary name unique (the job id).
+/// that name only once the new file is stored, by the protocol of [`super::upload`]. `tag` (the
+/// job id) goes into the temporary item's name. A failure is [`JobError::Upload`], which says
+/// what Girder holds for the name afterwards.
 pub async fn upload_model_in(
     client: &GirderClient,
     user_id: &str,
@@ -94,42 +87,10 @@ pub async fn upload_model_in(
     bytes: Bytes,
     tag: &str,
 ) -> Result<Item, JobError> {
-    let folder = family_folder(client, user_id, root, &["models"]).await?;
-    let items = client.items().list(&folder.id).await?;
-    // leftovers of an interrupted earlier upload of this model
-    for stale in items.iter().filter(|i| i.name.starts_with(&format!("{name}{UPLOADING}"))) {
-        if let Err(e) = client.items().delete(&stale.id).await {
-            tracing::warn!(item = %stale.name, error = %e, "could not remove a stale partial upload");
-        }
-    }
-    let temp = format!("{name}{UPLOADING}{tag}");
-    let size = bytes.len() as u64;
-    let item = client.items().create(&folder.id, &temp, None).await.map_err(upload_error)?;
-    let stored = match client.files().upload_to_item(&item.id, name, bytes, MODEL_MIME).await {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = client.items().delete(&item.id).await;
-            return Err(upload_error(e));
-        }
-    };
-    if stored.size != size {
-        let _ = client.items().delete(&item.id).await;
-        return Err(upload_error(GirderError::Invalid(format!(
-            "the server stored {} bytes of the {size}-byte model; the old model was kept",
-            stored.size
-        ))));
-    }
-    // the new model is safely stored: now the old one may go
-    // (every item of that name: the model folder must end with exactly one)
-    for old in items.iter().filter(|i| i.name == name) {
-        client.items().delete(&old.id).await.map_err(upload_error)?;
-    }
-    let renamed = client.items().rename(&item.id, name).await.map_err(|e| {
-        upload_error(GirderError::Invalid(format!(
-            "the new model is stored as `{temp}` but renaming it to `{name}` failed ({e}); rename it in Girder"
-        )))
+    let folder = family_folder(client, user_id, root, &["models"]).await.map_err(|source| {
+        JobError::Upload(Box::new(UploadFailure { step: Step::Folder, source, left: Left::untouched(name) }))
     })?;
-    Ok(renamed)
+    replace(client, &folder.id, name, bytes, tag).await.map_err(|f| JobError::Upload(Box::new(f)))
 }
 
 /// Stores a training report as a new item `<name> report <time>` in `Private/<root>/reports`.

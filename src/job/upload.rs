@@ -1,6 +1,44 @@
-//! Stage 5, upload: the trained model into the user's models folder (an older model of that
-//! name is replaced only once the new file is stored; a copy is kept on the worker until then),
-//! then the training report beside it.
+//! Stage 5, upload: the trained model into the user's models folder, then the training report
+//! beside it. The model is first written to the worker's disk (`<work_dir>/<job>/<name>`), so a
+//! failed upload loses no training; that copy is removed once Girder holds the model.
+//!
+//! # The replace protocol
+//!
+//! Storing model `NAME` never leaves the user without a complete model of that name: at every
+//! point Girder holds the previous `NAME` or the new one as `NAME`, or the new one under a
+//! temporary name that the error message gives exactly. It is a state machine over the items of
+//! `Private/<root>/models`, carried out by [`super::replace`]:
+//!
+//! | state | the folder holds | step to the next state |
+//! |---|---|---|
+//! | Start | the old `NAME` (if any), earlier uploads' `NAME.uploading-*` | `POST /item` T = `NAME.uploading-<job>-<nonce>` |
+//! | Created | + T, empty | `POST /file`, then `POST /file/chunk` until T holds the whole file |
+//! | Stored | + T holding the new model | `DELETE /item/{id}` of each item named `NAME` |
+//! | OldRemoved | T, no `NAME` | `PUT /item/{T}?name=NAME` |
+//! | Done | the new `NAME` | |
+//!
+//! When a step fails (after the client's own retries), the folder is read back and the state is
+//! taken from what it shows, not from the failed answer, since a lost answer is a step that
+//! happened:
+//! - the step's effect is there (T exists, T holds the whole file, the old item is gone, T is
+//!   named `NAME`): carry on from the next state;
+//! - else, while no old item has been removed, roll back: T is deleted if it is incomplete, or
+//!   if the folder shows the old `NAME` still standing, so the folder ends as it began (the
+//!   trained model waits on the worker's disk);
+//! - once an old item has been removed, T is never deleted: it is the only model of that name in
+//!   Girder.
+//!
+//! The error then says what the folder holds ([`super::replace::Left`]): `NAME` unchanged or
+//! gone, the new model's temporary name if it stayed, and the complete models of earlier
+//! uploads; the job's `info` says what to do about exactly that. When the folder cannot be read
+//! back the message says so and reports what the worker's own steps imply.
+//!
+//! Clean-up never deletes a complete model it did not create in this run: a `NAME.uploading-*`
+//! item with a file is an earlier job's model whose rename failed, and it stays (and is named in
+//! later errors) until the user renames or deletes it. Only empty ones (uploads that never
+//! finished) are removed, and only when older than six hours: a younger one may be a concurrent
+//! job's upload in progress. The nonce keeps two runs from sharing a temporary name (one-shot
+//! containers often run under the same pid).
 
 use bytes::Bytes;
 

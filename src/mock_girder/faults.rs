@@ -2,10 +2,15 @@
 //! can mistake them for Girder endpoints).
 //!
 //! `POST /mock/faults` with `{"method": "PUT", "path": "<regex on the path>", "count": N,
-//! "status": 503 | "delay_ms": 5000 | "drop": true, "after": false}` makes the next N matching
-//! requests fail that way: answer with that status, wait before handling, or close the
+//! "skip": S, "status": 503 | "delay_ms": 5000 | "drop": true, "after": false, "echo": false}`
+//! lets the first S matching requests pass (to reach the 2nd chunk of an upload, say), then
+//! makes the next N fail that way: answer with that status, wait before handling, or close the
 //! connection without an answer. With `"after": true` the request is handled first (its effect
-//! on the state happens) and only then is the answer replaced or dropped: a lost response.
+//! on the state happens) and only then is the answer replaced or dropped: a lost response. With
+//! `"echo": true` the status answer's message quotes the request back, its `Girder-Token` header
+//! and query string included, as a careless server or proxy does
+//! (`Bad token <token> for <path>?<query>`): what secret redaction must cope with. The real
+//! Girder the tests start takes the same faults (`tests/real_girder/faults.py`).
 //! `GET /mock/requests` lists `{method, path, query, status, fault}` of every API request so far;
 //! `DELETE /mock/faults` clears the faults, `DELETE /mock/requests` the log.
 
@@ -26,9 +31,12 @@ pub(crate) enum FaultKind {
 pub(crate) struct Fault {
     method: Option<String>,
     path: regex::Regex,
+    /// Matching requests still to let through before failing any.
+    skip: u32,
     remaining: u32,
     pub kind: FaultKind,
     pub after: bool,
+    pub echo: bool,
 }
 
 /// The JSON a test posts.
@@ -39,12 +47,16 @@ pub(crate) struct FaultSpec {
     path: String,
     #[serde(default = "one")]
     count: u32,
+    #[serde(default)]
+    skip: u32,
     status: Option<u16>,
     delay_ms: Option<u64>,
     #[serde(default)]
     drop: bool,
     #[serde(default)]
     after: bool,
+    #[serde(default)]
+    echo: bool,
 }
 
 fn one() -> u32 {
@@ -63,12 +75,17 @@ impl FaultSpec {
         if self.after && matches!(kind, FaultKind::Delay(_)) {
             return Err("`after` applies to `status` and `drop` only".into());
         }
+        if self.echo && !matches!(kind, FaultKind::Status(_)) {
+            return Err("`echo` applies to `status` only".into());
+        }
         Ok(Fault {
             method: self.method.map(|m| m.to_ascii_uppercase()),
             path,
+            skip: self.skip,
             remaining: self.count,
             kind,
             after: self.after,
+            echo: self.echo,
         })
     }
 }
@@ -98,11 +115,16 @@ impl Faults {
         self.rules.clear();
     }
 
-    /// The first rule matching the request, used up by one.
+    /// The first rule matching the request decides: it lets the request through while it has
+    /// requests to skip, else it fails it and is used up by one.
     pub fn take(&mut self, method: &str, path: &str) -> Option<Fault> {
         let rule = self.rules.iter_mut().find(|f| {
             f.remaining > 0 && f.method.as_deref().is_none_or(|m| m == method) && f.path.is_match(path)
         })?;
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
         rule.remaining -= 1;
         let taken = rule.clone();
         self.rules.retain(|f| f.remaining > 0);
@@ -140,7 +162,20 @@ mod tests {
     }
 
     #[test]
+    fn skipped_requests_pass_before_the_fault_takes_the_next() {
+        let mut faults = Faults::default();
+        faults
+            .add(spec(json!({"method": "POST", "path": "/file/chunk$", "skip": 2, "status": 502})).unwrap());
+        assert!(faults.take("POST", "/api/v1/file/chunk").is_none());
+        assert!(faults.take("POST", "/api/v1/file/chunk").is_none());
+        assert!(faults.take("POST", "/api/v1/file/chunk").is_some(), "the third chunk fails");
+        assert!(faults.take("POST", "/api/v1/file/chunk").is_none(), "once");
+    }
+
+    #[test]
     fn a_spec_needs_exactly_one_kind_and_a_valid_regex() {
+        assert!(spec(json!({"path": "x", "drop": true, "echo": true})).is_err());
+        assert!(spec(json!({"path": "x", "status": 400, "echo": true})).unwrap().echo);
         assert!(spec(json!({"path": "x", "status": 503, "drop": true})).is_err());
         assert!(spec(json!({"path": "x"})).is_err());
         assert!(spec(json!({"path": "(", "drop": true})).is_err());

@@ -157,6 +157,7 @@ async fn handle(app: Shared, router: Router, req: Request<Incoming>) -> Result<R
     }
     let method = req.method().as_str().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let token = req.headers().get("girder-token").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut logged = Logged { method: method.clone(), path: path.clone(), query, status: None, fault: None };
     if lacks_length(&req) {
         // refused before any handler (or fault) sees it, as CherryPy does under Girder
@@ -168,6 +169,10 @@ async fn handle(app: Shared, router: Router, req: Request<Incoming>) -> Result<R
     let fault = app.faults().take(&method, &path);
     let outcome = match fault {
         Some(f) if !f.after => match f.kind {
+            FaultKind::Status(code) if f.echo => {
+                logged.fault = Some("status echo");
+                Ok(echoed(code, &token, &path, &logged.query))
+            }
             FaultKind::Status(code) => {
                 logged.fault = Some("status");
                 Ok(injected(code))
@@ -188,7 +193,7 @@ async fn handle(app: Shared, router: Router, req: Request<Incoming>) -> Result<R
             match f.kind {
                 FaultKind::Status(code) => {
                     logged.fault = Some("status after");
-                    Ok(injected(code))
+                    Ok(if f.echo { echoed(code, &token, &path, &logged.query) } else { injected(code) })
                 }
                 _ => {
                     logged.fault = Some("drop after");
@@ -236,6 +241,15 @@ async fn call(router: Router, req: Request<Body>) -> Response<Body> {
 fn injected(code: u16) -> Response<Body> {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = json!({"message": format!("mock Girder: injected fault {code}"), "type": "mock_fault"});
+    let mut resp = json_response(body);
+    *resp.status_mut() = status;
+    resp
+}
+
+/// An error answer that quotes the request back, secrets and all (a careless server or proxy).
+fn echoed(code: u16, token: &str, path: &str, query: &str) -> Response<Body> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({"message": format!("Bad token {token} for {path}?{query}"), "type": "rest"});
     let mut resp = json_response(body);
     *resp.status_mut() = status;
     resp

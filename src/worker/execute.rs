@@ -70,7 +70,7 @@ impl Worker {
                 return self.fail(&job.id, &e.to_string(), &e.info()).await;
             }
         }
-        let dataset = request.dataset_id.clone().unwrap_or_default();
+        let dataset = request.dataset_id.as_ref().map(ToString::to_string).unwrap_or_default();
         let span = tracing::info_span!("job", job_id = %job.id, dataset = %dataset, user = %me.login, round);
         self.run_as_user(job, round, request, user, me).instrument(span).await
     }

@@ -164,17 +164,24 @@ pub async fn serve(
     let listen = worker.settings.server.listen.clone();
     let poll = worker.settings.queue.poll_interval_s;
     // degraded once polls have failed for 3 poll intervals (each waits up to 1.5 intervals)
-    let polls = super::http::PollHealth::new(Duration::from_secs_f64(3.0 * 1.5 * poll));
+    let health = super::http::Health::new(Duration::from_secs_f64(3.0 * 1.5 * poll));
     // the endpoint outlives the loop until we stop it below (a `max_jobs` exit stops nothing else)
     let ops_stop = worker.root.child();
     let mut ops_task = None;
     if !listen.is_empty() {
+        // Girder and the device are checked in the background, once per poll interval, each
+        // check given the Girder request timeout; /healthz only reads what they found
+        let probes = super::http::Probes {
+            client: worker.admin.clone(),
+            device: worker.device,
+            every: Duration::from_secs_f64(poll),
+            timeout: Duration::from_secs_f64(worker.settings.girder.timeout_s),
+        };
         let (addr, task) = super::http::start(
             &listen,
-            worker.admin.clone(),
-            worker.device,
             worker.metrics.clone(),
-            polls.clone(),
+            health.clone(),
+            probes,
             ops_stop.token().clone(),
         )
         .await
@@ -185,7 +192,7 @@ pub async fn serve(
     }
     tracing::info!(
         worker = %worker.id,
-        api_url = %worker.settings.girder.api_url,
+        api_url = %crate::redact::text(&worker.settings.girder.api_url),
         job_types = ?worker.settings.queue.job_types(),
         device = %crate::device::describe(worker.device),
         "serving"
@@ -193,16 +200,16 @@ pub async fn serve(
     while !worker.root.is_stopped() {
         match worker.try_execute_job().await {
             Ok(Some((id, finish))) => {
-                polls.succeeded();
+                health.poll_succeeded();
                 summary.jobs.insert(id, finish.label().into());
                 if opts.max_jobs.is_some_and(|m| summary.jobs.len() >= m) {
                     break;
                 }
                 continue; // look for the next job at once
             }
-            Ok(None) => polls.succeeded(),
+            Ok(None) => health.poll_succeeded(),
             Err(e) => {
-                polls.failed(&e.to_string());
+                health.poll_failed(&e.to_string());
                 tracing::warn!(error = %e, "polling Girder failed; trying again");
             }
         }

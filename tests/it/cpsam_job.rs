@@ -90,7 +90,9 @@ async fn run_sam_with(
     };
     let request = JobRequest {
         request: Request::Compute,
-        dataset_id: Some(f.world.dataset_id.clone()),
+        dataset_id: Some(
+            cellpose_train_worker::girder::ObjectId::parse("dataset", &f.world.dataset_id).unwrap(),
+        ),
         token: Secret::new("unused: the client carries the token"),
         image: None,
         values,

@@ -82,12 +82,14 @@ pub async fn seeded_with(mock_config: MockConfig) -> Seeded {
 
 /// `POST /mock/faults`.
 pub async fn fault(mock: &MockHandle, spec: Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/mock/faults", mock.base_url))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
+    fault_at(&mock.base_url, spec).await
+}
+
+/// `POST /mock/faults` to the server at `base_url` (`http://host:port`): the mock, or the real
+/// Girder the tests start (its launcher serves the same route).
+pub async fn fault_at(base_url: &str, spec: Value) {
+    let resp =
+        reqwest::Client::new().post(format!("{base_url}/mock/faults")).json(&spec).send().await.unwrap();
     assert!(resp.status().is_success(), "fault {spec} refused: {}", resp.text().await.unwrap_or_default());
 }
 

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use cellpose_train_worker::config::Settings;
 use cellpose_train_worker::control::Control;
 use cellpose_train_worker::demo::seed::{interface_values, seed, DemoSpec, DemoWorld};
-use cellpose_train_worker::girder::GirderClient;
 use cellpose_train_worker::girder::Secret;
+use cellpose_train_worker::girder::{GirderClient, ObjectId};
 use cellpose_train_worker::job::{
     run_job, store, Cpnet, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
 };
@@ -89,7 +89,7 @@ impl Fixture {
         };
         let request = JobRequest {
             request: Request::Compute,
-            dataset_id: Some(dataset_id.into()),
+            dataset_id: Some(ObjectId::parse("dataset", dataset_id).unwrap()),
             token: Secret::new("unused: the client carries the token"),
             image: None,
             values,

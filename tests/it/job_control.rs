@@ -38,7 +38,9 @@ async fn run_and_stop(
     };
     let request = JobRequest {
         request: Request::Compute,
-        dataset_id: Some(f.world.dataset_id.clone()),
+        dataset_id: Some(
+            cellpose_train_worker::girder::ObjectId::parse("dataset", &f.world.dataset_id).unwrap(),
+        ),
         token: Secret::new("unused"),
         image: None,
         values: interface_values(BASE, "stopped-model", epochs),

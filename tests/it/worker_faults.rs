@@ -148,19 +148,28 @@ async fn poison_pills_end_error_within_two_attempts_and_the_other_jobs_still_suc
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_is_degraded_while_queue_polls_fail_and_ok_again_after_one_succeeds() {
-    use cellpose_train_worker::worker;
-    let (mock, world) = world().await;
-    // a free port for the ops endpoint, known before serve starts
+/// In-process `serve` settings against `mock` with 0.2 s polls and the ops endpoint on a free
+/// port, known before serve starts (returned with them).
+fn ops_settings(
+    mock: &cellpose_train_worker::mock_girder::MockHandle,
+    world: &cellpose_train_worker::demo::seed::DemoWorld,
+) -> (cellpose_train_worker::config::Settings, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut settings = cellpose_train_worker::config::Settings::default();
     settings.girder.api_url = mock.api_url.clone();
     settings.girder.api_key = Some(world.admin_api_key.clone());
-    settings.girder.max_retries = 0;
     settings.training.device = "cpu".parse().unwrap();
     settings.queue.poll_interval_s = 0.2;
     settings.server.listen = format!("127.0.0.1:{port}");
+    (settings, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_degraded_while_queue_polls_fail_and_ok_again_after_one_succeeds() {
+    use cellpose_train_worker::worker;
+    let (mock, world) = world().await;
+    let (mut settings, port) = ops_settings(&mock, &world);
+    settings.girder.max_retries = 0;
     let shutdown = cellpose_train_worker::control::Control::new();
     let opts = worker::ServeOptions { worker_id: Some("h".into()), max_jobs: None };
     let serving = tokio::spawn(worker::serve(settings, opts, shutdown.clone()));
@@ -199,6 +208,67 @@ async fn healthz_is_degraded_while_queue_polls_fail_and_ok_again_after_one_succe
     reqwest::Client::new().delete(format!("{}/mock/faults", mock.base_url)).send().await.unwrap();
     let (body, _) = wait_for(200).await;
     assert_eq!((body["status"].clone(), body["polls"]["ok"].clone()), (json!("ok"), json!(true)), "{body}");
+    shutdown.shutdown();
+    serving.await.unwrap().unwrap();
+}
+
+/// Issue 26, problem 5: `/healthz` answers from the worker's last known state, never by asking
+/// Girder inline. Once every Girder request hangs (30 s), each answer still comes at once; after
+/// the background check's timeout (the Girder request timeout, 2 s here) it says Girder does not
+/// answer. Inline checks waited timeout x (retries + 1) = 6 s per probe here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_at_once_from_the_last_known_state_while_girder_hangs() {
+    use cellpose_train_worker::worker;
+    let (mock, world) = world().await;
+    let (mut settings, port) = ops_settings(&mock, &world);
+    settings.girder.timeout_s = 2.0;
+    settings.girder.max_retries = 2;
+    let shutdown = cellpose_train_worker::control::Control::new();
+    let opts = worker::ServeOptions { worker_id: Some("hang".into()), max_jobs: None };
+    let serving = tokio::spawn(worker::serve(settings, opts, shutdown.clone()));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let health = || async {
+        let t0 = Instant::now();
+        let r = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.ok()?;
+        let code = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        Some((code, body, t0.elapsed()))
+    };
+    let t0 = Instant::now();
+    while health().await.is_none_or(|(code, _, _)| code != 200) {
+        assert!(t0.elapsed() < Duration::from_secs(20), "/healthz never answered 200");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Girder hangs: every request waits 30 s before it is handled
+    fault(&mock, json!({"path": ".", "count": 1_000_000, "delay_ms": 30_000})).await;
+    let hung = Instant::now();
+    let mut times = Vec::new();
+    let mut said_no_answer = None;
+    while hung.elapsed() < Duration::from_secs(5) {
+        let (code, body, took) = health().await.expect("/healthz answers");
+        assert!(took < Duration::from_secs(1), "an answer waited {took:?} on Girder: {body}");
+        times.push(took);
+        if body["girder"]["ok"] == json!(false) && said_no_answer.is_none() {
+            assert_eq!((code, body["status"].as_str()), (503, Some("unhealthy")), "{body}");
+            let error = body["girder"]["error"].as_str().unwrap_or_default();
+            assert!(error.contains("did not answer GET system/version within 2s"), "{body}");
+            said_no_answer = Some(hung.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    times.sort();
+    let (median, slowest) = (times[times.len() / 2], times[times.len() - 1]);
+    eprintln!(
+        "/healthz while Girder hangs: {} answers, median {:.1} ms, slowest {:.1} ms; unhealthy after {:.2} s",
+        times.len(),
+        median.as_secs_f64() * 1e3,
+        slowest.as_secs_f64() * 1e3,
+        said_no_answer.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
+    );
+    let after = said_no_answer.expect("/healthz never said Girder does not answer");
+    assert!(after < Duration::from_secs(5), "{after:?}");
+    reqwest::Client::new().delete(format!("{}/mock/faults", mock.base_url)).send().await.unwrap();
     shutdown.shutdown();
     serving.await.unwrap().unwrap();
 }

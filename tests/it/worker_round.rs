@@ -42,17 +42,18 @@ async fn a_job_run_by_the_worker_is_counted_by_the_ops_endpoint() {
         cellpose_train_worker::girder::Auth::Anonymous,
     )
     .unwrap();
-    let polls = worker::http::PollHealth::new(Duration::from_secs(1));
-    let (addr, ops) = worker::http::start(
-        "127.0.0.1:0",
-        admin,
-        tch::Device::Cpu,
-        w.metrics.clone(),
-        polls,
-        shutdown.token().clone(),
-    )
-    .await
-    .unwrap();
+    let health = worker::http::Health::new(Duration::from_secs(1));
+    let every = Duration::from_millis(50);
+    let probes = worker::http::Probes {
+        client: admin,
+        device: tch::Device::Cpu,
+        every,
+        timeout: Duration::from_secs(5),
+    };
+    let (addr, ops) =
+        worker::http::start("127.0.0.1:0", w.metrics.clone(), health, probes, shutdown.token().clone())
+            .await
+            .unwrap();
     let metrics =
         || async move { reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap() };
     let before = metrics().await;
@@ -74,16 +75,25 @@ async fn a_job_run_by_the_worker_is_counted_by_the_ops_endpoint() {
     // nothing left to take
     assert_eq!(w.try_execute_job().await.unwrap(), None);
 
-    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
-    assert_eq!(health.status(), 200);
-    let body: Value = health.json().await.unwrap();
+    // /healthz answers from what the probes last found: the next check after a change shows it
+    let health_once = |want: u16| async move {
+        let t0 = Instant::now();
+        loop {
+            let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+            if health.status() == want {
+                return health.json::<Value>().await.unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "/healthz never answered {want}");
+            tokio::time::sleep(every).await;
+        }
+    };
+    let body = health_once(200).await;
     assert_eq!(body["girder"]["version"], json!("5.0.21"));
     // Girder gone: unhealthy, and the answer says why
     mock.shutdown().await;
-    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
-    assert_eq!(health.status(), 503);
-    let body: Value = health.json().await.unwrap();
-    assert_eq!(body["girder"]["ok"], json!(false));
+    let body = health_once(503).await;
+    assert_eq!(body["girder"]["ok"], json!(false), "{body}");
+    assert!(body["girder"]["error"].as_str().is_some_and(|e| e.contains("system/version")), "{body}");
     shutdown.shutdown();
     ops.await.unwrap();
 }

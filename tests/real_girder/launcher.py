@@ -8,11 +8,13 @@ thread-safe) and fakeredis in place of redis (Girder 5 publishes job and progres
 there). Files go to a filesystem assetstore in `--assetstore`.
 
 The database starts empty: as on a new deployment, the first user created (`POST /user`) becomes
-the site admin. It binds 127.0.0.1 on `--port` (0: a free port), mounts the NimbusImage stand-in (nimbus_stub.py) and the test-only `dev_support` routes, then
-prints `GIRDER_URL http://127.0.0.1:PORT/api/v1` once connections are accepted. With `--broker
-URL` it is also a girder_worker deployment's Girder: its worker plugin publishes Celery tasks to
-that broker, `worker.api_url` points at this server, and `POST /tool_launch` (tool_launch.py)
-launches worker images as NimbusImage does. It exits when its
+the site admin. It binds 127.0.0.1 on `--port` (0: a free port), mounts the NimbusImage stand-in
+(nimbus_stub.py) and the test-only `dev_support` routes, puts the mock's fault injection
+(`/mock/faults`, faults.py) in front of Girder, then prints `GIRDER_URL
+http://127.0.0.1:PORT/api/v1` once connections are accepted. With `--broker URL` it is also a
+girder_worker deployment's Girder: its worker plugin publishes Celery tasks to that broker,
+`worker.api_url` points at this server, and `POST /tool_launch` (tool_launch.py) launches worker
+images as NimbusImage does. It exits when its
 standard input closes, so a test run that ends, however it ends, takes its server with it.
 """
 import argparse
@@ -176,6 +178,7 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import nimbus_stub
     nimbus_stub.mount(api_root)
+    import faults
     _dev_support(api_root)
     if args.broker:
         import tool_launch
@@ -196,7 +199,7 @@ def main():
 
     import uvicorn
     server = uvicorn.Server(uvicorn.Config(
-        girder.asgi.app, log_level='warning', server_header=False, date_header=False))
+        faults.Faults(girder.asgi.app), log_level='warning', server_header=False, date_header=False))
     # Print the URL only once uvicorn serves; connections that come earlier wait in the backlog.
     startup = server.startup
 
