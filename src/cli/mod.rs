@@ -17,7 +17,6 @@ mod segment;
 mod serve;
 mod synth;
 mod train;
-mod train_cpsam;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 
-use super::train::{step_bar, trained, warn_removed, write_summary, Destination, TrainArgs};
+use super::console::{step_bar, trained, warn_removed, write_summary};
+use super::flags::{Destination, TrainArgs};
 use crate::config::Toggle;
 use crate::control::Control;
 use crate::model::{open_any, AnyModel, CpsamModel};
