@@ -156,6 +156,45 @@ async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_mod
     assert_eq!(names, ["sam-ck", "sam-resumed", SAM_BASE], "nothing uploaded by the refused resume");
 }
 
+/// Issue 25: the report of a Cellpose-SAM job left at the tool's defaults (100 epochs, learning
+/// rate 1e-5) shows the learning rates training used, which are cellpose 4.2.1.1's schedule: it
+/// halves the rate every 5 epochs over the last 50. The report used to recompute them with
+/// cellpose 3's schedule, whose tail starts only above 100 epochs: flat to the end.
+#[tokio::test]
+async fn a_default_cpsam_jobs_metrics_show_cellpose4s_learning_rates() {
+    let f = sam_fixture().await;
+    let mut v = values("sam-default", 100);
+    // the tool's defaults; no validation region, so nothing but training runs
+    for field in ["Learning Rate", "Epochs", "Weight Decay", "Validation Region"] {
+        v.as_object_mut().unwrap().remove(field);
+    }
+    let outcome = run_sam(&f, &f.world.user, v).await.unwrap();
+    let report = outcome.report_item_id.expect("a report item");
+    let user = &f.world.user;
+    let files = user.items().files(&report).await.unwrap();
+    let file = |name: &str| files.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name}"));
+    let jsonl = user.files().download(&file("metrics.jsonl").id).await.unwrap();
+    let rates: Vec<f64> = std::str::from_utf8(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["stage"] == "train")
+        .map(|l| l["lr"].as_f64().unwrap_or_else(|| panic!("no lr in {l}")))
+        .collect();
+    let cellpose4: Vec<Vec<f64>> =
+        serde_json::from_str(run_train_ref(&["lr", "1e-05", "100"]).trim()).unwrap();
+    assert_eq!(rates.len(), 100, "one line per epoch");
+    for (epoch, (ours, theirs)) in rates.iter().zip(&cellpose4[0]).enumerate() {
+        assert!(
+            (ours - theirs).abs() <= 1e-15 * theirs.abs(),
+            "epoch {epoch}: metrics.jsonl says lr {ours}, cellpose 4 trains with {theirs}"
+        );
+    }
+    assert_eq!((rates[49], rates[99]), (1e-5, 1e-5 / 1024.0), "the halving tail");
+    let png = user.files().download(&file("report.png").id).await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "report.png is a PNG");
+}
+
 #[tokio::test]
 async fn cpsam_compute_uploads_a_model_cellpose4_loads_with_a_lower_loss() {
     let f = sam_fixture().await;
