@@ -64,6 +64,7 @@ pub async fn upload<F: Family>(
         n_train,
         n_validation,
         train_losses: outcome.train_losses.clone(),
+        learning_rates: outcome.learning_rates.clone(),
         epoch_seconds: outcome.epoch_seconds.clone(),
         ap_before: scores.before.clone(),
         ap_after: scores.after.clone(),

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::evaluate::ApSummary;
-use crate::train::schedule::lr_schedule;
 
 /// Which part of a run a metrics line describes.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -254,6 +253,9 @@ pub struct JobReport {
     pub n_train: usize,
     pub n_validation: usize,
     pub train_losses: Vec<f64>,
+    /// The learning rate each epoch trained with ([`crate::train::TrainOutcome::learning_rates`]):
+    /// the family's own schedule, never recomputed here.
+    pub learning_rates: Vec<f64>,
     /// Wall seconds of each epoch.
     pub epoch_seconds: Vec<f64>,
     pub ap_before: Option<ApSummary>,
@@ -277,10 +279,9 @@ impl JobReport {
     /// (precision, recall, F1, PQ per image), ready to upload.
     pub fn files(&self) -> Result<Vec<(String, Bytes, &'static str)>, plot::PlotError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| plot::PlotError(e.to_string()))?;
-        let lr = lr_schedule(self.learning_rate, self.epochs);
         let mut lines = history_lines(
             &self.train_losses,
-            &lr,
+            &self.learning_rates,
             &self.epoch_seconds,
             self.ap_before.as_ref(),
             self.ap_after.as_ref(),

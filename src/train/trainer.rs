@@ -178,6 +178,9 @@ pub struct TrainOutcome {
     pub model_path: Option<PathBuf>,
     pub train_losses: Vec<f64>,
     pub test_losses: Vec<Option<f64>>,
+    /// The learning rate of every epoch, as training set it: the family's schedule (a resumed
+    /// run's earlier epochs ran on the same one, a pure function of the rate and the epochs).
+    pub learning_rates: Vec<f64>,
     /// Wall seconds of each epoch (a resumed run keeps the earlier runs' figures).
     pub epoch_seconds: Vec<f64>,
     pub diam_labels: f64,
@@ -398,6 +401,7 @@ pub fn train_seg(
         model_path: cfg.save_path.clone(),
         train_losses,
         test_losses,
+        learning_rates: lr,
         epoch_seconds,
         diam_labels,
         seconds: t0.elapsed().as_secs_f64(),

@@ -394,6 +394,7 @@ pub fn train_seg_cpsam(
         model_path: cfg.save_path.clone(),
         train_losses,
         test_losses,
+        learning_rates: lr,
         epoch_seconds,
         diam_labels,
         seconds: t0.elapsed().as_secs_f64(),
