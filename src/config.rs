@@ -14,6 +14,7 @@ use crate::device::DeviceSpec;
 use crate::telemetry::LogFormat;
 
 pub use crate::girder::Secret;
+pub use crate::tool::Tool;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -75,9 +76,13 @@ impl QueueSettings {
         [&self.job_type, &self.cpsam_job_type].into_iter().filter(|t| !t.is_empty()).cloned().collect()
     }
 
-    /// Whether a job of `job_type` trains Cellpose-SAM (otherwise CPnet).
-    pub fn is_cpsam(&self, job_type: &str) -> bool {
-        !self.cpsam_job_type.is_empty() && job_type == self.cpsam_job_type
+    /// The tool whose jobs have `job_type` (Cellpose-SAM's type, else the Cellpose tool's).
+    pub(crate) fn tool_for(&self, job_type: &str) -> Tool {
+        if !self.cpsam_job_type.is_empty() && job_type == self.cpsam_job_type {
+            Tool::CellposeSam
+        } else {
+            Tool::Cellpose
+        }
     }
 }
 
@@ -164,6 +169,12 @@ pub fn one_of<'de, D: serde::Deserializer<'de>, T: Copy>(d: D, choices: &[(&str,
     })
 }
 
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)])
+    }
+}
+
 impl<'de> Deserialize<'de> for Toggle {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         one_of(d, &[("auto", Toggle::Auto), ("on", Toggle::On), ("off", Toggle::Off)])
@@ -216,36 +227,32 @@ pub struct OneShotSettings {
     /// The tool an `interface` request registers. NimbusImage lists one tool per worker image,
     /// and the request carries only the image's name, so the image built for a tool says which
     /// (the Dockerfile's `cellposesam` target sets `cellposesam`); `auto` goes by the name.
-    pub tool: Tool,
+    pub tool: ToolSetting,
 }
 
-/// One of NimbusImage's two retrain tools, each a model family.
+/// `[oneshot] tool`: one tool, or `auto` (by the image's name, [`Tool::named_in`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tool {
-    /// By the image name: `cellposesam` or `cellpose-sam` in it means Cellpose-SAM.
-    #[default]
-    Auto,
-    /// "Cellpose retrain" (CPnet, cellpose 3).
-    Cellpose,
-    /// "Cellpose-SAM retrain" (cpsam, cellpose 4).
-    CellposeSam,
-}
+pub struct ToolSetting(pub Option<Tool>);
 
-impl Tool {
-    /// Whether an `interface` request for `image` is the Cellpose-SAM tool's: as this setting
-    /// says, or with `auto` as the image's name does.
-    pub fn is_cpsam(self, image: &str) -> bool {
-        match self {
-            Tool::Auto => crate::job::params_cpsam::is_cpsam_image(image),
-            Tool::Cellpose => false,
-            Tool::CellposeSam => true,
-        }
+impl ToolSetting {
+    /// The tool an `interface` request for `image` registers.
+    pub(crate) fn for_image(self, image: &str) -> Tool {
+        self.0.unwrap_or_else(|| Tool::named_in(image))
     }
 }
 
-impl<'de> Deserialize<'de> for Tool {
+impl PartialEq<Tool> for ToolSetting {
+    /// A setting equals the tool it names (`auto` names none).
+    fn eq(&self, tool: &Tool) -> bool {
+        self.0 == Some(*tool)
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        one_of(d, &[("auto", Tool::Auto), ("cellpose", Tool::Cellpose), ("cellposesam", Tool::CellposeSam)])
+        let tools =
+            [("auto", None), ("cellpose", Some(Tool::Cellpose)), ("cellposesam", Some(Tool::CellposeSam))];
+        one_of(d, &tools).map(ToolSetting)
     }
 }
 
@@ -407,7 +414,8 @@ mod tests {
     fn both_job_types_are_taken_by_default_and_must_differ() {
         let s = Settings::default();
         assert_eq!(s.queue.job_types(), ["cellpose_train", "cellposesam_train"]);
-        assert!(s.queue.is_cpsam("cellposesam_train") && !s.queue.is_cpsam("cellpose_train"));
+        assert_eq!(s.queue.tool_for("cellposesam_train"), Tool::CellposeSam);
+        assert_eq!(s.queue.tool_for("cellpose_train"), Tool::Cellpose);
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
         for (cp, sam, needle) in [("", "", "both empty"), ("x", "x", "both `x`")] {
             let env = std::collections::HashMap::from([
@@ -420,7 +428,7 @@ mod tests {
         let env = std::collections::HashMap::from([("CPW_QUEUE__CPSAM_JOB_TYPE".to_string(), String::new())]);
         let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
         assert_eq!(s.queue.job_types(), ["cellpose_train"]);
-        assert!(!s.queue.is_cpsam(""));
+        assert_eq!(s.queue.tool_for(""), Tool::Cellpose);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! - [`cli`]: the `cellpose-train-worker` subcommands.
 //! - [`control`]: the one stop value (cancel / shutdown) passed down to every stage.
 //! - [`telemetry`]: tracing set-up, blocking work inside the caller's span.
+//! - [`tool`]: NimbusImage's two retrain tools, each a model family.
 pub mod annotations;
 pub mod cli;
 pub mod config;
@@ -45,6 +46,7 @@ pub mod report;
 pub mod segment;
 pub mod synthetic;
 pub mod telemetry;
+pub mod tool;
 pub mod train;
 pub mod transforms;
 pub mod worker;

@@ -9,12 +9,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl<'de> serde::Deserialize<'de> for LogFormat {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::config::one_of(d, &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)])
-    }
-}
-
 /// Installs the global subscriber; later calls are no-ops (tests may call it repeatedly).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -23,9 +23,9 @@ impl CellposeEpochLog {
         Self::default()
     }
 
-    /// cellpose's cadence: `iepoch == 5 or iepoch % 10 == 0`.
+    /// cellpose's cadence: `iepoch == 5 or iepoch % 10 == 0`, the test loss's too.
     pub fn logs_at(epoch: usize) -> bool {
-        epoch == 5 || epoch.is_multiple_of(10)
+        crate::train::epochs::cellpose_reports_at(epoch)
     }
 
     /// Takes one finished epoch; returns cellpose's line when cellpose would log at this epoch.

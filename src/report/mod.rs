@@ -9,7 +9,7 @@ mod qc_csv;
 mod recorder;
 pub mod tensorboard;
 
-pub use best::{auto_eval_every, BestModel, ScoredEpoch, SCORING_SHARE};
+pub use best::{auto_eval_every, BestModel, ScoredEpoch, Snapshot, SCORING_SHARE};
 pub use cellpose_log::CellposeEpochLog;
 pub use qc_csv::qc_csv;
 pub use recorder::{RecordError, RunRecorder, Validation};

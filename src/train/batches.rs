@@ -136,7 +136,7 @@ pub fn spawn_train_batches(
                 let rng = rng_for(plan.seed, TRAIN_STREAM, epoch, index);
                 let batch = make_batch(&examples, inds, &plan, rng, epoch, index);
                 if tx.send(batch).is_err() {
-                    return; // trainer stopped (done, cancelled or failed)
+                    return; // trainer stopped (done, canceled or failed)
                 }
             }
         }

@@ -15,7 +15,7 @@
 use tch::Tensor;
 
 use super::optim::Optimizer;
-use super::trainer::TrainState;
+use super::state::{Resume, TrainState};
 use crate::model::torch_file::{self, DType, ModelFileError, RawTensor, StateDict, TensorMeta};
 use crate::model::{raw_to_tensor, tensor_to_raw, Model, ModelFamily};
 
@@ -180,4 +180,14 @@ pub fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint, CheckpointError>
         Ok(())
     })?;
     Ok(Checkpoint { model: StateDict { entries: model }, optimizer, state })
+}
+
+impl Resume {
+    /// Reads a CPnet checkpoint written by [`encode`], loads its weights into `model` and returns
+    /// the state to continue from. `origin` names the bytes in errors.
+    pub fn load(bytes: &[u8], origin: &str, model: &Model) -> Result<Resume, CheckpointError> {
+        let ck = decode(bytes, origin)?;
+        model.copy_from(&ck.model, origin)?;
+        Ok(Resume { state: ck.state, optimizer_state: ck.optimizer })
+    }
 }

@@ -8,11 +8,13 @@ use bytes::Bytes;
 use cellpose_train_worker::control::Control;
 use cellpose_train_worker::demo::seed::{CELL_TAG, REGION_TAG, VALIDATION_TAG};
 use cellpose_train_worker::girder::{GirderClient, Secret};
-use cellpose_train_worker::job::params_cpsam;
-use cellpose_train_worker::job::validate_cpsam::validate_cpsam;
+use cellpose_train_worker::job::events::Checkpoint;
+use cellpose_train_worker::job::family::cpsam::SLOTS;
 use cellpose_train_worker::job::{
-    dataset, run_job, store, Cpsam, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
+    dataset, run_job, store, Cpsam, Events, Facts, JobContext, JobError, JobEvent, JobOutcome, JobRequest,
+    Request,
 };
+use cellpose_train_worker::tool::Tool;
 use serde_json::{json, Value};
 
 use crate::cpsam_train::{run_train_ref, write_raw};
@@ -70,15 +72,25 @@ async fn run_sam(f: &Fixture, client: &GirderClient, values: Value) -> Result<Jo
     run_sam_with(f, client, values, f.settings(), None).await.0
 }
 
-/// [`run_sam`] with `settings`, a checkpoint to resume from, and the job's events.
+/// [`run_sam`] with `settings`, a checkpoint to resume from; also returns the job's events and
+/// checkpoints.
 async fn run_sam_with(
     f: &Fixture,
     client: &GirderClient,
     values: Value,
     settings: cellpose_train_worker::config::Settings,
     resume: Option<Bytes>,
-) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
+) -> (Result<JobOutcome, JobError>, Vec<JobEvent>, Vec<Checkpoint>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // stored as a worker's pump stores them: read while the job runs (the channel is bounded)
+    let (checkpoint_tx, mut checkpoint_rx) = tokio::sync::mpsc::channel(1);
+    let checkpoints = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Some(c) = checkpoint_rx.recv().await {
+            kept.push(c);
+        }
+        kept
+    });
     let ctx = JobContext {
         client: client.clone(),
         user: None,
@@ -94,13 +106,16 @@ async fn run_sam_with(
         token: Secret::new("unused: the client carries the token"),
         image: None,
         values,
+        tool: Tool::CellposeSam,
     };
-    let result = run_job(&Cpsam, &ctx, &request, &Events::new(tx), &Control::new()).await;
+    let events = Events::new(tx).with_checkpoints(checkpoint_tx);
+    let result = run_job(&ctx, &request, &events, &Control::new()).await;
+    drop(events);
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);
     }
-    (result, events)
+    (result, events, checkpoints.await.unwrap())
 }
 
 /// A cpsam job checkpoints every `cpsam_checkpoint_every` epochs (not after the last: the model
@@ -112,22 +127,16 @@ async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_mod
     let mut settings = f.settings();
     settings.training.checkpoint_every = 100; // the CPnet setting does not apply to this family
     settings.training.cpsam_checkpoint_every = 1;
-    let (result, events) = run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
+    let (result, events, mut checkpoints) =
+        run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
     let outcome = result.unwrap();
     let epochs = events.iter().filter(|e| matches!(e, JobEvent::Epoch(_))).count();
     assert_eq!(epochs, 3, "one epoch event per epoch");
-    let mut checkpoints: Vec<(usize, usize, Vec<u8>)> = events
-        .into_iter()
-        .filter_map(|e| match e {
-            JobEvent::Checkpoint { epoch, step, bytes } => Some((epoch, step, bytes)),
-            _ => None,
-        })
-        .collect();
-    let at: Vec<(usize, usize)> = checkpoints.iter().map(|c| (c.0, c.1)).collect();
+    let at: Vec<(usize, usize)> = checkpoints.iter().map(|c| (c.epoch, c.step)).collect();
     assert_eq!(at, [(1, 0), (2, 0)], "after epochs 1 and 2 of 3");
 
-    let after_one = Bytes::from(checkpoints.swap_remove(0).2);
-    let (result, events) =
+    let after_one = checkpoints.swap_remove(0).bytes;
+    let (result, events, _) =
         run_sam_with(&f, &f.world.user, values("sam-resumed", 3), settings.clone(), Some(after_one)).await;
     let resumed = result.unwrap();
     assert_eq!(resumed.train_losses, outcome.train_losses, "the resumed job's loss curve");
@@ -147,7 +156,7 @@ async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_mod
     );
     let state = cellpose_train_worker::train::TrainState { epoch: 1, ..Default::default() };
     let cp_ck = cellpose_train_worker::train::checkpoint::encode(&cpnet, &optim, &state).unwrap();
-    let (result, _) =
+    let (result, _, _) =
         run_sam_with(&f, &f.world.user, values("sam-wrong", 3), settings, Some(Bytes::from(cp_ck))).await;
     let err = result.unwrap_err();
     assert!(matches!(err, JobError::Checkpoint(_)), "{err}");
@@ -255,8 +264,9 @@ pub(crate) async fn cellpose4_checks(
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     run_cp4_tool(&["check".to_string(), s(trained)]);
 
-    let fields = params_cpsam::fields(1, 2000);
-    let (params, _) = validate_cpsam(values, &fields, &|_| true).unwrap();
+    let mut settings = cellpose_train_worker::config::Settings::default();
+    settings.training.min_epochs = 1;
+    let (params, _) = Cpsam.validate(values, &settings, &|_| true).unwrap();
     let img = dataset::open_dataset(client, dataset_id).await.unwrap();
     let tags =
         [params.training_tags.clone(), params.region_tags.clone(), params.validation_tags.clone()].concat();
@@ -324,7 +334,7 @@ async fn cpsam_interface_posts_the_slot_fields_and_hides_reserved_user_models() 
     assert!(out.status.success(), "{}", stderr(&out));
     let doc = user.worker_interfaces().get(image).await.unwrap().expect("interface stored for the image");
     assert_eq!(doc["Cellpose-SAM retrain"]["type"], "notes");
-    for slot in params_cpsam::SLOTS {
+    for slot in SLOTS {
         assert_eq!(doc[slot]["type"], "channelCheckboxes", "{slot}");
     }
     assert!(doc.get("Primary Channel").is_none());

@@ -1,61 +1,18 @@
 //! `train` for a CPnet base model (cyto3, nuclei, a user's file, or from scratch): cellpose
 //! 3.1.1.2 `train_seg`, with the test-set history, the best-validation model and the report.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use indicatif::ProgressBar;
 
-use super::console::{step_bar, trained, warn_removed, write_summary};
+use super::console::{step_bar, trained, warn_removed, write_summary, BarHooks, Record};
 use super::flags::{Destination, TrainArgs};
 use crate::control::Control;
 use crate::model::{CpnetConfig, Model};
-use crate::report::{CellposeEpochLog, RunRecorder, Validation};
-use crate::train::{self, EpochInfo, OptimizerKind, PrepareOptions, StepInfo, TrainConfig, TrainHooks};
+use crate::report::{RunRecorder, Validation};
+use crate::train::{self, OptimizerKind, PrepareOptions, TrainConfig};
 use crate::transforms::Normalize;
-
-/// Progress bar on stderr; cellpose's log line at cellpose's epochs; the metrics history.
-struct BarHooks {
-    bar: ProgressBar,
-    recorder: RunRecorder,
-    cellpose_log: CellposeEpochLog,
-    verbose: bool,
-}
-
-impl TrainHooks for BarHooks {
-    fn on_step(&mut self, s: &StepInfo) {
-        self.bar.set_position((s.epoch * s.steps_per_epoch + s.step + 1) as u64);
-    }
-    fn on_epoch(
-        &mut self,
-        e: &EpochInfo,
-        model: &Model,
-        _o: &train::Optimizer,
-        _s: &train::TrainState,
-    ) -> Result<(), train::TrainError> {
-        let test = e.test_loss.map(|t| format!(" test {t:.4}")).unwrap_or_default();
-        self.bar.set_message(format!("epoch {} loss {:.4}{test} lr {:.5}", e.epoch, e.train_loss, e.lr));
-        if let Some(line) = self.cellpose_log.observe(e) {
-            let verbose = self.verbose;
-            self.bar.suspend(|| {
-                tracing::info!("{line}");
-                if verbose {
-                    println!("{line}");
-                }
-            });
-        }
-        if let Err(err) = self.recorder.epoch(e, model) {
-            // the metrics history is a report, not the product: training goes on
-            self.bar.suspend(|| tracing::warn!(error = %err, "could not record epoch {}", e.epoch));
-        }
-        Ok(())
-    }
-    fn on_saved(&mut self, path: &Path, epoch: usize) {
-        self.bar.suspend(|| tracing::info!(epoch, path = %path.display(), "saved model"));
-    }
-}
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.resolve()?;
@@ -180,12 +137,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(ap) = recorder.before(&model)? {
         tracing::info!(">>>> test set AP before training: {}", fmt_ap(ap));
     }
-    let mut hooks = BarHooks { bar, recorder, cellpose_log: CellposeEpochLog::new(), verbose: args.verbose };
+    let record: Record<'_, Model> = Box::new(|e, model| Ok(recorder.epoch(e, model)?));
+    let mut hooks = BarHooks::new(bar, args.verbose, record);
     let train_count = examples.len();
     let outcome =
         train::train_seg(&model, Arc::new(examples), test, &cfg, &mut hooks, &Control::new(), None)?;
     hooks.bar.finish_and_clear();
-    let mut recorder = hooks.recorder;
+    drop(hooks);
     let keep_best = !args.keep_last;
     if let Some(ap) = recorder.after(&model, cfg.n_epochs, keep_best)? {
         tracing::info!(">>>> test set AP after training: {}", fmt_ap(ap));
