@@ -72,7 +72,7 @@ pub struct QueueSettings {
 
 impl QueueSettings {
     /// The job types this worker polls for (the non-empty ones).
-    pub fn job_types(&self) -> Vec<String> {
+    pub(crate) fn job_types(&self) -> Vec<String> {
         [&self.job_type, &self.cpsam_job_type].into_iter().filter(|t| !t.is_empty()).cloned().collect()
     }
 
@@ -160,7 +160,10 @@ pub enum Toggle {
 
 /// Reads a string setting that must be one of `choices`; the error names the value and every
 /// allowed spelling (the `config` crate's own enum errors name neither).
-pub fn one_of<'de, D: serde::Deserializer<'de>, T: Copy>(d: D, choices: &[(&str, T)]) -> Result<T, D::Error> {
+pub(crate) fn one_of<'de, D: serde::Deserializer<'de>, T: Copy>(
+    d: D,
+    choices: &[(&str, T)],
+) -> Result<T, D::Error> {
     let s = String::deserialize(d)?;
     let wanted = s.trim().to_ascii_lowercase();
     choices.iter().find(|(name, _)| *name == wanted).map(|(_, v)| *v).ok_or_else(|| {
@@ -183,7 +186,7 @@ impl<'de> Deserialize<'de> for Toggle {
 
 impl Toggle {
     /// On or off, with `auto` meaning `when_auto`.
-    pub fn resolve(self, when_auto: bool) -> bool {
+    pub(crate) fn resolve(self, when_auto: bool) -> bool {
         match self {
             Toggle::Auto => when_auto,
             Toggle::On => true,

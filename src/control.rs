@@ -32,7 +32,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             StopReason::Cancel => "canceled",
             StopReason::Shutdown => "shutting down",
@@ -69,7 +69,7 @@ impl Control {
     /// A child whose every stop from above reads as a shutdown, whatever reason stopped the
     /// ancestor: `serve` runs its jobs under one, so stopping the worker (however its caller does
     /// it) hands jobs back and never marks them canceled. Its children's own stops keep theirs.
-    pub fn shutdown_scope(&self) -> Control {
+    pub(crate) fn shutdown_scope(&self) -> Control {
         let reason = OnceLock::new();
         let _ = reason.set(StopReason::Shutdown);
         Control {
@@ -110,7 +110,7 @@ impl Control {
         Some(StopReason::Cancel)
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
 

@@ -33,7 +33,7 @@ pub struct TaskPanicked {
 /// Runs CPU-heavy `f` on tokio's blocking pool inside the caller's tracing span, so every log
 /// line from that thread still carries the job's fields (job id, dataset, user). Plain
 /// `spawn_blocking` starts the closure with no span at all.
-pub async fn spawn_blocking_in_span<T, F>(what: &'static str, f: F) -> Result<T, TaskPanicked>
+pub(crate) async fn spawn_blocking_in_span<T, F>(what: &'static str, f: F) -> Result<T, TaskPanicked>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

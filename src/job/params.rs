@@ -34,10 +34,10 @@ pub struct Field {
     pub display_order: u32,
 }
 
-pub const LEARNING_RATE: &str = "Learning Rate";
+pub(crate) const LEARNING_RATE: &str = "Learning Rate";
 pub const EPOCHS: &str = "Epochs";
-pub const WEIGHT_DECAY: &str = "Weight Decay";
-pub const KEEP_BEST: &str = "Keep best model";
+pub(crate) const WEIGHT_DECAY: &str = "Weight Decay";
+pub(crate) const KEEP_BEST: &str = "Keep best model";
 
 /// One number field as a tool offers it: its range, its default and what its tooltip says.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -116,7 +116,7 @@ pub(crate) fn shared_fields(ranges: &SharedRanges) -> Vec<Field> {
 
 /// The JSON NimbusImage stores for the worker image (`POST /worker_interface?image=`).
 /// `models` are the Base Model choices (sorted, de-duplicated here).
-pub fn interface_json(fields: &[Field], models: &[String]) -> Value {
+pub(crate) fn interface_json(fields: &[Field], models: &[String]) -> Value {
     let mut items: Vec<String> = models.to_vec();
     items.sort();
     items.dedup();

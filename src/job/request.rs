@@ -57,7 +57,7 @@ impl JobRequest {
     /// From the one-shot command line: `parameters` is the `--parameters` JSON text; `tool` is
     /// the image's `[oneshot] tool` setting (an `interface` request carries nothing else that
     /// says its tool; a `compute` request is told by its fields).
-    pub fn from_command_line(
+    pub(crate) fn from_command_line(
         request: Request,
         token: Secret,
         dataset_id: Option<String>,
@@ -85,7 +85,7 @@ impl JobRequest {
 
     /// From a queued job's kwargs (`{request, datasetId, token, parameters}`); its type says the
     /// tool (`queue` names the types).
-    pub fn from_job(job: &Job, queue: &QueueSettings) -> Result<JobRequest, RequestError> {
+    pub(crate) fn from_job(job: &Job, queue: &QueueSettings) -> Result<JobRequest, RequestError> {
         let kwargs = job.kwargs.clone().ok_or_else(|| {
             RequestError("the job has no kwargs (is the worker's API key an admin's?)".into())
         })?;

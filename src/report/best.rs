@@ -115,7 +115,7 @@ impl<M: Snapshot> BestModel<M> {
     /// Offers `model` scored `summary` after `epoch` completed epochs; copies its weights when
     /// its AP@0.5 is at least the best so far (NaN scores, an empty validation set, never win).
     /// Returns whether it became the best.
-    pub fn offer(&mut self, epoch: usize, summary: &ApSummary, model: &M) -> bool {
+    pub(crate) fn offer(&mut self, epoch: usize, summary: &ApSummary, model: &M) -> bool {
         let scored = ScoredEpoch { epoch, ap50: summary.ap50() };
         self.history.push(scored.clone());
         // `>=`: epochs are offered in order, so a tie goes to the later one
@@ -132,13 +132,8 @@ impl<M: Snapshot> BestModel<M> {
         self.best.as_ref().map(|(s, ..)| s)
     }
 
-    /// The best epoch's full validation scores.
-    pub fn best_summary(&self) -> Option<&ApSummary> {
-        self.best.as_ref().map(|(_, a, _)| a)
-    }
-
     /// Loads the best weights into `model` (no-op when nothing was scored); returns the epoch.
-    pub fn restore_into(&self, model: &M) -> Result<Option<usize>, ModelError> {
+    pub(crate) fn restore_into(&self, model: &M) -> Result<Option<usize>, ModelError> {
         match &self.best {
             Some((s, _, weights)) => {
                 model.restore(weights, &format!("the best model (epoch {})", s.epoch))?;

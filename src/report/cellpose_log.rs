@@ -24,12 +24,12 @@ impl CellposeEpochLog {
     }
 
     /// cellpose's cadence: `iepoch == 5 or iepoch % 10 == 0`, the test loss's too.
-    pub fn logs_at(epoch: usize) -> bool {
+    pub(crate) fn logs_at(epoch: usize) -> bool {
         crate::train::epochs::cellpose_reports_at(epoch)
     }
 
     /// Takes one finished epoch; returns cellpose's line when cellpose would log at this epoch.
-    pub fn observe(&mut self, e: &EpochInfo) -> Option<String> {
+    pub(crate) fn observe(&mut self, e: &EpochInfo) -> Option<String> {
         self.loss_sum += e.train_loss;
         self.epochs += 1;
         if !Self::logs_at(e.epoch) {

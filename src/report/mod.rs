@@ -86,7 +86,7 @@ impl MetricsLine {
     }
 
     /// Sets AP, F1 and PQ from a validation summary.
-    pub fn with_scores(mut self, ap: &ApSummary) -> MetricsLine {
+    pub(crate) fn with_scores(mut self, ap: &ApSummary) -> MetricsLine {
         let keyed = |v: &[f64]| -> BTreeMap<String, f64> {
             ap.thresholds.iter().zip(v).map(|(t, a)| (format!("{t}"), *a)).collect()
         };
@@ -134,7 +134,7 @@ impl MetricsLog {
         })
     }
 
-    pub fn tensorboard_path(&self) -> Option<&Path> {
+    pub(crate) fn tensorboard_path(&self) -> Option<&Path> {
         self.tb.as_ref().map(|t| t.path())
     }
 
@@ -166,7 +166,7 @@ impl MetricsLog {
 /// The metrics history of a run that only kept its losses and epoch times (the worker's job):
 /// before, one line per epoch, after. `seconds` is the sum of the epoch times so far;
 /// `epoch_seconds` is left out where unknown (0: an epoch run before times were kept).
-pub fn history_lines(
+pub(crate) fn history_lines(
     train_losses: &[f64],
     lr: &[f64],
     epoch_seconds: &[f64],
@@ -199,7 +199,7 @@ pub fn history_lines(
 
 /// The report picture for a metrics history: train and test loss and lr by epoch, AP of the
 /// `before` and `after` lines by threshold.
-pub fn history_png(title: &str, lines: &[MetricsLine]) -> Result<Vec<u8>, plot::PlotError> {
+pub(crate) fn history_png(title: &str, lines: &[MetricsLine]) -> Result<Vec<u8>, plot::PlotError> {
     let train: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.train_loss.map(|v| (l.epoch, v))).collect();
     let test: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.test_loss.map(|v| (l.epoch, v))).collect();
     let lrs: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.lr.map(|v| (l.epoch, v))).collect();

@@ -23,7 +23,7 @@ const FORMAT: u32 = 1;
 
 /// Most bytes a checkpoint's tensors may inflate to: a model's worth of weights and two of
 /// moments (Cellpose-SAM: 3 x 1.2 GB), plus room for the metadata.
-pub const MAX_CHECKPOINT_BYTES: u64 = 3 * torch_file::MAX_MODEL_BYTES + (64 << 20);
+pub(crate) const MAX_CHECKPOINT_BYTES: u64 = 3 * torch_file::MAX_MODEL_BYTES + (64 << 20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -71,7 +71,7 @@ impl Entry {
 
 /// Serialises `model` entries (named without the `model.` prefix), the optimizer's moments
 /// and `state` for `family`, one tensor in memory besides the archive at a time.
-pub fn encode_entries(
+pub(crate) fn encode_entries(
     family: ModelFamily,
     model: Vec<(String, Entry)>,
     optim: &Optimizer,
@@ -105,7 +105,7 @@ pub enum Part<'a> {
 
 /// Streams a checkpoint of `wanted` family to `f`, tensor by tensor, and returns its state.
 /// Refuses one of another family, format or without `meta` before `f` sees any tensor.
-pub fn decode_with(
+pub(crate) fn decode_with(
     bytes: &[u8],
     origin: &str,
     wanted: ModelFamily,

@@ -45,7 +45,7 @@ pub enum DataError {
 
 /// Smallest training image side: one cell needs a few pixels, and the network halves the image
 /// four times.
-pub const MIN_SIDE: usize = 16;
+pub(crate) const MIN_SIDE: usize = 16;
 
 /// An image file and its label file.
 #[derive(Debug, Clone, PartialEq)]

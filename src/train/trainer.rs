@@ -87,7 +87,7 @@ impl Default for TrainConfig {
 
 /// Largest training patch side accepted: 1024 x 1024 patches in a batch of 8 already need ~1 GB
 /// per activation map at 32 channels; larger ones cannot fit in memory and are certainly a typo.
-pub const MAX_BSIZE: usize = 1024;
+pub(crate) const MAX_BSIZE: usize = 1024;
 
 /// Checks the options [`train_seg`] would refuse, so callers can do it before touching any file.
 pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {

@@ -330,13 +330,13 @@ impl Reporter {
 
     /// Whether a periodic checkpoint is due after `epochs_done` of `n_epochs` (none after the
     /// last: the model itself is uploaded then).
-    pub fn checkpoint_due(&self, epochs_done: usize, n_epochs: usize) -> bool {
+    pub(crate) fn checkpoint_due(&self, epochs_done: usize, n_epochs: usize) -> bool {
         epochs_done < n_epochs && epochs_done.is_multiple_of(self.checkpoint_every.max(1))
     }
 
     /// After epoch `e`: the checkpoint of `state` (the state after it) when one is due;
     /// `encode` runs only then.
-    pub fn checkpoint_after(
+    pub(crate) fn checkpoint_after(
         &self,
         e: &EpochInfo,
         state: &TrainState,

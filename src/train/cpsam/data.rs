@@ -32,7 +32,7 @@ pub enum Cp4DataError {
 }
 
 /// cellpose 4 feeds the network exactly three channels.
-pub const CP4_CHANNELS: usize = 3;
+pub(crate) const CP4_CHANNELS: usize = 3;
 
 /// How raw examples become cellpose 4 training examples.
 #[derive(Debug, Clone)]
