@@ -18,7 +18,7 @@ use serde_json::Value;
 /// evaluating it only at the pixel nearest each edge crossing; that needs the rounding error of the
 /// crossing position (about |coordinate| x 1e-15) to stay far below half a pixel. No microscope
 /// frame is anywhere near 1e9 pixels wide, so anything beyond is a corrupt document.
-pub const MAX_COORDINATE: f64 = 1e9;
+pub(crate) const MAX_COORDINATE: f64 = 1e9;
 
 /// Where an annotation lives in a dataset. Field order gives the grouping order: Time, then Z,
 /// then XY (the order the reference worker walks locations in).
@@ -163,7 +163,7 @@ impl Annotation {
     }
 
     /// True when any of the annotation's tags is in `tags`.
-    pub fn has_any_tag<S: AsRef<str>>(&self, tags: &[S]) -> bool {
+    pub(crate) fn has_any_tag<S: AsRef<str>>(&self, tags: &[S]) -> bool {
         self.tags.iter().any(|t| tags.iter().any(|s| s.as_ref() == t))
     }
 }

@@ -14,6 +14,7 @@ use crate::device::DeviceSpec;
 use crate::telemetry::LogFormat;
 
 pub use crate::girder::Secret;
+pub use crate::tool::Tool;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -71,13 +72,17 @@ pub struct QueueSettings {
 
 impl QueueSettings {
     /// The job types this worker polls for (the non-empty ones).
-    pub fn job_types(&self) -> Vec<String> {
+    pub(crate) fn job_types(&self) -> Vec<String> {
         [&self.job_type, &self.cpsam_job_type].into_iter().filter(|t| !t.is_empty()).cloned().collect()
     }
 
-    /// Whether a job of `job_type` trains Cellpose-SAM (otherwise CPnet).
-    pub fn is_cpsam(&self, job_type: &str) -> bool {
-        !self.cpsam_job_type.is_empty() && job_type == self.cpsam_job_type
+    /// The tool whose jobs have `job_type` (Cellpose-SAM's type, else the Cellpose tool's).
+    pub(crate) fn tool_for(&self, job_type: &str) -> Tool {
+        if !self.cpsam_job_type.is_empty() && job_type == self.cpsam_job_type {
+            Tool::CellposeSam
+        } else {
+            Tool::Cellpose
+        }
     }
 }
 
@@ -155,13 +160,22 @@ pub enum Toggle {
 
 /// Reads a string setting that must be one of `choices`; the error names the value and every
 /// allowed spelling (the `config` crate's own enum errors name neither).
-pub fn one_of<'de, D: serde::Deserializer<'de>, T: Copy>(d: D, choices: &[(&str, T)]) -> Result<T, D::Error> {
+pub(crate) fn one_of<'de, D: serde::Deserializer<'de>, T: Copy>(
+    d: D,
+    choices: &[(&str, T)],
+) -> Result<T, D::Error> {
     let s = String::deserialize(d)?;
     let wanted = s.trim().to_ascii_lowercase();
     choices.iter().find(|(name, _)| *name == wanted).map(|(_, v)| *v).ok_or_else(|| {
         let names: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
         serde::de::Error::custom(format!("`{s}` is not one of {}", names.join(", ")))
     })
+}
+
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)])
+    }
 }
 
 impl<'de> Deserialize<'de> for Toggle {
@@ -172,7 +186,7 @@ impl<'de> Deserialize<'de> for Toggle {
 
 impl Toggle {
     /// On or off, with `auto` meaning `when_auto`.
-    pub fn resolve(self, when_auto: bool) -> bool {
+    pub(crate) fn resolve(self, when_auto: bool) -> bool {
         match self {
             Toggle::Auto => when_auto,
             Toggle::On => true,
@@ -216,36 +230,32 @@ pub struct OneShotSettings {
     /// The tool an `interface` request registers. NimbusImage lists one tool per worker image,
     /// and the request carries only the image's name, so the image built for a tool says which
     /// (the Dockerfile's `cellposesam` target sets `cellposesam`); `auto` goes by the name.
-    pub tool: Tool,
+    pub tool: ToolSetting,
 }
 
-/// One of NimbusImage's two retrain tools, each a model family.
+/// `[oneshot] tool`: one tool, or `auto` (by the image's name, [`Tool::named_in`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tool {
-    /// By the image name: `cellposesam` or `cellpose-sam` in it means Cellpose-SAM.
-    #[default]
-    Auto,
-    /// "Cellpose retrain" (CPnet, cellpose 3).
-    Cellpose,
-    /// "Cellpose-SAM retrain" (cpsam, cellpose 4).
-    CellposeSam,
-}
+pub struct ToolSetting(pub Option<Tool>);
 
-impl Tool {
-    /// Whether an `interface` request for `image` is the Cellpose-SAM tool's: as this setting
-    /// says, or with `auto` as the image's name does.
-    pub fn is_cpsam(self, image: &str) -> bool {
-        match self {
-            Tool::Auto => crate::job::params_cpsam::is_cpsam_image(image),
-            Tool::Cellpose => false,
-            Tool::CellposeSam => true,
-        }
+impl ToolSetting {
+    /// The tool an `interface` request for `image` registers.
+    pub(crate) fn for_image(self, image: &str) -> Tool {
+        self.0.unwrap_or_else(|| Tool::named_in(image))
     }
 }
 
-impl<'de> Deserialize<'de> for Tool {
+impl PartialEq<Tool> for ToolSetting {
+    /// A setting equals the tool it names (`auto` names none).
+    fn eq(&self, tool: &Tool) -> bool {
+        self.0 == Some(*tool)
+    }
+}
+
+impl<'de> Deserialize<'de> for ToolSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        one_of(d, &[("auto", Tool::Auto), ("cellpose", Tool::Cellpose), ("cellposesam", Tool::CellposeSam)])
+        let tools =
+            [("auto", None), ("cellpose", Some(Tool::Cellpose)), ("cellposesam", Some(Tool::CellposeSam))];
+        one_of(d, &tools).map(ToolSetting)
     }
 }
 
@@ -407,7 +417,8 @@ mod tests {
     fn both_job_types_are_taken_by_default_and_must_differ() {
         let s = Settings::default();
         assert_eq!(s.queue.job_types(), ["cellpose_train", "cellposesam_train"]);
-        assert!(s.queue.is_cpsam("cellposesam_train") && !s.queue.is_cpsam("cellpose_train"));
+        assert_eq!(s.queue.tool_for("cellposesam_train"), Tool::CellposeSam);
+        assert_eq!(s.queue.tool_for("cellpose_train"), Tool::Cellpose);
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
         for (cp, sam, needle) in [("", "", "both empty"), ("x", "x", "both `x`")] {
             let env = std::collections::HashMap::from([
@@ -420,7 +431,7 @@ mod tests {
         let env = std::collections::HashMap::from([("CPW_QUEUE__CPSAM_JOB_TYPE".to_string(), String::new())]);
         let s = Settings::load_with_env(Some(&path), Some(env)).unwrap();
         assert_eq!(s.queue.job_types(), ["cellpose_train"]);
-        assert!(!s.queue.is_cpsam(""));
+        assert_eq!(s.queue.tool_for(""), Tool::Cellpose);
     }
 
     #[test]

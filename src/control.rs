@@ -4,9 +4,12 @@
 //! A [`Control`] is a node in a tree of cancellation tokens plus the reason it was stopped.
 //! Stopping a node stops its descendants: the worker's root is stopped with
 //! [`StopReason::Shutdown`] on SIGTERM, and every job runs under a child that the heartbeat stops
-//! with [`StopReason::Cancel`] when the job is canceled in Girder. The two reasons end a job
-//! differently, which is why they travel with the token: a cancel uploads nothing and ends the job
-//! CANCELED; a shutdown checkpoints and hands the job back for another worker to resume.
+//! with [`StopReason::Cancel`] when the job is canceled in Girder, or with
+//! [`StopReason::TakenOver`] when another worker took it over. The reasons end a job
+//! differently, which is why they travel with the token, through the trainer's and the job's
+//! errors, to the job's final status: a cancel uploads nothing and ends the job CANCELED; a
+//! shutdown checkpoints and hands the job back for another worker to resume; a takeover leaves
+//! the job to the worker that took it.
 //!
 //! Async code races its long awaits against [`Control::stopped`] (see [`Control::race`]);
 //! blocking code (training steps, scoring) polls [`Control::reason`] between units of work.
@@ -19,17 +22,21 @@ use tokio_util::sync::CancellationToken;
 /// Why a job was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The user canceled the job (or another worker took it over): nothing is uploaded.
+    /// The user canceled the job: nothing is uploaded, the job ends CANCELED.
     Cancel,
     /// The worker is shutting down: checkpoint and hand the job back.
     Shutdown,
+    /// Another worker took the job over (this one was presumed dead): nothing is uploaded and
+    /// the job's status is the other worker's to set.
+    TakenOver,
 }
 
 impl StopReason {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             StopReason::Cancel => "canceled",
             StopReason::Shutdown => "shutting down",
+            StopReason::TakenOver => "taken over by another worker",
         }
     }
 }
@@ -62,7 +69,7 @@ impl Control {
     /// A child whose every stop from above reads as a shutdown, whatever reason stopped the
     /// ancestor: `serve` runs its jobs under one, so stopping the worker (however its caller does
     /// it) hands jobs back and never marks them canceled. Its children's own stops keep theirs.
-    pub fn shutdown_scope(&self) -> Control {
+    pub(crate) fn shutdown_scope(&self) -> Control {
         let reason = OnceLock::new();
         let _ = reason.set(StopReason::Shutdown);
         Control {
@@ -99,11 +106,11 @@ impl Control {
             }
             node = n.parent.as_deref();
         }
-        // a token cancelled from outside this API: the safe reading is "nothing uploaded"
+        // a token canceled from outside this API: the safe reading is "nothing uploaded"
         Some(StopReason::Cancel)
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.token.is_cancelled()
     }
 

@@ -48,7 +48,7 @@ impl<'de> serde::Deserialize<'de> for DeviceSpec {
 }
 
 /// Parses `auto`, `cpu`, `cuda`, `cuda:N` without touching the hardware.
-pub fn parse_device_spec(spec: &str) -> Result<DeviceSpec, DeviceError> {
+pub(crate) fn parse_device_spec(spec: &str) -> Result<DeviceSpec, DeviceError> {
     let s = spec.trim().to_ascii_lowercase();
     match s.as_str() {
         "auto" | "" => Ok(DeviceSpec::Auto),
@@ -89,7 +89,7 @@ pub fn open(spec: DeviceSpec) -> Result<Device, DeviceError> {
 }
 
 /// A short human description (for logs and reports).
-pub fn describe(d: Device) -> String {
+pub(crate) fn describe(d: Device) -> String {
     match d {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
         Device::Cuda(i) => format!("cuda:{i}"),

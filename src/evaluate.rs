@@ -66,7 +66,7 @@ pub enum EvaluateError {
 
 impl EvaluateError {
     /// Names the file this error happened on.
-    pub fn in_file(self, path: &std::path::Path) -> EvaluateError {
+    pub(crate) fn in_file(self, path: &std::path::Path) -> EvaluateError {
         EvaluateError::File { path: path.to_path_buf(), source: Box::new(self) }
     }
 }
@@ -78,7 +78,7 @@ pub struct Segmentation {
 }
 
 /// cellpose `CellposeModel.eval` for one 2-D image `[C, H, W]`.
-pub fn segment_image(
+pub(crate) fn segment_image(
     model: &Model,
     diam_mean: f64,
     raw: &Array3<f32>,
@@ -101,7 +101,7 @@ pub fn segment_image(
 /// cellpose 4.2.1.1 `CellposeModel.eval` for one 2-D image `[C, H, W]` and a cpsam model:
 /// [`crate::predict_cpsam::predict_cp4`], then [`segment::compute_masks_cp4`] with cellpose 4's
 /// step count.
-pub fn segment_image_cp4(
+pub(crate) fn segment_image_cp4(
     model: &crate::model::CpsamModel,
     raw: &Array3<f32>,
     opts: &crate::predict_cpsam::Cp4Options,
@@ -167,7 +167,7 @@ impl ApSummary {
     }
 
     /// `{"0.5": .., "0.75": .., "0.9": ..}`
-    pub fn by_threshold(&self) -> BTreeMap<String, f64> {
+    pub(crate) fn by_threshold(&self) -> BTreeMap<String, f64> {
         self.thresholds.iter().zip(&self.ap).map(|(t, a)| (format!("{t}"), *a)).collect()
     }
 
@@ -262,7 +262,7 @@ pub fn score_masks_cp4(
 /// example's annotated median diameter, and scores them against their labels. Used for
 /// validation before and after training: both models see the same images at the same scale, so
 /// the comparison is about segmentation, not size estimation.
-pub fn score_examples(
+pub(crate) fn score_examples(
     model: &Model,
     diam_mean: f64,
     examples: &[Example],

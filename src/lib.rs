@@ -25,6 +25,7 @@
 //! - [`telemetry`]: tracing set-up, blocking work inside the caller's span.
 //! - [`redact`]: the one redaction of secrets (URL passwords, credential query values, tokens and
 //!   keys) applied to everything that leaves the process.
+//! - [`tool`]: NimbusImage's two retrain tools, each a model family.
 pub mod annotations;
 pub mod cli;
 pub mod config;
@@ -48,6 +49,7 @@ pub mod report;
 pub mod segment;
 pub mod synthetic;
 pub mod telemetry;
+pub mod tool;
 pub mod train;
 pub mod transforms;
 pub mod worker;

@@ -60,7 +60,7 @@ pub struct Prediction {
 }
 
 /// The resize factor cellpose uses: diam_mean / diameter, else diam_mean / diam_labels.
-pub fn rescale_for(diam_mean: f64, diam_labels: f64, diameter: Option<f64>) -> f64 {
+pub(crate) fn rescale_for(diam_mean: f64, diam_labels: f64, diameter: Option<f64>) -> f64 {
     match diameter {
         Some(d) if d > 0.0 => diam_mean / d,
         _ if diam_labels > 0.0 => diam_mean / diam_labels,
@@ -69,7 +69,7 @@ pub fn rescale_for(diam_mean: f64, diam_labels: f64, diameter: Option<f64>) -> f
 }
 
 /// cellpose `transforms.get_pad_yx(Ly, Lx, div=16, extra=1)`: (ypad1, ypad2, xpad1, xpad2).
-pub fn pad_yx(ly: i64, lx: i64) -> (i64, i64, i64, i64) {
+pub(crate) fn pad_yx(ly: i64, lx: i64) -> (i64, i64, i64, i64) {
     let pad = |l: i64| {
         let lpad = (l + 15) / 16 * 16 - l;
         (8 + lpad / 2, 8 + lpad - lpad / 2)
@@ -80,7 +80,7 @@ pub fn pad_yx(ly: i64, lx: i64) -> (i64, i64, i64, i64) {
 }
 
 /// Tile start offsets along one axis (cellpose `make_tiles`, augment=False).
-pub fn tile_starts(len: i64, bsize: i64, overlap: f64) -> Vec<i64> {
+pub(crate) fn tile_starts(len: i64, bsize: i64, overlap: f64) -> Vec<i64> {
     let overlap = overlap.clamp(0.05, 0.5);
     let b = bsize.min(len);
     let n = if len <= bsize { 1 } else { ((1.0 + 2.0 * overlap) * len as f64 / bsize as f64).ceil() as i64 };
@@ -89,7 +89,7 @@ pub fn tile_starts(len: i64, bsize: i64, overlap: f64) -> Vec<i64> {
 }
 
 /// cellpose `_taper_mask(ly, lx, sig=7.5)`: a soft window that down-weights tile borders.
-pub fn taper_mask(ly: i64, lx: i64) -> Tensor {
+pub(crate) fn taper_mask(ly: i64, lx: i64) -> Tensor {
     let bsize = 224.max(ly.max(lx));
     let mean = (bsize - 1) as f64 / 2.0;
     let m: Vec<f64> = (0..bsize)

@@ -20,9 +20,9 @@ use crate::predict::{taper_mask, tile_starts, Prediction};
 use crate::transforms::{self, Channels, Normalize};
 
 /// The mean diameter cellpose 4 rescales images to (`rescale = 30. / diameter`).
-pub const CP4_DIAMETER: f64 = 30.0;
+pub(crate) const CP4_DIAMETER: f64 = 30.0;
 /// cellpose 4 takes at most three channels.
-pub const CP4_MAX_CHANNELS: usize = 3;
+pub(crate) const CP4_MAX_CHANNELS: usize = 3;
 
 /// Which dtype the weights run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -34,7 +34,7 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub fn kind_on(self, device: Device) -> Kind {
+    pub(crate) fn kind_on(self, device: Device) -> Kind {
         match self {
             Precision::Bf16 => Kind::BFloat16,
             Precision::Fp32 => Kind::Float,
@@ -69,7 +69,7 @@ impl Default for Cp4Options {
 }
 
 /// cellpose 4's resize factor.
-pub fn cp4_rescale(diameter: Option<f64>) -> f64 {
+pub(crate) fn cp4_rescale(diameter: Option<f64>) -> f64 {
     match diameter {
         Some(d) if d > 0.0 => CP4_DIAMETER / d,
         _ => 1.0,
@@ -77,7 +77,7 @@ pub fn cp4_rescale(diameter: Option<f64>) -> f64 {
 }
 
 /// cellpose 4 `get_pad_yx(L, div=16, extra=1, min_size=bsize)` along one axis: (before, after).
-pub fn cp4_pad(len: i64, bsize: i64) -> (i64, i64) {
+pub(crate) fn cp4_pad(len: i64, bsize: i64) -> (i64, i64) {
     let lpad = if len >= bsize { (len + 15) / 16 * 16 - len } else { (bsize - len - 16).max(0) };
     (8 + lpad / 2, 8 + lpad - lpad / 2)
 }
@@ -111,7 +111,7 @@ fn at(step: &'static str, name: &'static str, t: &Tensor) -> impl FnOnce(TchErro
 /// cellpose 4 `core.run_net` for one normalised `[C, H, W]` CPU image: resize by `rsz`, pad,
 /// tile at the network's bsize, run in batches, blend with the taper mask, crop the padding.
 /// Returns `[nout, H*rsz, W*rsz]` float32 maps on the CPU.
-pub fn run_net_cp4(
+pub(crate) fn run_net_cp4(
     model: &CpsamModel,
     img: &Tensor,
     rsz: Option<f64>,
@@ -202,7 +202,7 @@ pub fn predict_cp4(
 
 /// cellpose 4 `eval`'s Euler step count: `niter` if given (and not 0), else `int(200 / rescale)`
 /// when the flows are resized back (`resample`), else 200.
-pub fn cp4_niter(requested: Option<u32>, rescale: f64, resample: bool) -> u32 {
+pub(crate) fn cp4_niter(requested: Option<u32>, rescale: f64, resample: bool) -> u32 {
     match requested {
         Some(n) if n > 0 => n,
         _ if resample => (200.0 / rescale) as u32,

@@ -145,7 +145,7 @@ impl Region {
     }
 
     /// The smallest region containing both.
-    pub fn union(&self, other: &Region) -> Region {
+    pub(crate) fn union(&self, other: &Region) -> Region {
         Region {
             x0: self.x0.min(other.x0),
             y0: self.y0.min(other.y0),

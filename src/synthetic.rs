@@ -50,7 +50,7 @@ impl Cell {
     }
 
     /// Axis-aligned bounding box `(x0, y0, x1, y1)`.
-    pub fn bbox(&self) -> (f64, f64, f64, f64) {
+    pub(crate) fn bbox(&self) -> (f64, f64, f64, f64) {
         let p = self.polygon(64);
         let xs = p.iter().map(|q| q.0);
         let ys = p.iter().map(|q| q.1);
@@ -86,7 +86,7 @@ pub struct Scene {
 }
 
 /// [`synth_image`], also returning the cell geometry (for annotations).
-pub fn synth_scene(spec: &SynthSpec) -> Scene {
+pub(crate) fn synth_scene(spec: &SynthSpec) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let (h, w) = (spec.height, spec.width);
     let mut cells: Vec<Cell> = Vec::new();

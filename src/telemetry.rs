@@ -10,12 +10,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl<'de> serde::Deserialize<'de> for LogFormat {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::config::one_of(d, &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)])
-    }
-}
-
 /// Installs the global subscriber; later calls are no-ops (tests may call it repeatedly).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -43,7 +37,7 @@ pub struct TaskPanicked {
 /// Runs CPU-heavy `f` on tokio's blocking pool inside the caller's tracing span, so every log
 /// line from that thread still carries the job's fields (job id, dataset, user). Plain
 /// `spawn_blocking` starts the closure with no span at all.
-pub async fn spawn_blocking_in_span<T, F>(what: &'static str, f: F) -> Result<T, TaskPanicked>
+pub(crate) async fn spawn_blocking_in_span<T, F>(what: &'static str, f: F) -> Result<T, TaskPanicked>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,

@@ -43,7 +43,10 @@ pub enum TransformError {
 
 /// Selects/merges channels of a `[C, H, W]` image into the network's input channels
 /// (cellpose `transforms.reshape`).
-pub fn convert_channels(img: ArrayView3<f32>, channels: Channels) -> Result<Array3<f32>, TransformError> {
+pub(crate) fn convert_channels(
+    img: ArrayView3<f32>,
+    channels: Channels,
+) -> Result<Array3<f32>, TransformError> {
     let (c, h, w) = img.dim();
     if h == 0 || w == 0 {
         return Err(TransformError::Empty(h, w));
@@ -127,7 +130,7 @@ pub fn percentile(values: &mut [f32], q: f64) -> f64 {
 
 /// cellpose `normalize99` on one channel (with `downsample=True`: images above 224^3 pixels use a
 /// strided subsample for the percentiles).
-pub fn normalize99(ch: ArrayView2<f32>, lower: f64, upper: f64) -> Array2<f32> {
+pub(crate) fn normalize99(ch: ArrayView2<f32>, lower: f64, upper: f64) -> Array2<f32> {
     let (h, w) = ch.dim();
     let sample: Vec<f32> = if h * w > 224 * 224 * 224 {
         let (sy, sx) = ((h / 224).max(1), (w / 224).max(1));
@@ -171,7 +174,7 @@ pub fn normalize_img(img: &mut Array3<f32>, opts: &Normalize) {
 /// `align_corners=False` semantics (half-pixel centres, no antialiasing), as cellpose's
 /// `cv2.resize` calls do. Panics where libtorch fails (out of memory); paths that size tensors
 /// from user input use [`f_resize_bilinear`].
-pub fn resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
+pub(crate) fn resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
     match f_resize_bilinear(x, out_h, out_w) {
         Ok(y) => y,
         Err(e) => panic!("bilinear resize of {:?} to {out_h}x{out_w} failed: {e}", x.size()),
@@ -179,7 +182,7 @@ pub fn resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
 }
 
 /// [`resize_bilinear`] with libtorch's failures returned.
-pub fn f_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Result<Tensor, tch::TchError> {
+pub(crate) fn f_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Result<Tensor, tch::TchError> {
     let squeeze = x.dim() == 3;
     let x4 = if squeeze { x.f_unsqueeze(0)? } else { x.shallow_clone() };
     let size = x4.size();
@@ -200,7 +203,7 @@ pub fn f_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Result<Tensor, t
 
 /// The size a `ly x lx` image has at resize factor `rsz`: `int(L * rsz)` per axis, as cellpose's
 /// `core.run_net` computes it (both families); `None` keeps the size.
-pub fn rescaled_size(ly: i64, lx: i64, rsz: Option<f64>) -> (i64, i64) {
+pub(crate) fn rescaled_size(ly: i64, lx: i64, rsz: Option<f64>) -> (i64, i64) {
     match rsz {
         Some(r) => ((ly as f64 * r) as i64, (lx as f64 * r) as i64),
         None => (ly, lx),
@@ -209,7 +212,7 @@ pub fn rescaled_size(ly: i64, lx: i64, rsz: Option<f64>) -> (i64, i64) {
 
 /// cellpose `core.run_net`'s first step for a `[C, H, W]` image: resized by `rsz` to
 /// [`rescaled_size`] (the same tensor when that is its size). Returns the image and its size.
-pub fn resize_by(img: &Tensor, rsz: Option<f64>) -> Result<(Tensor, i64, i64), tch::TchError> {
+pub(crate) fn resize_by(img: &Tensor, rsz: Option<f64>) -> Result<(Tensor, i64, i64), tch::TchError> {
     let size = img.size();
     let [_, ly0, lx0] = size[..] else {
         return Err(tch::TchError::Shape(format!("expected a [C, H, W] image, got {size:?}")));
@@ -227,7 +230,7 @@ pub fn array3_to_tensor(a: &Array3<f32>) -> Tensor {
 }
 
 /// CPU/GPU tensor `[C, H, W]` -> ndarray.
-pub fn tensor_to_array3(t: &Tensor) -> Array3<f32> {
+pub(crate) fn tensor_to_array3(t: &Tensor) -> Array3<f32> {
     let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
     let size = t.size();
     let n = t.numel();

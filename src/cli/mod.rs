@@ -18,7 +18,6 @@ mod serve;
 mod signals;
 mod synth;
 mod train;
-mod train_cpsam;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -13,9 +13,9 @@ use crate::config::Settings;
 use crate::control::Control;
 use crate::girder::{Auth, GirderClient, GirderConfig, Secret};
 use crate::job::events::{error_line, line_for};
+use crate::job::family::{facts, Facts};
 use crate::job::params::interface_json;
-use crate::job::params_cpsam::is_cpsam_values;
-use crate::job::{self, store, Cpnet, Cpsam, Events, Family, JobContext, JobRequest, Request};
+use crate::job::{self, store, Events, JobContext, JobRequest, Request};
 
 /// The container contract's flags (camelCase, as NimbusImage passes them).
 #[derive(Args, Debug, Default)]
@@ -72,40 +72,30 @@ fn run_request(args: OneShotArgs) -> anyhow::Result<ExitCode> {
     let api_url = args.api_url.clone().context("--apiUrl is required")?;
     let token = Secret::new(args.token.clone().context("--token is required")?);
     let kind = args.request.context("--request is required")?;
-    let request =
-        JobRequest::from_command_line(kind, token, args.dataset_id.clone(), args.parameters.as_deref())?;
+    let request = JobRequest::from_command_line(
+        kind,
+        token,
+        args.dataset_id.clone(),
+        args.parameters.as_deref(),
+        settings.oneshot.tool,
+    )?;
     let mut gc = GirderConfig::new(api_url);
     gc.timeout = std::time::Duration::from_secs_f64(settings.girder.timeout_s);
     gc.retry.max_retries = settings.girder.max_retries;
     let client = GirderClient::new(gc, Auth::Token(request.token.clone()))?;
     let rt = runtime()?;
-    // one binary serves both tools: `compute` knows the tool by its fields, `interface` by the
-    // image's setting or else its name
+    // one binary serves both tools: the request knows its tool (see JobRequest)
     match request.request {
-        Request::Interface => {
-            let image = request
-                .image
-                .as_deref()
-                .context("--parameters must contain \"image\" (the worker image name)")?;
-            if settings.oneshot.tool.is_cpsam(image) {
-                rt.block_on(interface(&Cpsam, &client, &settings, &request))
-            } else {
-                rt.block_on(interface(&Cpnet, &client, &settings, &request))
-            }
-        }
+        Request::Interface => rt.block_on(interface(facts(request.tool), &client, &settings, &request)),
         Request::Compute => {
             request.dataset()?;
-            if is_cpsam_values(&request.values) {
-                rt.block_on(compute(&Cpsam, client, settings, request))
-            } else {
-                rt.block_on(compute(&Cpnet, client, settings, request))
-            }
+            rt.block_on(compute(client, settings, request))
         }
     }
 }
 
-async fn interface<F: Family>(
-    family: &F,
+async fn interface(
+    family: &dyn Facts,
     client: &GirderClient,
     settings: &Settings,
     request: &JobRequest,
@@ -123,12 +113,7 @@ async fn interface<F: Family>(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn compute<F: Family>(
-    family: &F,
-    client: GirderClient,
-    settings: Settings,
-    request: JobRequest,
-) -> anyhow::Result<ExitCode> {
+async fn compute(client: GirderClient, settings: Settings, request: JobRequest) -> anyhow::Result<ExitCode> {
     let device = crate::device::open(settings.training.device)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -156,7 +141,7 @@ async fn compute<F: Family>(
         resume: None,
         seed: 0,
     };
-    let result = job::run_job(family, &ctx, &request, &Events::new(tx), &control).await;
+    let result = job::run_job(&ctx, &request, &Events::new(tx), &control).await;
     signals.abort();
     drop(ctx);
     let _ = printer.await;

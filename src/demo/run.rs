@@ -70,7 +70,10 @@ pub struct DemoResult {
 }
 
 /// Runs the demo; `progress` receives each new progress message of the job.
-pub async fn run_demo(opts: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<DemoResult, DemoError> {
+pub(crate) async fn run_demo(
+    opts: &DemoOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DemoResult, DemoError> {
     let t0 = Instant::now();
     let mock = spawn_mock(MockConfig::default()).await.map_err(DemoError::Mock)?;
     progress(&format!("Mock Girder listening at {}", mock.api_url));

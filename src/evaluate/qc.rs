@@ -18,7 +18,7 @@ pub struct QcScores {
 
 impl QcScores {
     /// The scores of matching counts, threshold by threshold.
-    pub fn of_counts(counts: &[MatchCounts]) -> QcScores {
+    pub(crate) fn of_counts(counts: &[MatchCounts]) -> QcScores {
         QcScores {
             precision: counts.iter().map(MatchCounts::precision).collect(),
             recall: counts.iter().map(MatchCounts::recall).collect(),

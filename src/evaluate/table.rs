@@ -56,7 +56,7 @@ pub fn summary_json(summary: &ApSummary, model: &str) -> Value {
 }
 
 /// `{"precision": {"0.5": ..}, "recall", "f1", "pq"}`.
-pub fn qc_json(thresholds: &[f64], qc: &QcScores) -> Value {
+pub(crate) fn qc_json(thresholds: &[f64], qc: &QcScores) -> Value {
     json!({
         "precision": by_threshold(thresholds, &qc.precision),
         "recall": by_threshold(thresholds, &qc.recall),

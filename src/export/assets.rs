@@ -5,19 +5,19 @@
 use ndarray::{ArrayD, ArrayView3};
 
 /// cellpose release the architecture source is written against (`cellpose.resnet_torch.CPnet`).
-pub const CELLPOSE_VERSION: &str = "3.1.1.2";
+pub(crate) const CELLPOSE_VERSION: &str = "3.1.1.2";
 /// torch release whose libtorch this project links (the weights file is its `torch.save` format).
-pub const PYTORCH_VERSION: &str = "2.11.0";
+pub(crate) const PYTORCH_VERSION: &str = "2.11.0";
 
 /// File name and class of the architecture source.
-pub const ARCHITECTURE_FILE: &str = "cellpose_cpnet.py";
-pub const ARCHITECTURE_CALLABLE: &str = "CellposeFlows";
+pub(crate) const ARCHITECTURE_FILE: &str = "cellpose_cpnet.py";
+pub(crate) const ARCHITECTURE_CALLABLE: &str = "CellposeFlows";
 
 /// `cellpose_cpnet.py`: cellpose's `CPnet` unchanged except that `forward` returns only the flow
 /// maps (BioImage.IO's pytorch_state_dict runner maps each returned tensor to a declared output;
 /// CPnet also returns its style vector and every downsampled map). Subclassing keeps the
 /// state_dict keys, so the weights file is the one cellpose loads.
-pub fn architecture_source() -> String {
+pub(crate) fn architecture_source() -> String {
     format!(
         r#""""Network of this BioImage.IO package: cellpose {CELLPOSE_VERSION}'s CPnet (cellpose.resnet_torch).
 
@@ -37,7 +37,7 @@ class {ARCHITECTURE_CALLABLE}(CPnet):
 }
 
 /// `environment.yaml`: a conda environment with the cellpose and torch the package was made for.
-pub fn environment_yaml() -> String {
+pub(crate) fn environment_yaml() -> String {
     format!(
         "name: cellpose-{CELLPOSE_VERSION}\nchannels:\n  - conda-forge\n  - nodefaults\ndependencies:\n  \
          - python=3.11\n  - pip\n  - pip:\n      - cellpose=={CELLPOSE_VERSION}\n      - torch=={PYTORCH_VERSION}\n"
@@ -45,7 +45,7 @@ pub fn environment_yaml() -> String {
 }
 
 /// A float32 array as a `.npy` file (format 1.0, little-endian, C order), as `numpy.save` writes.
-pub fn npy_f32(a: &ArrayD<f32>) -> Vec<u8> {
+pub(crate) fn npy_f32(a: &ArrayD<f32>) -> Vec<u8> {
     let shape: Vec<String> = a.shape().iter().map(|d| d.to_string()).collect();
     let shape = if shape.len() == 1 { format!("({},)", shape[0]) } else { format!("({})", shape.join(", ")) };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
@@ -65,7 +65,7 @@ pub fn npy_f32(a: &ArrayD<f32>) -> Vec<u8> {
 
 /// The cover: the (normalised) first input channel beside the predicted cell probability, 2:1
 /// as BioImage.IO recommends, each half scaled up to at least 256 pixels high.
-pub fn cover_png(
+pub(crate) fn cover_png(
     input: ArrayView3<f32>,
     cellprob_logit: ndarray::ArrayView2<f32>,
 ) -> Result<Vec<u8>, String> {

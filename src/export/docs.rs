@@ -21,7 +21,7 @@ pub struct TrainingRecord {
 impl TrainingRecord {
     /// Reads `<model>.metrics.jsonl` (written by `train`); None when absent or unreadable
     /// (the package is still valid, only less documented).
-    pub fn beside(model: &Path) -> Option<TrainingRecord> {
+    pub(crate) fn beside(model: &Path) -> Option<TrainingRecord> {
         let text = std::fs::read_to_string(RunRecorder::metrics_path(model)).ok()?;
         let lines: Vec<MetricsLine> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let train: Vec<&MetricsLine> = lines.iter().filter(|l| l.stage == Stage::Train).collect();
@@ -40,7 +40,7 @@ impl TrainingRecord {
 }
 
 /// A name BioImage.IO accepts: letters, digits, spaces and `_-()`; other characters become spaces.
-pub fn clean_name(s: &str) -> String {
+pub(crate) fn clean_name(s: &str) -> String {
     let cleaned: String =
         s.chars().map(|c| if c.is_ascii_alphanumeric() || " _-()".contains(c) { c } else { ' ' }).collect();
     let t = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -52,7 +52,7 @@ pub fn clean_name(s: &str) -> String {
 }
 
 /// The cellpose papers (Stringer et al. 2021; Pachitariu & Stringer 2022).
-pub fn citations() -> Vec<Cite> {
+pub(crate) fn citations() -> Vec<Cite> {
     vec![
         Cite {
             text: "Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. Nature Methods 18, 100-106 (2021).".into(),
@@ -157,7 +157,7 @@ pub fn readme(d: &DocInput) -> String {
 }
 
 /// `config.cellpose`: diameters, parent, training summary and validation scores.
-pub fn config_json(
+pub(crate) fn config_json(
     diam: (f64, f64),
     parent: Option<&str>,
     record: Option<&TrainingRecord>,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// Model format version written (`bioimageio.spec` 0.5.14.x's `ModelDescr.implemented_format_version`).
-pub const FORMAT_VERSION: &str = "0.5.14";
+pub(crate) const FORMAT_VERSION: &str = "0.5.14";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Rdf {

@@ -50,7 +50,7 @@ pub async fn open_dataset(client: &GirderClient, dataset_id: &str) -> Result<Dat
 }
 
 /// Checks the chosen channels exist in the dataset (each slot's field is named in the message).
-pub fn check_channels(img: &DatasetImage, params: &JobParams) -> Result<(), JobError> {
+pub(crate) fn check_channels(img: &DatasetImage, params: &JobParams) -> Result<(), JobError> {
     let channels = img.frames.channels();
     let list = || channels.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
     for slot in &params.slots {

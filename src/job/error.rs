@@ -48,14 +48,10 @@ pub enum JobError {
     ModelFile(#[from] ModelError),
     #[error("Training failed: {0}")]
     Train(TrainError),
-    #[error("The job was cancelled.")]
-    Cancelled,
-    /// Stopped for a worker shutdown; `epoch` is where training stood (None: before training).
-    #[error("The worker is shutting down; the job was handed back {}.", match epoch {
-        Some(e) => format!("during epoch {}", e + 1),
-        None => "before training started".to_string(),
-    })]
-    Interrupted { epoch: Option<usize> },
+    /// Stopped by its [`crate::control::Control`], for `reason`; `epoch` is where training stood
+    /// (`None`: before training). The reason travels as is to the job's final status.
+    #[error("{}", stopped_message(*reason, *epoch))]
+    Stopped { reason: StopReason, epoch: Option<usize> },
     /// The checkpoint a job was to resume from could not be used.
     #[error("The checkpoint to resume from is unusable: {0}")]
     Checkpoint(#[from] CheckpointError),
@@ -92,8 +88,7 @@ impl From<GirderError> for JobError {
 impl From<TrainError> for JobError {
     fn from(e: TrainError) -> Self {
         match e {
-            TrainError::Cancelled { .. } => JobError::Cancelled,
-            TrainError::Interrupted { epoch, .. } => JobError::Interrupted { epoch: Some(epoch) },
+            TrainError::Stopped { reason, epoch, .. } => JobError::Stopped { reason, epoch: Some(epoch) },
             other => JobError::Train(other),
         }
     }
@@ -143,8 +138,13 @@ impl JobError {
             }
             JobError::Train(TrainError::Diverged { .. }) => "Lower the Learning Rate and try again.".into(),
             JobError::Train(_) => "See the worker log.".into(),
-            JobError::Cancelled => "Nothing was uploaded.".into(),
-            JobError::Interrupted { .. } => "Another worker resumes it from the last checkpoint.".into(),
+            JobError::Stopped { reason: StopReason::Cancel, .. } => "Nothing was uploaded.".into(),
+            JobError::Stopped { reason: StopReason::Shutdown, .. } => {
+                "Another worker resumes it from the last checkpoint.".into()
+            }
+            JobError::Stopped { reason: StopReason::TakenOver, .. } => {
+                "The worker that took the job over finishes it.".into()
+            }
             JobError::RegionOverlap { .. } => {
                 "Move or shrink one of the two rectangles: validation must be scored on pixels the model \
                  was not trained on."
@@ -171,15 +171,35 @@ impl JobError {
 
 impl From<StopReason> for JobError {
     /// How a stop ends a job outside training (training reports its own epoch).
-    fn from(r: StopReason) -> Self {
-        match r {
-            StopReason::Cancel => JobError::Cancelled,
-            StopReason::Shutdown => JobError::Interrupted { epoch: None },
-        }
+    fn from(reason: StopReason) -> Self {
+        JobError::Stopped { reason, epoch: None }
+    }
+}
+
+/// What a stopped job says, by its reason.
+fn stopped_message(reason: StopReason, epoch: Option<usize>) -> String {
+    match reason {
+        StopReason::Cancel => "The job was canceled.".into(),
+        StopReason::Shutdown => format!(
+            "The worker is shutting down; the job was handed back {}.",
+            match epoch {
+                Some(e) => format!("during epoch {}", e + 1),
+                None => "before training started".to_string(),
+            }
+        ),
+        StopReason::TakenOver => "Another worker took the job over.".into(),
     }
 }
 
 impl JobError {
+    /// Why the job was stopped, when it was stopped rather than failed.
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        match self {
+            JobError::Stopped { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
     /// The error and every cause below it on one line (`a: b: c`), for logs.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();

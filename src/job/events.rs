@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::train::EpochInfo;
 
 /// An event from a job. Training runs on its own thread; events reach the async side (stdout in
@@ -19,22 +21,43 @@ pub enum JobEvent {
     Warning { message: String, info: String },
     /// An epoch finished (metrics history, heartbeats).
     Epoch(EpochInfo),
-    /// A resumable checkpoint (see [`crate::train::checkpoint`]) after `epoch` epochs and
-    /// `step` steps of the next one. Epochs are counted as *epochs completed* everywhere a
-    /// worker names one (this event, checkpoint item names, "Checkpoint saved after epoch N",
-    /// the release line's `checkpoint_epoch=N`, "Resuming ... after epoch N"): the number the
-    /// user saw last in "Epoch N/M" and metrics.jsonl's `epoch`. It is the trainer's
-    /// `TrainState::epoch` (the 0-based index of the next epoch) as is, so no `+ 1` appears
-    /// anywhere and no two texts can disagree.
-    Checkpoint { epoch: usize, step: usize, bytes: Vec<u8> },
 }
 
+/// A resumable checkpoint (see [`crate::train::checkpoint`]) after `epoch` epochs and `step`
+/// steps of the next one, on its own bounded channel ([`Events::with_checkpoints`]).
+///
+/// Epochs are counted as *epochs completed* everywhere a worker names one (this value,
+/// checkpoint item names, "Checkpoint saved after epoch N", the release line's
+/// `checkpoint_epoch=N`, "Resuming ... after epoch N"): the number the user saw last in "Epoch
+/// N/M" and metrics.jsonl's `epoch`. It is the trainer's `TrainState::epoch` (the 0-based index
+/// of the next epoch) as is, so no `+ 1` appears anywhere and no two texts can disagree.
+#[derive(Clone)]
+pub struct Checkpoint {
+    pub epoch: usize,
+    pub step: usize,
+    /// Shared, never copied on the way to Girder: a Cellpose-SAM checkpoint is 3.65 GB.
+    pub bytes: Bytes,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Checkpoint {{ epoch: {}, step: {}, {} bytes }}", self.epoch, self.step, self.bytes.len())
+    }
+}
+
+/// Checkpoints that may wait on their channel while another is being stored: with one, a job
+/// holds at most two in memory, and training waits for room before it encodes a third.
+pub(crate) const CHECKPOINTS_WAITING: usize = 1;
+
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<JobEvent>;
+pub type CheckpointSender = tokio::sync::mpsc::Sender<Checkpoint>;
 
 /// Sends events; a closed receiver is ignored (the job must not fail because nobody listens).
 #[derive(Clone)]
 pub struct Events {
     tx: Option<EventSender>,
+    /// Where checkpoints go (`None`: nobody keeps them, so none is encoded).
+    checkpoints: Option<CheckpointSender>,
     /// The highest fraction sent so far, as `f64` bits (for values in 0..=1 the bit patterns
     /// order like the numbers). Shared by every clone (the training thread's hooks and the
     /// async stages), so progress never goes down whichever side reports.
@@ -42,12 +65,36 @@ pub struct Events {
 }
 
 impl Events {
+    /// Events to `tx`; no checkpoints (a one-shot container has nowhere to keep them).
     pub fn new(tx: EventSender) -> Self {
-        Events { tx: Some(tx), max_fraction: Arc::default() }
+        Events { tx: Some(tx), checkpoints: None, max_fraction: Arc::default() }
     }
     /// Events that go nowhere (tests, library use without a listener).
     pub fn none() -> Self {
-        Events { tx: None, max_fraction: Arc::default() }
+        Events { tx: None, checkpoints: None, max_fraction: Arc::default() }
+    }
+    /// These events, with checkpoints sent to `tx`, a bounded channel (see
+    /// [`CHECKPOINTS_WAITING`]) whose receiver stores them.
+    pub fn with_checkpoints(mut self, tx: CheckpointSender) -> Self {
+        self.checkpoints = Some(tx);
+        self
+    }
+    /// Sends the checkpoint after `epoch` epochs and `step` steps, encoded by `encode` only
+    /// once there is room on the channel (blocking: call it from the training thread). Nothing
+    /// is encoded when nobody keeps checkpoints or the receiver is gone; a failed encoding is
+    /// logged, not fatal: the job goes on without it.
+    pub fn checkpoint(&self, epoch: usize, step: usize, encode: impl FnOnce() -> std::io::Result<Vec<u8>>) {
+        let Some(tx) = &self.checkpoints else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(epoch, step, "no async runtime to store a checkpoint; none written");
+            return;
+        };
+        // waits while the previous checkpoint is still queued behind the one being stored
+        let Ok(room) = runtime.block_on(tx.reserve()) else { return };
+        match encode() {
+            Ok(bytes) => room.send(Checkpoint { epoch, step, bytes: Bytes::from(bytes) }),
+            Err(err) => tracing::warn!(error = %err, epoch, step, "could not encode a checkpoint"),
+        }
     }
     pub fn send(&self, e: JobEvent) {
         if let Some(tx) = &self.tx {
@@ -154,12 +201,12 @@ pub fn line_for(e: &JobEvent) -> Option<String> {
     match e {
         JobEvent::Progress { fraction, title, info } => Some(progress_line(*fraction, title, info)),
         JobEvent::Warning { message, info } => Some(warning_line(message, info)),
-        JobEvent::Epoch(_) | JobEvent::Checkpoint { .. } => None,
+        JobEvent::Epoch(_) => None,
     }
 }
 
 /// "epoch 14", or "epoch 14 and 3 steps of epoch 15" for a checkpoint taken mid-epoch
-/// (see [`JobEvent::Checkpoint`] for how epochs are counted).
+/// (see [`Checkpoint`] for how epochs are counted).
 pub fn checkpoint_label(epoch: usize, step: usize) -> String {
     match step {
         0 => format!("epoch {epoch}"),

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
+use super::context::JobContext;
 use super::dataset;
 use super::error::JobError;
 use super::events::Events;
 use super::family::Family;
 use super::intake::Plan;
 use super::stages::Step;
-use super::JobContext;
 use crate::control::Control;
 use crate::train::Example;
 

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use super::context::JobContext;
 use super::dataset::{self, DatasetImage};
 use super::error::JobError;
 use super::events::Events;
@@ -11,7 +12,6 @@ use super::family::Family;
 use super::request::JobRequest;
 use super::store;
 use super::validate::JobParams;
-use super::JobContext;
 use crate::control::Control;
 use crate::girder::User;
 
@@ -56,20 +56,19 @@ pub async fn intake<F: Family>(
     let image = control.race(dataset::open_dataset(client, &dataset_id)).await??;
     dataset::check_channels(&image, &params)?;
 
-    let name = &params.base_model;
-    let base = match user_models.iter().find(|i| &i.name == name) {
-        Some(item) => {
-            let bytes = control.race(store::download_model(client, item)).await??;
-            let origin = format!("your model `{name}`");
-            let (device, f) = (ctx.device, family.clone());
-            // parsing a 100 MB to 1 GB file is CPU work: off the async threads, in the job's span
-            let load = crate::telemetry::spawn_blocking_in_span("loading the base model", move || {
-                f.load_file(&bytes, &origin, device)
-            });
-            control.race(load).await???
-        }
-        None => family.load_builtin(name, &ctx.settings, ctx.device)?,
+    let name = params.base_model.clone();
+    let user_file = match user_models.iter().find(|i| i.name == name) {
+        Some(item) => Some(control.race(store::download_model(client, item)).await??),
+        None => None,
     };
+    let (device, settings, f) = (ctx.device, ctx.settings.clone(), family.clone());
+    // reading and parsing a 100 MB to 1.2 GB file is blocking work: off the async threads, in
+    // the job's span
+    let load = crate::telemetry::spawn_blocking_in_span("loading the base model", move || match user_file {
+        Some(bytes) => f.load_file(&bytes, &format!("your model `{name}`"), device),
+        None => f.load_builtin(&name, &settings, device),
+    });
+    let base = control.race(load).await???;
     family.check_base(&base, &params)?;
     Ok((Plan { params, user, dataset_id, image, started }, base))
 }

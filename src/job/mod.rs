@@ -6,10 +6,12 @@
 //! [`fetch::Samples`]) -> [`train`] ([`train::Trained`]) -> [`evaluate`] (AP before and after)
 //! -> [`upload`] ([`JobOutcome`]); [`run::run_job`] is the five calls. The stages talk to the
 //! model through [`family::Family`]; progress steps come from one table ([`stages`]); one
-//! [`crate::control::Control`] stops any stage. Parameters are checked in [`validate`] against
-//! the field table in [`params`] (Cellpose-SAM's: [`validate_cpsam`], [`params_cpsam`]); Girder
-//! folders are in [`store`], the model replace protocol in [`replace`]; progress and warnings are
-//! [`events`].
+//! [`crate::control::Control`] stops any stage. Each family is the one source of its tool's facts
+//! (fields, ranges, built-ins, folder: [`family::Facts`]); parameters are checked in [`validate`]
+//! against the field table of [`params`]; what a job runs with and ends with is in [`context`];
+//! Girder folders are in [`store`], the model replace protocol in [`replace`]; progress, warnings
+//! and checkpoints are [`events`].
+pub mod context;
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
@@ -19,7 +21,6 @@ pub mod fetch;
 pub mod intake;
 pub mod package;
 pub mod params;
-pub mod params_cpsam;
 pub mod replace;
 pub mod request;
 pub mod run;
@@ -28,11 +29,11 @@ pub mod store;
 pub mod train;
 pub mod upload;
 pub mod validate;
-pub mod validate_cpsam;
 
+pub use context::{JobContext, JobOutcome};
 pub use error::JobError;
 pub use events::{Events, JobEvent};
-pub use family::{Cpnet, Cpsam, Family};
+pub use family::{validate, Cpnet, Cpsam, Facts, Family};
 pub use request::{JobRequest, Request, RequestError};
-pub use run::{run_job, JobContext, JobOutcome};
-pub use validate::{json_type, validate, JobParams, ParamError, ParamErrors};
+pub use run::run_job;
+pub use validate::{json_type, JobParams, ParamError, ParamErrors};

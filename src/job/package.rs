@@ -13,7 +13,7 @@ use ndarray::Array3;
 
 /// Builds `<name>.bioimageio.zip` from the model file. Blocking (it runs the network once for
 /// the package's test tensors). `sample` is a validation crop's image for those tensors.
-pub fn bioimageio_zip(
+pub(crate) fn bioimageio_zip(
     model_file: &[u8],
     name: &str,
     base_model: &str,

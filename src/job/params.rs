@@ -1,11 +1,9 @@
-//! The training job's parameters: one table that the `interface` request, validation and the
-//! README all read (NimbusImage's "Cellpose retrain" fields, plus Validation Region).
+//! The tools' interface fields: what a field is ([`Field`]), the fields both tools share, built
+//! once with each tool's ranges ([`shared_fields`]), and the JSON NimbusImage stores
+//! ([`interface_json`]). Each tool's own fields (base model, output name, channels) are its
+//! family's facts ([`super::family`]); `interface`, validation and the README read the one table.
 
 use serde_json::{json, Map, Value};
-
-/// NimbusImage's `BASE_MODELS`: the built-ins the interface offers, each only when its weight
-/// file is in the models folder.
-pub const BASE_MODELS: [&str; 4] = ["cyto", "cyto2", "cyto3", "nuclei"];
 
 /// What kind of widget a field is in NimbusImage's interface.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,71 +34,51 @@ pub struct Field {
     pub display_order: u32,
 }
 
-pub const LEARNING_RATE: &str = "Learning Rate";
+pub(crate) const LEARNING_RATE: &str = "Learning Rate";
 pub const EPOCHS: &str = "Epochs";
-pub const WEIGHT_DECAY: &str = "Weight Decay";
-pub const KEEP_BEST: &str = "Keep best model";
+pub(crate) const WEIGHT_DECAY: &str = "Weight Decay";
+pub(crate) const KEEP_BEST: &str = "Keep best model";
 
-/// The fields, in display order. Epoch bounds are the interface's; deployments may widen them
-/// (`[training] min_epochs/max_epochs`), see [`fields_with_limits`].
-pub fn fields() -> Vec<Field> {
+/// One number field as a tool offers it: its range, its default and what its tooltip says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberField {
+    pub min: f64,
+    pub max: f64,
+    pub default: f64,
+    pub tooltip: &'static str,
+}
+
+/// What the fields both tools share differ in from tool to tool (each family's facts).
+#[derive(Debug, Clone, Copy)]
+pub struct SharedRanges {
+    pub learning_rate: NumberField,
+    /// Whole epochs; the deployment's `[training] min_epochs/max_epochs` already applied.
+    pub epochs: NumberField,
+    pub weight_decay: NumberField,
+    /// Display order of the first shared field (the tool's own fields come before).
+    pub first: u32,
+}
+
+/// The fields both tools share, in display order from `ranges.first`: Training Tag, Training
+/// Region, Validation Region, Learning Rate, Epochs, Weight Decay, Keep best model.
+pub(crate) fn shared_fields(ranges: &SharedRanges) -> Vec<Field> {
     use FieldKind::*;
-    vec![
-        Field {
-            name: "Cellpose train",
-            kind: Notes,
-            default: Some(json!("This tool trains a Cellpose model using user-corrected annotations.")),
-            required: false,
-            tooltip: "",
-            display_order: 0,
-        },
-        Field {
-            name: "Base Model",
-            kind: Select,
-            default: Some(json!("cyto3")),
-            required: true,
-            tooltip: "This model is the one used as a base for training.\ncyto3 is the most accurate for cells, whereas nuclei is best for finding nuclei.\nYour own models (in your .cellpose/models folder) are listed too.",
-            display_order: 4,
-        },
-        Field {
-            name: "Nuclear Model?",
-            kind: Checkbox,
-            default: Some(json!(false)),
-            required: false,
-            tooltip: "If you are training a nuclear model, check this box (only the primary channel is used).",
-            display_order: 5,
-        },
-        Field {
-            name: "Output Model Name",
-            kind: Text,
-            default: None,
-            required: true,
-            tooltip: "The name of the retrained model (saved to your .cellpose/models folder; an existing model of that name is replaced once the new one is stored).",
-            display_order: 6,
-        },
-        Field {
-            name: "Primary Channel",
-            kind: Channel,
-            default: None,
-            required: true,
-            tooltip: "The channel to use for the primary segmentation.\nIf you are segmenting cytoplasm, put your cytoplasm channel here.\nIf you are segmenting nuclei, put your nucleus channel here.",
-            display_order: 7,
-        },
-        Field {
-            name: "Secondary Channel",
-            kind: Channel,
-            default: Some(json!(-1)),
-            required: false,
-            tooltip: "The channel to use for the secondary segmentation.\nIf you are segmenting cytoplasm, put your nuclei channel here.\nIf you are segmenting nuclei, leave this blank (it will be ignored if filled).",
-            display_order: 8,
-        },
+    let number = |name, f: NumberField, integer: bool| Field {
+        name,
+        kind: Number { min: f.min, max: f.max, integer },
+        default: Some(if integer { json!(f.default as i64) } else { json!(f.default) }),
+        required: false,
+        tooltip: f.tooltip,
+        display_order: 0,
+    };
+    let mut fields = vec![
         Field {
             name: "Training Tag",
             kind: Tags,
             default: None,
             required: true,
             tooltip: "Train the model on objects that have this tag.",
-            display_order: 9,
+            display_order: 0,
         },
         Field {
             name: "Training Region",
@@ -108,7 +86,7 @@ pub fn fields() -> Vec<Field> {
             default: None,
             required: false,
             tooltip: "These objects define the regions that the training will be performed on.\nIf you do not select any objects, the training will be performed on all objects in the image.\nYou can and probably should select multiple regions.",
-            display_order: 10,
+            display_order: 0,
         },
         Field {
             name: "Validation Region",
@@ -116,59 +94,29 @@ pub fn fields() -> Vec<Field> {
             default: None,
             required: false,
             tooltip: "Objects with this tag mark held-out regions (not trained on). The base and the trained model are both scored there (average precision at IoU 0.5/0.75/0.9), so you can see whether retraining helped.",
-            display_order: 11,
+            display_order: 0,
         },
-        Field {
-            name: LEARNING_RATE,
-            kind: Number { min: 0.0001, max: 0.5, integer: false },
-            default: Some(json!(0.01)),
-            required: false,
-            tooltip: "The learning rate for the training. 0.01 is a good starting point.",
-            display_order: 12,
-        },
-        Field {
-            name: EPOCHS,
-            kind: Number { min: 100.0, max: 2000.0, integer: true },
-            default: Some(json!(1000)),
-            required: false,
-            tooltip: "The number of epochs to train the model for. 1000 is a good starting point.",
-            display_order: 13,
-        },
-        Field {
-            name: WEIGHT_DECAY,
-            kind: Number { min: 0.0, max: 0.01, integer: false },
-            default: Some(json!(0.0001)),
-            required: false,
-            tooltip: "The weight decay for the training.",
-            display_order: 14,
-        },
+        number(LEARNING_RATE, ranges.learning_rate, false),
+        number(EPOCHS, ranges.epochs, true),
+        number(WEIGHT_DECAY, ranges.weight_decay, false),
         Field {
             name: KEEP_BEST,
             kind: Checkbox,
             default: Some(json!(true)),
             required: false,
             tooltip: "With a Validation Region: score the model on it during training and upload the epoch with the best average precision (IoU 0.5), not simply the last one. The report names the epoch.",
-            display_order: 15,
+            display_order: 0,
         },
-    ]
-}
-
-/// The table with the deployment's epoch range applied.
-pub fn fields_with_limits(min_epochs: usize, max_epochs: usize) -> Vec<Field> {
-    fields()
-        .into_iter()
-        .map(|mut f| {
-            if f.name == EPOCHS {
-                f.kind = FieldKind::Number { min: min_epochs as f64, max: max_epochs as f64, integer: true };
-            }
-            f
-        })
-        .collect()
+    ];
+    for (i, f) in fields.iter_mut().enumerate() {
+        f.display_order = ranges.first + i as u32;
+    }
+    fields
 }
 
 /// The JSON NimbusImage stores for the worker image (`POST /worker_interface?image=`).
 /// `models` are the Base Model choices (sorted, de-duplicated here).
-pub fn interface_json(fields: &[Field], models: &[String]) -> Value {
+pub(crate) fn interface_json(fields: &[Field], models: &[String]) -> Value {
     let mut items: Vec<String> = models.to_vec();
     items.sort();
     items.dedup();

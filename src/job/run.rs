@@ -1,61 +1,38 @@
 //! The job from start to end, as its five stages: intake -> fetch -> (evaluate the base) ->
 //! train -> evaluate -> upload. One function that the one-shot container mode, the queue worker
-//! and the demo all call; each stage takes and returns a typed value, and the one [`Control`]
-//! reaches every stage.
+//! and the demo all call, and the one place where the request's [`Tool`] becomes its family;
+//! each stage takes and returns a typed value, and the one [`Control`] reaches every stage.
 
-use tch::Device;
-
+use super::context::{JobContext, JobOutcome};
 use super::error::JobError;
 use super::evaluate::{evaluate, Scores};
 use super::events::Events;
-use super::family::Family;
+use super::family::{Cpnet, Cpsam, Family};
 use super::fetch::fetch;
 use super::intake::intake;
 use super::request::JobRequest;
 use super::stages::Step;
 use super::train::train;
 use super::upload::upload;
-use crate::config::Settings;
 use crate::control::Control;
-use crate::evaluate::ApSummary;
-use crate::girder::{GirderClient, User};
+use crate::tool::Tool;
 
-/// What the worker brings to a job (the request says what the user asked for).
-pub struct JobContext {
-    /// Acts as the user who submitted the job (their token).
-    pub client: GirderClient,
-    /// The user, when the caller has already looked them up (the queue worker's owner check).
-    pub user: Option<User>,
-    pub settings: Settings,
-    pub device: Device,
-    /// Unique per job (the Girder job id): temporary upload names, local copies.
-    pub job_tag: String,
-    /// A checkpoint to continue from (a job taken over from a dead worker), as downloaded:
-    /// shared, not copied (a Cellpose-SAM checkpoint is 3.65 GB).
-    pub resume: Option<bytes::Bytes>,
-    pub seed: u64,
-}
-
-/// What a finished job produced.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct JobOutcome {
-    pub model_name: String,
-    pub model_item_id: String,
-    pub report_item_id: Option<String>,
-    pub n_train: usize,
-    pub n_validation: usize,
-    pub ap_before: Option<ApSummary>,
-    pub ap_after: Option<ApSummary>,
-    pub train_losses: Vec<f64>,
-    pub resumed_from_epoch: Option<usize>,
-    /// The epoch whose weights were uploaded when the best one was kept.
-    pub kept_epoch: Option<usize>,
-    pub seconds: f64,
-}
-
-/// Runs the training job of `family`.
+/// Runs the training job `request` asks for, with its tool's family.
 #[tracing::instrument(skip_all, fields(job = %ctx.job_tag))]
-pub async fn run_job<F: Family>(
+pub async fn run_job(
+    ctx: &JobContext,
+    request: &JobRequest,
+    events: &Events,
+    control: &Control,
+) -> Result<JobOutcome, JobError> {
+    match request.tool {
+        Tool::Cellpose => run_family(&Cpnet, ctx, request, events, control).await,
+        Tool::CellposeSam => run_family(&Cpsam, ctx, request, events, control).await,
+    }
+}
+
+/// The five stages with `family`.
+async fn run_family<F: Family>(
     family: &F,
     ctx: &JobContext,
     request: &JobRequest,

@@ -56,7 +56,7 @@ impl Step {
 
 /// Progress after `done` of `n` epochs: from [`Step::Training`] up to, never past,
 /// [`Step::Saving`] (0.4 + 0.55 * n / n is 0.9500000000000001 in floating point).
-pub fn training_fraction(done: usize, n: usize) -> f64 {
+pub(crate) fn training_fraction(done: usize, n: usize) -> f64 {
     let (start, end) = (Step::Training.fraction(), Step::Saving.fraction());
     (start + (end - start) * done as f64 / n.max(1) as f64).min(end)
 }

@@ -3,13 +3,13 @@
 //! another worker. Progress, epochs and checkpoints go out as events; a cancel stops within one
 //! step, a shutdown checkpoints first.
 
+use super::context::JobContext;
 use super::error::JobError;
 use super::events::{checkpoint_label, Events};
 use super::family::{Family, Reporter, TrainJob, TrainResult};
 use super::fetch::Samples;
 use super::intake::Plan;
 use super::stages::Step;
-use super::JobContext;
 use crate::control::Control;
 use crate::report::ScoredEpoch;
 use crate::train::TrainOutcome;
@@ -48,7 +48,7 @@ pub async fn train<F: Family>(
         (family.clone(), plan.params.clone(), ctx.settings.clone(), ctx.device, ctx.seed);
     let (examples, resume_bytes, control_t) = (samples.train.clone(), ctx.resume.clone(), control.clone());
     let validation = samples.validation.clone();
-    let mut reporter =
+    let reporter =
         Reporter { events: events.clone(), checkpoint_every: family.checkpoint_every(&ctx.settings) };
     let run = crate::telemetry::spawn_blocking_in_span("training", move || {
         let net = base;
@@ -77,7 +77,7 @@ pub async fn train<F: Family>(
             validation,
             score_seconds,
         };
-        let TrainResult { outcome, kept_epoch, scored } = f.train(job, &mut reporter)?;
+        let TrainResult { outcome, kept_epoch, scored } = super::family::train(&f, job, &reporter)?;
         Ok::<_, JobError>(Trained { net, n_train, outcome, resumed_from_epoch, kept_epoch, scored })
     });
     // not raced against the control: the trainer itself stops within one step (and a shutdown

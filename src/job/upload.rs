@@ -42,6 +42,7 @@
 
 use bytes::Bytes;
 
+use super::context::{JobContext, JobOutcome};
 use super::error::JobError;
 use super::evaluate::Scores;
 use super::events::Events;
@@ -50,7 +51,6 @@ use super::intake::Plan;
 use super::stages::Step;
 use super::store;
 use super::train::Trained;
-use super::{JobContext, JobOutcome};
 use crate::config::Settings;
 use crate::control::Control;
 use crate::model::ModelFamily;
@@ -70,9 +70,17 @@ pub async fn upload<F: Family>(
         return Err(r.into());
     }
     Step::Saving.report(events, format!("Uploading model {}", params.output_name));
-    let bytes = family.to_file(&trained.net)?;
+    let (f, net, settings) = (family.clone(), trained.net, ctx.settings.clone());
+    let (tag, name) = (ctx.job_tag.clone(), params.output_name.clone());
+    // writing the model file (1.2 GB for Cellpose-SAM) and its local copy is blocking work: off
+    // the async threads, in the job's span
+    let written = crate::telemetry::spawn_blocking_in_span("writing the model file", move || {
+        let bytes = f.to_file(&net)?;
+        let kept = keep_locally(&settings, &tag, &name, &bytes);
+        Ok::<_, JobError>((bytes, kept))
+    });
+    let (bytes, kept) = written.await??;
     let model_file = bytes.clone();
-    let kept = keep_locally(&ctx.settings, &ctx.job_tag, &params.output_name, &bytes);
     // The model upload is not raced against a stop: abandoning it half-way would leave a
     // partial item behind, and it is one file; the stop is honoured right after it.
     let item =
@@ -102,6 +110,7 @@ pub async fn upload<F: Family>(
         n_train,
         n_validation,
         train_losses: outcome.train_losses.clone(),
+        learning_rates: outcome.learning_rates.clone(),
         epoch_seconds: outcome.epoch_seconds.clone(),
         ap_before: scores.before.clone(),
         ap_after: scores.after.clone(),

@@ -53,7 +53,7 @@ pub enum Value {
 }
 
 impl Value {
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Value::None => "None",
             Value::Bool(_) => "bool",
@@ -70,7 +70,7 @@ impl Value {
         }
     }
 
-    pub fn as_int(&self) -> Option<i64> {
+    pub(crate) fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
             Value::Bool(b) => Some(*b as i64),
@@ -86,7 +86,7 @@ impl Value {
     }
 
     /// Items of a tuple or list, copied out (values are cheap `Rc` clones).
-    pub fn as_seq(&self) -> Option<Vec<Value>> {
+    pub(crate) fn as_seq(&self) -> Option<Vec<Value>> {
         match self {
             Value::Tuple(t) => Some(t.as_ref().clone()),
             Value::List(l) => Some(l.borrow().clone()),
@@ -95,7 +95,7 @@ impl Value {
     }
 
     /// A tuple/list of ints, as used for shapes and strides.
-    pub fn as_int_seq(&self) -> Option<Vec<i64>> {
+    pub(crate) fn as_int_seq(&self) -> Option<Vec<i64>> {
         self.as_seq()?.iter().map(Value::as_int).collect()
     }
 }

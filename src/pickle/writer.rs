@@ -55,9 +55,6 @@ impl Writer {
     pub fn empty_tuple(&mut self) {
         self.buf.push(b')');
     }
-    pub fn empty_dict(&mut self) {
-        self.buf.push(b'}');
-    }
     /// Closes a `mark()` into a tuple.
     pub fn tuple(&mut self) {
         self.buf.push(b't');

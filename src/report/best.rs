@@ -1,14 +1,69 @@
 //! The best-validation model: score the validation set every `eval_every` epochs and keep the
 //! weights with the highest AP@0.5 (ties go to the later epoch: more training at the same score),
 //! as InstanSeg keeps its best-F1 checkpoint and cellpose users ask for (MouseLand/cellpose #1113,
-//! #1351). [`BestModel`] holds the weights in memory (a copy of the state_dict, a few MB) so
-//! keeping one costs no disk writes; the CLI saves it at the end, the job can upload it.
+//! #1351). [`BestModel`] holds the weights in memory ([`Snapshot`]: a CPnet's state_dict, a few
+//! MB; a Cellpose-SAM's trained tensors, 1.2 GB at full size) so keeping one costs no disk
+//! writes; the CLI saves it at the end, the job uploads it.
 
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::evaluate::ApSummary;
 use crate::model::torch_file::StateDict;
-use crate::model::{Model, ModelError};
+use crate::model::{CpsamModel, Model, ModelError};
+
+/// A network whose weights can be copied out and put back: what [`BestModel`] keeps of either
+/// family.
+pub trait Snapshot {
+    /// A copy of the weights, independent of the network's (training goes on changing those).
+    type Weights: Send;
+    fn weights(&self) -> Self::Weights;
+    /// Puts `weights` back; `origin` names them in errors.
+    fn restore(&self, weights: &Self::Weights, origin: &str) -> Result<(), ModelError>;
+}
+
+impl Snapshot for Model {
+    type Weights = StateDict;
+
+    fn weights(&self) -> StateDict {
+        self.state_dict()
+    }
+
+    fn restore(&self, weights: &StateDict, origin: &str) -> Result<(), ModelError> {
+        self.copy_from(weights, origin)
+    }
+}
+
+impl Snapshot for CpsamModel {
+    /// The tensors training changes ([`crate::train::cpsam::trained_parameters`]), copied to
+    /// the CPU: the rest stays as the base model had it.
+    type Weights = Vec<(String, Tensor)>;
+
+    fn weights(&self) -> Vec<(String, Tensor)> {
+        tch::no_grad(|| {
+            crate::train::cpsam::trained_parameters(self)
+                .into_iter()
+                .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).copy()))
+                .collect()
+        })
+    }
+
+    fn restore(&self, weights: &Vec<(String, Tensor)>, origin: &str) -> Result<(), ModelError> {
+        let vars = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, w) in weights {
+                let mut v = vars
+                    .get(name)
+                    .ok_or_else(|| ModelError::MissingTensor {
+                        origin: origin.to_string(),
+                        name: name.clone(),
+                    })?
+                    .shallow_clone();
+                v.copy_(w);
+            }
+            Ok(())
+        })
+    }
+}
 
 /// Share of the training time scoring may take when the interval is chosen automatically:
 /// 8%, leaving room under the 10% budget for epoch-to-epoch jitter.
@@ -38,21 +93,21 @@ pub struct ScoredEpoch {
     pub ap50: f64,
 }
 
-/// Keeps the best-scoring weights seen so far.
-pub struct BestModel {
+/// Keeps the best-scoring weights of a network `M` seen so far.
+pub struct BestModel<M: Snapshot = Model> {
     /// The best epoch, its full scores and a copy of its weights.
-    best: Option<(ScoredEpoch, ApSummary, StateDict)>,
+    best: Option<(ScoredEpoch, ApSummary, M::Weights)>,
     /// Every score offered, in order (the report's AP per scored epoch).
     pub history: Vec<ScoredEpoch>,
 }
 
-impl Default for BestModel {
+impl<M: Snapshot> Default for BestModel<M> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl BestModel {
+impl<M: Snapshot> BestModel<M> {
     pub fn new() -> Self {
         BestModel { best: None, history: Vec::new() }
     }
@@ -60,14 +115,14 @@ impl BestModel {
     /// Offers `model` scored `summary` after `epoch` completed epochs; copies its weights when
     /// its AP@0.5 is at least the best so far (NaN scores, an empty validation set, never win).
     /// Returns whether it became the best.
-    pub fn offer(&mut self, epoch: usize, summary: &ApSummary, model: &Model) -> bool {
+    pub(crate) fn offer(&mut self, epoch: usize, summary: &ApSummary, model: &M) -> bool {
         let scored = ScoredEpoch { epoch, ap50: summary.ap50() };
         self.history.push(scored.clone());
         // `>=`: epochs are offered in order, so a tie goes to the later one
         let better =
             scored.ap50.is_finite() && self.best.as_ref().is_none_or(|(b, ..)| scored.ap50 >= b.ap50);
         if better {
-            self.best = Some((scored, summary.clone(), model.state_dict()));
+            self.best = Some((scored, summary.clone(), model.weights()));
         }
         better
     }
@@ -77,22 +132,19 @@ impl BestModel {
         self.best.as_ref().map(|(s, ..)| s)
     }
 
-    /// The best epoch's full validation scores.
-    pub fn best_summary(&self) -> Option<&ApSummary> {
-        self.best.as_ref().map(|(_, a, _)| a)
-    }
-
     /// Loads the best weights into `model` (no-op when nothing was scored); returns the epoch.
-    pub fn restore_into(&self, model: &Model) -> Result<Option<usize>, ModelError> {
+    pub(crate) fn restore_into(&self, model: &M) -> Result<Option<usize>, ModelError> {
         match &self.best {
-            Some((s, _, sd)) => {
-                model.copy_from(sd, &format!("the best model (epoch {})", s.epoch))?;
+            Some((s, _, weights)) => {
+                model.restore(weights, &format!("the best model (epoch {})", s.epoch))?;
                 Ok(Some(s.epoch))
             }
             None => Ok(None),
         }
     }
+}
 
+impl BestModel<Model> {
     /// A model holding the best weights, on `device`.
     pub fn model(&self, device: Device) -> Result<Option<Model>, ModelError> {
         self.best

@@ -23,13 +23,13 @@ impl CellposeEpochLog {
         Self::default()
     }
 
-    /// cellpose's cadence: `iepoch == 5 or iepoch % 10 == 0`.
-    pub fn logs_at(epoch: usize) -> bool {
-        epoch == 5 || epoch.is_multiple_of(10)
+    /// cellpose's cadence: `iepoch == 5 or iepoch % 10 == 0`, the test loss's too.
+    pub(crate) fn logs_at(epoch: usize) -> bool {
+        crate::train::epochs::cellpose_reports_at(epoch)
     }
 
     /// Takes one finished epoch; returns cellpose's line when cellpose would log at this epoch.
-    pub fn observe(&mut self, e: &EpochInfo) -> Option<String> {
+    pub(crate) fn observe(&mut self, e: &EpochInfo) -> Option<String> {
         self.loss_sum += e.train_loss;
         self.epochs += 1;
         if !Self::logs_at(e.epoch) {

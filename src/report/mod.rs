@@ -9,7 +9,7 @@ mod qc_csv;
 mod recorder;
 pub mod tensorboard;
 
-pub use best::{auto_eval_every, BestModel, ScoredEpoch, SCORING_SHARE};
+pub use best::{auto_eval_every, BestModel, ScoredEpoch, Snapshot, SCORING_SHARE};
 pub use cellpose_log::CellposeEpochLog;
 pub use qc_csv::qc_csv;
 pub use recorder::{RecordError, RunRecorder, Validation};
@@ -23,7 +23,6 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::evaluate::ApSummary;
-use crate::train::schedule::lr_schedule;
 
 /// Which part of a run a metrics line describes.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -87,7 +86,7 @@ impl MetricsLine {
     }
 
     /// Sets AP, F1 and PQ from a validation summary.
-    pub fn with_scores(mut self, ap: &ApSummary) -> MetricsLine {
+    pub(crate) fn with_scores(mut self, ap: &ApSummary) -> MetricsLine {
         let keyed = |v: &[f64]| -> BTreeMap<String, f64> {
             ap.thresholds.iter().zip(v).map(|(t, a)| (format!("{t}"), *a)).collect()
         };
@@ -135,7 +134,7 @@ impl MetricsLog {
         })
     }
 
-    pub fn tensorboard_path(&self) -> Option<&Path> {
+    pub(crate) fn tensorboard_path(&self) -> Option<&Path> {
         self.tb.as_ref().map(|t| t.path())
     }
 
@@ -167,7 +166,7 @@ impl MetricsLog {
 /// The metrics history of a run that only kept its losses and epoch times (the worker's job):
 /// before, one line per epoch, after. `seconds` is the sum of the epoch times so far;
 /// `epoch_seconds` is left out where unknown (0: an epoch run before times were kept).
-pub fn history_lines(
+pub(crate) fn history_lines(
     train_losses: &[f64],
     lr: &[f64],
     epoch_seconds: &[f64],
@@ -200,7 +199,7 @@ pub fn history_lines(
 
 /// The report picture for a metrics history: train and test loss and lr by epoch, AP of the
 /// `before` and `after` lines by threshold.
-pub fn history_png(title: &str, lines: &[MetricsLine]) -> Result<Vec<u8>, plot::PlotError> {
+pub(crate) fn history_png(title: &str, lines: &[MetricsLine]) -> Result<Vec<u8>, plot::PlotError> {
     let train: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.train_loss.map(|v| (l.epoch, v))).collect();
     let test: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.test_loss.map(|v| (l.epoch, v))).collect();
     let lrs: Vec<(usize, f64)> = lines.iter().filter_map(|l| l.lr.map(|v| (l.epoch, v))).collect();
@@ -254,6 +253,9 @@ pub struct JobReport {
     pub n_train: usize,
     pub n_validation: usize,
     pub train_losses: Vec<f64>,
+    /// The learning rate each epoch trained with ([`crate::train::TrainOutcome::learning_rates`]):
+    /// the family's own schedule, never recomputed here.
+    pub learning_rates: Vec<f64>,
     /// Wall seconds of each epoch.
     pub epoch_seconds: Vec<f64>,
     pub ap_before: Option<ApSummary>,
@@ -277,10 +279,9 @@ impl JobReport {
     /// (precision, recall, F1, PQ per image), ready to upload.
     pub fn files(&self) -> Result<Vec<(String, Bytes, &'static str)>, plot::PlotError> {
         let json = serde_json::to_vec_pretty(self).map_err(|e| plot::PlotError(e.to_string()))?;
-        let lr = lr_schedule(self.learning_rate, self.epochs);
         let mut lines = history_lines(
             &self.train_losses,
-            &lr,
+            &self.learning_rates,
             &self.epoch_seconds,
             self.ap_before.as_ref(),
             self.ap_after.as_ref(),

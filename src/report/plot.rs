@@ -27,12 +27,22 @@ fn err<E: std::fmt::Display>(e: E) -> PlotError {
 
 static FONT: Once = Once::new();
 
+/// A learning rate as a tick label: scientific, so Cellpose-SAM's 1e-5 and its halving tail
+/// read as well as CPnet's 0.01 (fixed decimals print every small tick as 0.0).
+fn lr_label(v: &f64) -> String {
+    if *v == 0.0 {
+        "0".into()
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
 fn epoch_label(x: &f64) -> String {
     format!("{x:.0}")
 }
 
 /// Renders `data` as a 1500x450 PNG.
-pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
+pub(crate) fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
     FONT.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     });
@@ -86,7 +96,12 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
             .y_label_area_size(65)
             .build_cartesian_2d(0f64..n, 0f64..lmax)
             .map_err(err)?;
-        c.configure_mesh().x_desc("epoch").x_label_formatter(&epoch_label).draw().map_err(err)?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .x_label_formatter(&epoch_label)
+            .y_label_formatter(&lr_label)
+            .draw()
+            .map_err(err)?;
         c.draw_series(LineSeries::new(data.lr.iter().map(|&(e, v)| (e as f64, v)), &BLACK)).map_err(err)?;
 
         // groups centred on integer x: tick k is "IoU t_k"; grey = base model, blue = trained
@@ -160,4 +175,15 @@ pub fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(err)?;
     Ok(png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_learning_rates_keep_their_digits_on_the_axis() {
+        let ticks: Vec<String> = [0.0, 1e-5, 5e-6, 2.5e-6, 0.01].iter().map(lr_label).collect();
+        assert_eq!(ticks, ["0", "1.0e-5", "5.0e-6", "2.5e-6", "1.0e-2"]);
+    }
 }

@@ -57,7 +57,7 @@ pub struct RunRecorder {
 }
 
 /// `<model>.<suffix>` next to the model file.
-pub fn beside(model_path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn beside(model_path: &Path, suffix: &str) -> PathBuf {
     let mut s = model_path.as_os_str().to_owned();
     s.push(format!(".{suffix}"));
     PathBuf::from(s)
@@ -89,20 +89,20 @@ impl RunRecorder {
         })
     }
 
-    pub fn metrics_path(model_path: &Path) -> PathBuf {
+    pub(crate) fn metrics_path(model_path: &Path) -> PathBuf {
         beside(model_path, "metrics.jsonl")
     }
 
     /// `<model>.qc.csv`: the saved model's QC metrics ([`super::qc_csv`]).
-    pub fn qc_csv_path(model_path: &Path) -> PathBuf {
+    pub(crate) fn qc_csv_path(model_path: &Path) -> PathBuf {
         beside(model_path, "qc.csv")
     }
 
-    pub fn report_path(model_path: &Path) -> PathBuf {
+    pub(crate) fn report_path(model_path: &Path) -> PathBuf {
         beside(model_path, "report.png")
     }
 
-    pub fn tensorboard_path(&self) -> Option<&Path> {
+    pub(crate) fn tensorboard_path(&self) -> Option<&Path> {
         self.log.tensorboard_path()
     }
 
@@ -193,7 +193,7 @@ impl RunRecorder {
     }
 
     /// Draws the report picture of the history so far into `path`.
-    pub fn write_png(&self, path: &Path, title: &str) -> Result<(), RecordError> {
+    pub(crate) fn write_png(&self, path: &Path, title: &str) -> Result<(), RecordError> {
         let png = history_png(title, &self.log.lines)?;
         std::fs::write(path, png).map_err(|source| RecordError::Io { path: path.to_path_buf(), source })
     }

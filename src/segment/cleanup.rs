@@ -26,7 +26,7 @@ pub fn flow_error(
 /// cellpose 4.2.1.1 `dynamics.remove_bad_flow_masks`: the flow error from cellpose 4's torch
 /// `masks_to_flows_gpu` on every device (cellpose 4 has no CPU diffusion; its centres are
 /// truncated centres of mass), then the removal and `fastremap.renumber`.
-pub fn remove_bad_flow_masks_cp4(
+pub(crate) fn remove_bad_flow_masks_cp4(
     masks: &mut Array2<u32>,
     dp: ArrayView3<f32>,
     threshold: f64,

@@ -67,7 +67,7 @@ impl LabelMap {
 }
 
 /// Largest label (0 for an empty or all-background image).
-pub fn max_label(labels: ArrayView2<u32>) -> u32 {
+pub(crate) fn max_label(labels: ArrayView2<u32>) -> u32 {
     labels.iter().copied().max().unwrap_or(0)
 }
 
@@ -75,7 +75,7 @@ pub fn max_label(labels: ArrayView2<u32>) -> u32 {
 /// Returns the number of labels. This is fastremap `renumber(preserve_zero=True)`, which cellpose
 /// uses in `labels_to_flows` and `get_masks_torch`; the order matters because later steps (the
 /// flow-error check, hole filling) work label by label.
-pub fn renumber_in_place(labels: &mut Array2<u32>) -> u32 {
+pub(crate) fn renumber_in_place(labels: &mut Array2<u32>) -> u32 {
     let mut map = LabelMap::for_labels(max_label(labels.view()), labels.len());
     let mut next = 0u32;
     for v in labels.iter_mut() {
@@ -134,7 +134,7 @@ pub(crate) fn sorted_counts(labels: ArrayView2<u32>) -> Vec<(u32, u64)> {
 
 /// Bounding boxes of the labels present (0 excluded), in increasing label order: the non-`None`
 /// entries of scipy `find_objects`, each with its label.
-pub fn bounding_boxes(labels: ArrayView2<u32>) -> Vec<(u32, BBox)> {
+pub(crate) fn bounding_boxes(labels: ArrayView2<u32>) -> Vec<(u32, BBox)> {
     let grow = |b: &mut BBox, y: usize, x: usize| {
         b.y0 = b.y0.min(y);
         b.y1 = b.y1.max(y + 1);

@@ -94,7 +94,7 @@ pub enum Integrator {
 
 impl Integrator {
     /// cellpose's choice: grid_sample on CUDA, interpolation otherwise.
-    pub fn for_device(device: Device) -> Integrator {
+    pub(crate) fn for_device(device: Device) -> Integrator {
         if device.is_cuda() {
             Integrator::GridSample
         } else {

@@ -71,7 +71,7 @@ impl MatchCounts {
 
     /// Panoptic quality = sum of matched IoUs / (TP + FP/2 + FN/2) = segmentation quality (mean
     /// matched IoU) x recognition quality (F1); NaN when there are no objects at all.
-    pub fn panoptic_quality(&self) -> f64 {
+    pub(crate) fn panoptic_quality(&self) -> f64 {
         let d = self.tp as f64 + 0.5 * (self.fp + self.fn_) as f64;
         if d > 0.0 {
             self.iou_sum / d

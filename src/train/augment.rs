@@ -11,7 +11,7 @@
 //! every channel, writing straight into the batch buffer in the layout the network wants (NCHW or
 //! NHWC), so a batch costs a few milliseconds on CPU threads.
 
-use ndarray::{Array2, Array3};
+use ndarray::Array3;
 use rand::Rng;
 
 /// The random draws for one image, in cellpose's order (flip, theta, scale, dxy).
@@ -75,7 +75,7 @@ pub struct Source<'a> {
 
 /// Warps one example into `img_out` (`C * bsize^2`, in `layout`) and `flow_out`
 /// (`3 * bsize^2`, planes cellprob, dY, dX).
-pub fn augment_into(
+pub(crate) fn augment_into(
     src: &Source,
     p: &AugmentParams,
     bsize: usize,
@@ -166,21 +166,6 @@ pub fn augment(image: &Array3<f32>, flows: &Array3<f32>, p: &AugmentParams, bsiz
         image: Array3::from_shape_vec((c, bsize, bsize), img).expect("sized above"),
         flows: Array3::from_shape_vec((3, bsize, bsize), fl).expect("sized above"),
     }
-}
-
-/// Nearest-neighbour warp of a class map with the same parameters (class models).
-pub fn augment_classes(classes: &Array2<f32>, p: &AugmentParams, bsize: usize) -> Array2<f32> {
-    let (ly, lx) = classes.dim();
-    let m = p.inverse(ly, lx, bsize);
-    Array2::from_shape_fn((bsize, bsize), |(y, x)| {
-        let sx = (m[0] * x as f64 + m[1] * y as f64 + m[2]).round() as i64;
-        let sy = (m[3] * x as f64 + m[4] * y as f64 + m[5]).round() as i64;
-        if sx < 0 || sy < 0 || sx as usize >= lx || sy as usize >= ly {
-            return 0.0;
-        }
-        let xs = if p.flip { lx - 1 - sx as usize } else { sx as usize };
-        classes[[sy as usize, xs]]
-    })
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ fn rng_for(seed: u64, stream: u64, epoch: usize, batch: usize) -> ChaCha8Rng {
 }
 
 /// Image indices for one epoch: a permutation, or `per_epoch` draws with replacement.
-pub fn epoch_order(n: usize, per_epoch: usize, seed: u64, stream: u64, epoch: usize) -> Vec<usize> {
+pub(crate) fn epoch_order(n: usize, per_epoch: usize, seed: u64, stream: u64, epoch: usize) -> Vec<usize> {
     let mut rng = rng_for(seed, stream, epoch, usize::MAX >> 32);
     if per_epoch == n {
         let mut v: Vec<usize> = (0..n).collect();
@@ -64,7 +64,7 @@ pub fn epoch_order(n: usize, per_epoch: usize, seed: u64, stream: u64, epoch: us
 }
 
 /// Builds one batch for the given image indices.
-pub fn make_batch(
+pub(crate) fn make_batch(
     examples: &[Example],
     inds: &[usize],
     plan: &BatchPlan,
@@ -115,12 +115,12 @@ fn host_tensor(shape: &[i64], pin_for: Option<tch::Device>) -> Tensor {
 }
 
 /// Stream id for training batches (test batches use another so they never share draws).
-pub const TRAIN_STREAM: u64 = 1;
-pub const TEST_STREAM: u64 = 2;
+pub(crate) const TRAIN_STREAM: u64 = 1;
+pub(crate) const TEST_STREAM: u64 = 2;
 
 /// Starts the producer at batch `start_step` of epoch `start` and runs to the end of epoch
 /// `end - 1`; dropping the receiver stops it.
-pub fn spawn_train_batches(
+pub(crate) fn spawn_train_batches(
     examples: Arc<Vec<Example>>,
     plan: BatchPlan,
     start: usize,
@@ -136,7 +136,7 @@ pub fn spawn_train_batches(
                 let rng = rng_for(plan.seed, TRAIN_STREAM, epoch, index);
                 let batch = make_batch(&examples, inds, &plan, rng, epoch, index);
                 if tx.send(batch).is_err() {
-                    return; // trainer stopped (done, cancelled or failed)
+                    return; // trainer stopped (done, canceled or failed)
                 }
             }
         }
@@ -145,7 +145,7 @@ pub fn spawn_train_batches(
 }
 
 /// Test batches are the same at every evaluation (cellpose seeds numpy with 42 each time).
-pub fn test_batches(examples: &[Example], plan: &BatchPlan) -> Vec<Batch> {
+pub(crate) fn test_batches(examples: &[Example], plan: &BatchPlan) -> Vec<Batch> {
     let order = epoch_order(examples.len(), plan.per_epoch, plan.seed ^ 42, TEST_STREAM, 0);
     order
         .chunks(plan.batch_size.max(1))

@@ -15,7 +15,7 @@
 use tch::Tensor;
 
 use super::optim::Optimizer;
-use super::trainer::TrainState;
+use super::state::{Resume, TrainState};
 use crate::model::torch_file::{self, DType, ModelFileError, RawTensor, StateDict, TensorMeta};
 use crate::model::{raw_to_tensor, tensor_to_raw, Model, ModelFamily};
 
@@ -23,7 +23,7 @@ const FORMAT: u32 = 1;
 
 /// Most bytes a checkpoint's tensors may inflate to: a model's worth of weights and two of
 /// moments (Cellpose-SAM: 3 x 1.2 GB), plus room for the metadata.
-pub const MAX_CHECKPOINT_BYTES: u64 = 3 * torch_file::MAX_MODEL_BYTES + (64 << 20);
+pub(crate) const MAX_CHECKPOINT_BYTES: u64 = 3 * torch_file::MAX_MODEL_BYTES + (64 << 20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -71,7 +71,7 @@ impl Entry {
 
 /// Serialises `model` entries (named without the `model.` prefix), the optimizer's moments
 /// and `state` for `family`, one tensor in memory besides the archive at a time.
-pub fn encode_entries(
+pub(crate) fn encode_entries(
     family: ModelFamily,
     model: Vec<(String, Entry)>,
     optim: &Optimizer,
@@ -105,7 +105,7 @@ pub enum Part<'a> {
 
 /// Streams a checkpoint of `wanted` family to `f`, tensor by tensor, and returns its state.
 /// Refuses one of another family, format or without `meta` before `f` sees any tensor.
-pub fn decode_with(
+pub(crate) fn decode_with(
     bytes: &[u8],
     origin: &str,
     wanted: ModelFamily,
@@ -180,4 +180,14 @@ pub fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint, CheckpointError>
         Ok(())
     })?;
     Ok(Checkpoint { model: StateDict { entries: model }, optimizer, state })
+}
+
+impl Resume {
+    /// Reads a CPnet checkpoint written by [`encode`], loads its weights into `model` and returns
+    /// the state to continue from. `origin` names the bytes in errors.
+    pub fn load(bytes: &[u8], origin: &str, model: &Model) -> Result<Resume, CheckpointError> {
+        let ck = decode(bytes, origin)?;
+        model.copy_from(&ck.model, origin)?;
+        Ok(Resume { state: ck.state, optimizer_state: ck.optimizer })
+    }
 }

@@ -45,7 +45,7 @@ pub enum DataError {
 
 /// Smallest training image side: one cell needs a few pixels, and the network halves the image
 /// four times.
-pub const MIN_SIDE: usize = 16;
+pub(crate) const MIN_SIDE: usize = 16;
 
 /// An image file and its label file.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,7 +209,6 @@ pub struct Prepared {
 
 /// Prepares examples in parallel (flows are the expensive part).
 pub fn prepare(raw: Vec<RawExample>, opts: &PrepareOptions) -> Result<Prepared, DataError> {
-    let total = raw.len();
     let all: Vec<Example> = raw
         .into_par_iter()
         .map(|r| {
@@ -226,15 +225,21 @@ pub fn prepare(raw: Vec<RawExample>, opts: &PrepareOptions) -> Result<Prepared, 
             Ok(Example { name: r.name, image, flows, diameter, nmasks: d.per_mask.len(), labels: r.labels })
         })
         .collect::<Result<_, DataError>>()?;
-    let (examples, dropped): (Vec<_>, Vec<_>) =
-        all.into_iter().partition(|e| e.nmasks >= opts.min_train_masks);
+    keep_trainable(all, opts.min_train_masks)
+}
+
+/// cellpose's `min_train_masks` filter, for either family: the examples with at least `min`
+/// masks, and the others named; none left of a non-empty set is an error that names them.
+pub(crate) fn keep_trainable(all: Vec<Example>, min: usize) -> Result<Prepared, DataError> {
+    let total = all.len();
+    let (examples, dropped): (Vec<_>, Vec<_>) = all.into_iter().partition(|e| e.nmasks >= min);
     let removed: Vec<(String, usize)> = dropped.into_iter().map(|e| (e.name, e.nmasks)).collect();
     if examples.is_empty() && total > 0 {
         let mut detail: Vec<String> = removed.iter().take(5).map(|(n, k)| format!("{n}: {k}")).collect();
         if removed.len() > 5 {
             detail.push(format!("... {} more", removed.len() - 5));
         }
-        return Err(DataError::NothingLeft { total, min: opts.min_train_masks, detail: detail.join(", ") });
+        return Err(DataError::NothingLeft { total, min, detail: detail.join(", ") });
     }
     Ok(Prepared { examples, removed })
 }

@@ -6,7 +6,7 @@ use crate::segment::labels::sorted_counts;
 
 /// cellpose `train_seg` replaces per-image median diameters below this by this
 /// (`diam_train[diam_train < 5] = 5.`).
-pub const MIN_TRAIN_DIAMETER: f64 = 5.0;
+pub(crate) const MIN_TRAIN_DIAMETER: f64 = 5.0;
 
 /// What `utils.diameters` returns.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +32,7 @@ pub fn diameters(labels: ArrayView2<u32>) -> Diameters {
 }
 
 /// The diameter `train_seg` uses for an image: the median, at least [`MIN_TRAIN_DIAMETER`].
-pub fn train_diameter(median: f64) -> f64 {
+pub(crate) fn train_diameter(median: f64) -> f64 {
     if median < MIN_TRAIN_DIAMETER {
         MIN_TRAIN_DIAMETER
     } else {

@@ -58,7 +58,7 @@ pub fn labels_to_flows(
 }
 
 /// [`labels_to_flows`] with the CPU algorithm (cellpose on CPU), which cannot fail.
-pub fn labels_to_flows_cpu(labels: ArrayView2<u32>, niter: Option<u32>) -> Array3<f32> {
+pub(crate) fn labels_to_flows_cpu(labels: ArrayView2<u32>, niter: Option<u32>) -> Array3<f32> {
     let mut relabelled = labels.to_owned();
     let n = renumber_in_place(&mut relabelled);
     let mu = if n == 0 {
@@ -97,7 +97,7 @@ pub fn labels_to_flows_batch(
 /// CPU algorithm, cellpose `masks_to_flows_cpu`. Labels need not be consecutive; each distinct
 /// value is one mask, also when its pixels are not connected (then only the piece holding the
 /// centre gets heat; pixels of the other pieces get zero flow, as in cellpose).
-pub fn masks_to_flows(labels: ArrayView2<u32>, niter: Option<u32>) -> Array3<f64> {
+pub(crate) fn masks_to_flows(labels: ArrayView2<u32>, niter: Option<u32>) -> Array3<f64> {
     let (h, w) = labels.dim();
     let per_mask: Vec<Vec<(usize, f64, f64)>> = bounding_boxes(labels)
         .into_par_iter()

@@ -24,7 +24,7 @@ pub fn masks_to_flows_torch(
 
 /// cellpose 4.2.1.1 `masks_to_flows_gpu`: the same diffusion, but each mask's heat source is
 /// [`cp4_center`], not cellpose 3's mask pixel nearest to the unrounded mean.
-pub fn masks_to_flows_torch_cp4(
+pub(crate) fn masks_to_flows_torch_cp4(
     labels: ArrayView2<u32>,
     niter: Option<u32>,
     device: Device,
@@ -35,7 +35,7 @@ pub fn masks_to_flows_torch_cp4(
 /// cellpose 4.2.1.1 `dynamics.center_of_mass` (which shadows scipy's): the mean position rounded
 /// half to even (`np.round`); if that is not a mask pixel, the mask pixel nearest to it (first
 /// in row-major order on ties). `coords` are the mask's pixels in row-major order.
-pub fn cp4_center(coords: &[(i64, i64)]) -> (i64, i64) {
+pub(crate) fn cp4_center(coords: &[(i64, i64)]) -> (i64, i64) {
     let n = coords.len().max(1) as f64;
     let ry = (coords.iter().map(|c| c.0).sum::<i64>() as f64 / n).round_ties_even() as i64;
     let rx = (coords.iter().map(|c| c.1).sum::<i64>() as f64 / n).round_ties_even() as i64;

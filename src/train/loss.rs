@@ -1,7 +1,7 @@
 //! Training losses, exactly as cellpose 3.1.1.2 `train._loss_fn_seg` and cellpose's class loss
 //! (`_loss_fn_class`, used by models whose output has class maps in front of the flows).
 
-use tch::{Kind, Reduction, TchError, Tensor};
+use tch::{Reduction, TchError, Tensor};
 
 /// `MSE(y_flows, 5 * flows) / 2 + BCEWithLogits(y_cellprob, cellprob > 0.5)`.
 ///
@@ -19,14 +19,6 @@ pub fn seg_loss(y: &Tensor, lbl: &Tensor) -> Result<Tensor, TchError> {
     let bce =
         prob_pred.f_binary_cross_entropy_with_logits::<Tensor>(&prob_true, None, None, Reduction::Mean)?;
     mse.f_add(&bce)
-}
-
-/// Cross-entropy of the class logits (`y[:, :nout-3]`) against an integer class map `[B, H, W]`
-/// (cellpose `_loss_fn_class`, `ignore_index=-100`), with optional per-class weights.
-pub fn class_loss(y: &Tensor, classes: &Tensor, class_weights: Option<&Tensor>) -> Tensor {
-    let nout = y.size()[1];
-    let logits = y.narrow(1, 0, nout - 3);
-    logits.cross_entropy_loss(&classes.to_kind(Kind::Int64), class_weights, Reduction::Mean, -100, 0.0)
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ impl Optimizer {
     /// Counts a step and writes its scalars (learning rate, bias corrections, ...) into a small
     /// device tensor that [`Optimizer::apply`] reads. Separate from `apply` so a captured CUDA
     /// graph can replay `apply` while the scalars change every step.
-    pub fn set_learning_rate(&mut self, lr: f64) {
+    pub(crate) fn set_learning_rate(&mut self, lr: f64) {
         self.steps += 1;
         let c = self.coefficients(lr, self.steps as f64);
         let host = Tensor::from_slice(&c);
@@ -243,7 +243,7 @@ impl Optimizer {
     }
 
     /// Optimizer state for checkpoints: flat moment buffers.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub(crate) fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         if let Some(m) = &self.m {
             out.push(("m".to_string(), m.shallow_clone()));

@@ -4,9 +4,8 @@
 
 use tch::Tensor;
 
+use super::error::TrainError;
 use super::optim::Optimizer;
-use super::trainer::TrainError;
-use crate::model::Model;
 
 /// Where a run stands: enough, with the weights and optimizer state, to continue it exactly
 /// (batches are a pure function of seed, epoch and step).
@@ -54,20 +53,6 @@ impl TrainState {
 pub struct Resume {
     pub state: TrainState,
     pub optimizer_state: Vec<(String, Tensor)>,
-}
-
-impl Resume {
-    /// Reads a checkpoint written by [`super::checkpoint::encode`], loads its weights into
-    /// `model` and returns the state to continue from. `origin` names the bytes in errors.
-    pub fn load(
-        bytes: &[u8],
-        origin: &str,
-        model: &Model,
-    ) -> Result<Resume, super::checkpoint::CheckpointError> {
-        let ck = super::checkpoint::decode(bytes, origin)?;
-        model.copy_from(&ck.model, origin)?;
-        Ok(Resume { state: ck.state, optimizer_state: ck.optimizer })
-    }
 }
 
 /// Where a run starts, with the curves so far sized to the run's epochs: epoch 0 for a fresh

@@ -13,9 +13,9 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use super::batches::Batch;
 use super::cuda_graph::CudaGraph;
+use super::error::TrainError;
 use super::loss::seg_loss;
 use super::optim::Optimizer;
-use super::trainer::TrainError;
 use crate::model::Model;
 
 /// Eager full-size steps before capture.

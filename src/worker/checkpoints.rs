@@ -12,7 +12,7 @@ use crate::job::store::cellpose_folder;
 const MIME: &str = "application/octet-stream";
 
 /// Where a checkpoint stands: epochs completed and steps of the next one (see
-/// [`crate::job::JobEvent::Checkpoint`]); ordered by progress.
+/// [`crate::job::events::Checkpoint`]); ordered by progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Point {
     pub epoch: usize,
@@ -47,14 +47,16 @@ async fn folder(
     cellpose_folder(client, user_id, &["checkpoints", job_id]).await
 }
 
-/// Stores `bytes` as the checkpoint at `point`, then removes older ones.
+/// Stores `bytes` (shared, not copied: a Cellpose-SAM checkpoint is 3.65 GB) as the checkpoint
+/// at `point`, then removes older ones.
 pub async fn save(
     client: &GirderClient,
     user_id: &str,
     job_id: &str,
     point: Point,
-    bytes: Vec<u8>,
+    bytes: impl Into<Bytes>,
 ) -> Result<(), GirderError> {
+    let bytes = bytes.into();
     let folder = folder(client, user_id, job_id).await?;
     let name = item_name(point);
     let old = client.items().list(&folder.id).await?;
@@ -67,7 +69,7 @@ pub async fn save(
     }
     let size = bytes.len() as u64;
     let item = client.items().create(&folder.id, &format!("{name}.partial"), None).await?;
-    let stored = client.files().upload_to_item(&item.id, "checkpoint.cpwt", Bytes::from(bytes), MIME).await;
+    let stored = client.files().upload_to_item(&item.id, "checkpoint.cpwt", bytes, MIME).await;
     match stored {
         Ok(f) if f.size == size => {}
         Ok(f) => {

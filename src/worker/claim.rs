@@ -39,18 +39,18 @@
 use std::fmt;
 
 /// Prefix of every protocol line in a job log (other lines are the job's own messages).
-pub const PREFIX: &str = "[cellpose-train-worker]";
+pub(crate) const PREFIX: &str = "[cellpose-train-worker]";
 
 /// How many attempts in a row may die without progress before the job ends ERROR.
-pub const MAX_CRASHED: usize = 2;
+pub(crate) const MAX_CRASHED: usize = 2;
 
 /// Start of the log line the worker writes when a checkpoint is stored: the progress that makes a
 /// died attempt not count as a crash loop (the next attempt resumes from it).
-pub const CHECKPOINT_SAVED: &str = "Checkpoint saved after epoch";
+pub(crate) const CHECKPOINT_SAVED: &str = "Checkpoint saved after epoch";
 
 /// The log line for a stored checkpoint, built on [`CHECKPOINT_SAVED`] so the text written and
 /// the text looked for cannot drift apart.
-pub fn checkpoint_saved_line(epoch: usize, step: usize) -> String {
+pub(crate) fn checkpoint_saved_line(epoch: usize, step: usize) -> String {
     let label = crate::job::events::checkpoint_label(epoch, step);
     let rest = label.strip_prefix("epoch").unwrap_or(&label);
     format!("{CHECKPOINT_SAVED}{rest}.")
@@ -78,7 +78,7 @@ pub struct DiedAttempt {
 
 /// The most recent attempts, oldest first, that died without a release and without saving a
 /// checkpoint, counting back from the last attempt in the log until one that made progress.
-pub fn died_attempts<S: AsRef<str>>(log: &[S]) -> Vec<DiedAttempt> {
+pub(crate) fn died_attempts<S: AsRef<str>>(log: &[S]) -> Vec<DiedAttempt> {
     // (attempt, released or progressed)
     let mut attempts: Vec<(DiedAttempt, bool)> = Vec::new();
     for line in log_lines(log) {
@@ -193,12 +193,12 @@ impl LogState {
     }
 
     /// The round a new claim must name.
-    pub fn next_round(&self) -> u64 {
+    pub(crate) fn next_round(&self) -> u64 {
         self.round + 1
     }
 
     /// Whether the claim (`round`, `worker`, `nonce`) owns the job in this log.
-    pub fn owned_by(&self, round: u64, worker: &str, nonce: &str) -> bool {
+    pub(crate) fn owned_by(&self, round: u64, worker: &str, nonce: &str) -> bool {
         self.round == round
             && !self.released
             && self.owner.as_ref().is_some_and(|(w, n)| w == worker && n == nonce)

@@ -1,6 +1,8 @@
 //! Running a claimed job to its end on this worker: the attempt guard, the request, the
 //! owner check, resuming from a checkpoint, then [`crate::job::run_job`] as the submitting user
-//! beside the heartbeat and the event pump ([`super::report`]), and the job's final state.
+//! beside the heartbeat and the event pump ([`super::report`]), and the job's final state: the
+//! one stop reason of the job's [`Control`] (cancel, shutdown, takeover) decides it, carried
+//! through the job's error.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,12 +11,12 @@ use tracing::Instrument;
 
 use super::checkpoints;
 use super::claim::Line;
-use super::report::{Shared, Watch};
+use super::report::Shared;
 use super::serve::{girder_config, Finish, Worker};
-use crate::control::StopReason;
+use crate::control::{Control, StopReason};
 use crate::girder::{Auth, GirderClient, Job, JobStatus, JobUpdate, User};
-use crate::job::events::checkpoint_label;
-use crate::job::{self, Cpnet, Cpsam, Events, JobContext, JobError, JobOutcome, JobRequest};
+use crate::job::events::{checkpoint_label, CHECKPOINTS_WAITING};
+use crate::job::{self, Events, JobContext, JobError, JobOutcome, JobRequest};
 
 impl Worker {
     /// Runs a claimed job to its end on this worker, counting it in the metrics.
@@ -34,7 +36,7 @@ impl Worker {
         if let Err((message, info)) = super::guard::record_attempt(&self.admin, job, round, &self.id).await {
             return self.fail(&job.id, &message, &info).await;
         }
-        let request = match JobRequest::from_job(job) {
+        let request = match JobRequest::from_job(job, &self.settings.queue) {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -85,9 +87,8 @@ impl Worker {
     ) -> Finish {
         let job_id = job.id.clone();
         let user_id = me.id.clone();
-        // the job type names the family; the checkpoint's own meta says it again, so a checkpoint
-        // of the other family is refused by the resume, not misread
-        let cpsam = self.settings.queue.is_cpsam(&job.job_type);
+        // the job type named the tool; the checkpoint's own meta says its family again, so a
+        // checkpoint of the other family is refused by the resume, not misread
         let resume = match checkpoints::latest(&user, &user_id, &job_id).await {
             Ok(Some((at, bytes))) => {
                 let label = checkpoint_label(at.epoch, at.step);
@@ -115,11 +116,20 @@ impl Worker {
         let control = self.root.child();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // checkpoints on a bounded channel: their bytes are shared, never copied, and training
+        // waits for room before it encodes the next (3.65 GB for a Cellpose-SAM job)
+        let (checkpoint_tx, checkpoint_rx) = tokio::sync::mpsc::channel(CHECKPOINTS_WAITING);
         // set when the job returns: not under `control`, since after a stop the pump must still
         // forward the shutdown checkpoint and the heartbeat must keep the lease until the end
-        let finished = crate::control::Control::new();
-        let pump =
-            self.pump(rx, job_id.clone(), user.clone(), user_id.clone(), shared.clone(), finished.clone());
+        let finished = Control::new();
+        let pump = self.pump(
+            (rx, checkpoint_rx),
+            job_id.clone(),
+            user.clone(),
+            user_id.clone(),
+            shared.clone(),
+            finished.clone(),
+        );
         let heartbeat =
             self.heartbeat(job_id.clone(), round, control.clone(), shared.clone(), finished.clone());
 
@@ -127,22 +137,18 @@ impl Worker {
         // period, the job is abandoned and released anyway (the rest is for the final updates)
         let grace = Duration::from_secs_f64(self.settings.queue.shutdown_grace_s);
         let abandon = async {
-            if control.stopped().await == StopReason::Cancel {
-                // a cancel: the job ends on its own within a step or a request
+            if control.stopped().await != StopReason::Shutdown {
+                // a cancel or a takeover: the job ends on its own within a step or a request
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(grace.mul_f64(0.8)).await;
         };
         let work = async {
-            let events = Events::new(tx);
+            let events = Events::new(tx).with_checkpoints(checkpoint_tx);
             type Run<'a> = std::pin::Pin<
                 Box<dyn std::future::Future<Output = Result<JobOutcome, JobError>> + Send + 'a>,
             >;
-            let run: Run<'_> = if cpsam {
-                Box::pin(job::run_job(&Cpsam, &ctx, &request, &events, &control))
-            } else {
-                Box::pin(job::run_job(&Cpnet, &ctx, &request, &events, &control))
-            };
+            let run: Run<'_> = Box::pin(job::run_job(&ctx, &request, &events, &control));
             let result = tokio::select! {
                 r = run => Some(r),
                 _ = abandon => None,
@@ -150,20 +156,33 @@ impl Worker {
             finished.shutdown();
             result
         };
-        let (result, watch, ()) = tokio::join!(work, heartbeat, pump);
+        let (result, (), ()) = tokio::join!(work, heartbeat, pump);
         drop(ctx);
         let checkpoint_epoch = shared.lock().map(|s| s.checkpoint_epoch).unwrap_or(None);
 
-        if watch == Watch::Lost {
-            tracing::warn!("another worker took this job over; stopped without uploading");
-            return Finish::Lost;
-        }
-        let finish = match result {
-            None | Some(Err(JobError::Interrupted { .. })) => {
+        // the one stop reason decides how a stopped job ends: the job's own (its error carries
+        // it from the control), or the control's when a request failed because of the stop; a
+        // job abandoned at the end of the shutdown grace stopped for the shutdown, and a
+        // takeover leaves even a finished job to the worker that took it
+        let end = match result {
+            _ if control.reason() == Some(StopReason::TakenOver) => End::Stopped(StopReason::TakenOver),
+            None => End::Stopped(StopReason::Shutdown),
+            Some(Ok(outcome)) => End::Done(Box::new(outcome)),
+            Some(Err(e)) => match e.stop_reason().or(control.reason()) {
+                Some(reason) => End::Stopped(reason),
+                None => End::Failed(e),
+            },
+        };
+        let finish = match end {
+            End::Stopped(StopReason::TakenOver) => {
+                tracing::warn!("another worker took this job over; stopped without uploading");
+                return Finish::Lost;
+            }
+            End::Stopped(StopReason::Shutdown) => {
                 self.hand_back(&job_id, round, checkpoint_epoch).await;
                 return Finish::HandedBack;
             }
-            Some(Ok(outcome)) => {
+            End::Done(outcome) => {
                 tracing::info!(model = %outcome.model_name, seconds = outcome.seconds, "job succeeded");
                 let done = JobUpdate {
                     status: Some(JobStatus::SUCCESS),
@@ -178,7 +197,7 @@ impl Worker {
                 self.final_update(&job_id, done).await;
                 Finish::Success
             }
-            Some(Err(_)) if watch == Watch::Canceled => {
+            End::Stopped(StopReason::Cancel) => {
                 let current =
                     self.admin.jobs().get(&job_id).await.map(|j| j.status).unwrap_or(JobStatus::CANCELED);
                 let status = (current != JobStatus::CANCELED).then_some(JobStatus::CANCELED);
@@ -191,7 +210,7 @@ impl Worker {
                 tracing::info!("job canceled");
                 Finish::Canceled
             }
-            Some(Err(e)) => {
+            End::Failed(e) => {
                 tracing::error!(error = %e.chain(), "job failed");
                 self.fail(&job_id, &e.to_string(), &e.info()).await
             }
@@ -222,4 +241,12 @@ impl Worker {
             .await;
         tracing::info!("handed the job back");
     }
+}
+
+/// How a job ended on this worker, before it is told to Girder.
+enum End {
+    /// Boxed: a finished job's outcome carries its scores (clippy large_enum_variant).
+    Done(Box<JobOutcome>),
+    Stopped(StopReason),
+    Failed(JobError),
 }

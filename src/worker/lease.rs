@@ -42,7 +42,7 @@ impl Leases {
     }
 
     /// Forgets jobs no longer listed (finished or deleted).
-    pub fn retain_listed(&mut self, listed: &[Job]) {
+    pub(crate) fn retain_listed(&mut self, listed: &[Job]) {
         self.seen.retain(|id, _| listed.iter().any(|j| &j.id == id));
     }
 }

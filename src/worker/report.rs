@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
+
 use super::checkpoints;
 use super::claim::{checkpoint_saved_line, LogState};
 use super::serve::Worker;
-use crate::control::Control;
+use crate::control::{Control, StopReason};
 use crate::girder::{GirderClient, GirderError, JobStatus, JobUpdate, RetryPolicy};
-use crate::job::events::{error_line, line_for};
+use crate::job::events::{error_line, line_for, Checkpoint};
 use crate::job::JobEvent;
 
 /// A job's user-visible state while it runs.
@@ -21,14 +23,6 @@ pub(super) struct Shared {
     pub fraction: f64,
     pub message: String,
     pub checkpoint_epoch: Option<usize>,
-}
-
-/// What the heartbeat saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Watch {
-    Running,
-    Canceled,
-    Lost,
 }
 
 /// `text` on one line: a message that quotes user input (a tag, a model name) can then never
@@ -102,7 +96,7 @@ impl Worker {
     /// user's checkpoint folder. Failures are logged; the job goes on.
     pub(super) async fn pump(
         &self,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>,
+        (mut events, mut checkpoints): (UnboundedReceiver<JobEvent>, Receiver<Checkpoint>),
         job_id: String,
         user: GirderClient,
         user_id: String,
@@ -114,10 +108,21 @@ impl Worker {
             // abandoned at the end of the shutdown grace could otherwise keep this open)
             let event = tokio::select! {
                 biased;
-                e = rx.recv() => e,
-                _ = finished.stopped() => rx.try_recv().ok(),
+                Some(e) = events.recv() => e,
+                Some(c) = checkpoints.recv() => {
+                    self.store_checkpoint(&user, &user_id, &job_id, c, &shared).await;
+                    continue;
+                }
+                _ = finished.stopped() => match (events.try_recv(), checkpoints.try_recv()) {
+                    (Ok(e), _) => e,
+                    (Err(_), Ok(c)) => {
+                        self.store_checkpoint(&user, &user_id, &job_id, c, &shared).await;
+                        continue;
+                    }
+                    (Err(_), Err(_)) => break,
+                },
+                else => break,
             };
-            let Some(event) = event else { break };
             let mut update =
                 JobUpdate { log: line_for(&event).map(|l| format!("{l}\n")), ..Default::default() };
             match &event {
@@ -133,32 +138,49 @@ impl Worker {
                 }
                 JobEvent::Warning { .. } => {}
                 JobEvent::Epoch(e) => self.metrics.step_seconds.observe(e.seconds_per_step),
-                JobEvent::Checkpoint { epoch, step, bytes } => {
-                    let at = checkpoints::Point { epoch: *epoch, step: *step };
-                    match checkpoints::save(&user, &user_id, &job_id, at, bytes.clone()).await {
-                        Ok(()) => {
-                            if let Ok(mut s) = shared.lock() {
-                                s.checkpoint_epoch = Some(*epoch);
-                            }
-                            update.log = Some(format!("{}\n", checkpoint_saved_line(*epoch, *step)));
-                        }
-                        Err(e) => tracing::warn!(error = %e, epoch, "could not store a checkpoint"),
-                    }
-                }
             }
             if update.log.is_none() && update.progress_current.is_none() {
                 continue;
             }
-            update.notify = Some(false);
-            if let Err(e) = self.admin.jobs().update(&job_id, &update).await {
-                tracing::warn!(error = %e, "could not update the job's progress");
+            self.update_progress(&job_id, update).await;
+        }
+    }
+
+    /// Stores `c` in the user's checkpoint folder (its bytes shared, not copied) and says so in
+    /// the job's log; a failure is logged and the job goes on.
+    async fn store_checkpoint(
+        &self,
+        user: &GirderClient,
+        user_id: &str,
+        job_id: &str,
+        c: Checkpoint,
+        shared: &Mutex<Shared>,
+    ) {
+        let Checkpoint { epoch, step, bytes } = c;
+        match checkpoints::save(user, user_id, job_id, checkpoints::Point { epoch, step }, bytes).await {
+            Ok(()) => {
+                if let Ok(mut s) = shared.lock() {
+                    s.checkpoint_epoch = Some(epoch);
+                }
+                let log = Some(format!("{}\n", checkpoint_saved_line(epoch, step)));
+                self.update_progress(job_id, JobUpdate { log, ..Default::default() }).await;
             }
+            Err(e) => tracing::warn!(error = %e, epoch, "could not store a checkpoint"),
+        }
+    }
+
+    /// A progress update or a log line of the running job, without notifications.
+    async fn update_progress(&self, job_id: &str, mut update: JobUpdate) {
+        update.notify = Some(false);
+        if let Err(e) = self.admin.jobs().update(job_id, &update).await {
+            tracing::warn!(error = %e, "could not update the job's progress");
         }
     }
 
     /// Every `heartbeat_s`: re-reads the job (cancel? taken over?) and refreshes its progress,
-    /// which renews the lease other workers watch. Stops the job's `control` on a cancel or a
-    /// takeover; returns when `done`.
+    /// which renews the lease other workers watch. Stops the job's `control` on a cancel
+    /// ([`StopReason::Cancel`]) or a takeover ([`StopReason::TakenOver`]): the reason is all the
+    /// job's end needs to know. Returns when `done`.
     pub(super) async fn heartbeat(
         &self,
         job_id: String,
@@ -166,23 +188,23 @@ impl Worker {
         control: Control,
         shared: Arc<Mutex<Shared>>,
         done: Control,
-    ) -> Watch {
+    ) {
         let period = Duration::from_secs_f64(self.settings.queue.heartbeat_s);
         loop {
             if done.race(tokio::time::sleep(period)).await.is_err() {
-                return Watch::Running;
+                return;
             }
             match self.admin.jobs().get(&job_id).await {
                 Ok(job) if job.status == JobStatus::CANCELED || job.status == JobStatus::CANCELING => {
                     tracing::info!(status = job.status.name(), "the job was canceled in Girder; stopping");
-                    control.cancel();
-                    return Watch::Canceled;
+                    control.stop(StopReason::Cancel);
+                    return;
                 }
                 Ok(job) => {
                     let st = LogState::of(job.log.as_deref().unwrap_or_default());
                     if st.round > round {
-                        control.cancel();
-                        return Watch::Lost;
+                        control.stop(StopReason::TakenOver);
+                        return;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat could not read the job; training goes on"),

@@ -8,11 +8,13 @@ use bytes::Bytes;
 use cellpose_train_worker::control::Control;
 use cellpose_train_worker::demo::seed::{CELL_TAG, REGION_TAG, VALIDATION_TAG};
 use cellpose_train_worker::girder::{GirderClient, Secret};
-use cellpose_train_worker::job::params_cpsam;
-use cellpose_train_worker::job::validate_cpsam::validate_cpsam;
+use cellpose_train_worker::job::events::Checkpoint;
+use cellpose_train_worker::job::family::cpsam::SLOTS;
 use cellpose_train_worker::job::{
-    dataset, run_job, store, Cpsam, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
+    dataset, run_job, store, Cpsam, Events, Facts, JobContext, JobError, JobEvent, JobOutcome, JobRequest,
+    Request,
 };
+use cellpose_train_worker::tool::Tool;
 use serde_json::{json, Value};
 
 use crate::cpsam_train::{run_train_ref, write_raw};
@@ -70,15 +72,25 @@ async fn run_sam(f: &Fixture, client: &GirderClient, values: Value) -> Result<Jo
     run_sam_with(f, client, values, f.settings(), None).await.0
 }
 
-/// [`run_sam`] with `settings`, a checkpoint to resume from, and the job's events.
+/// [`run_sam`] with `settings`, a checkpoint to resume from; also returns the job's events and
+/// checkpoints.
 async fn run_sam_with(
     f: &Fixture,
     client: &GirderClient,
     values: Value,
     settings: cellpose_train_worker::config::Settings,
     resume: Option<Bytes>,
-) -> (Result<JobOutcome, JobError>, Vec<JobEvent>) {
+) -> (Result<JobOutcome, JobError>, Vec<JobEvent>, Vec<Checkpoint>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // stored as a worker's pump stores them: read while the job runs (the channel is bounded)
+    let (checkpoint_tx, mut checkpoint_rx) = tokio::sync::mpsc::channel(1);
+    let checkpoints = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Some(c) = checkpoint_rx.recv().await {
+            kept.push(c);
+        }
+        kept
+    });
     let ctx = JobContext {
         client: client.clone(),
         user: None,
@@ -96,13 +108,16 @@ async fn run_sam_with(
         token: Secret::new("unused: the client carries the token"),
         image: None,
         values,
+        tool: Tool::CellposeSam,
     };
-    let result = run_job(&Cpsam, &ctx, &request, &Events::new(tx), &Control::new()).await;
+    let events = Events::new(tx).with_checkpoints(checkpoint_tx);
+    let result = run_job(&ctx, &request, &events, &Control::new()).await;
+    drop(events);
     let mut events = Vec::new();
     while let Ok(e) = rx.try_recv() {
         events.push(e);
     }
-    (result, events)
+    (result, events, checkpoints.await.unwrap())
 }
 
 /// A cpsam job checkpoints every `cpsam_checkpoint_every` epochs (not after the last: the model
@@ -114,22 +129,16 @@ async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_mod
     let mut settings = f.settings();
     settings.training.checkpoint_every = 100; // the CPnet setting does not apply to this family
     settings.training.cpsam_checkpoint_every = 1;
-    let (result, events) = run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
+    let (result, events, mut checkpoints) =
+        run_sam_with(&f, &f.world.user, values("sam-ck", 3), settings.clone(), None).await;
     let outcome = result.unwrap();
     let epochs = events.iter().filter(|e| matches!(e, JobEvent::Epoch(_))).count();
     assert_eq!(epochs, 3, "one epoch event per epoch");
-    let mut checkpoints: Vec<(usize, usize, Vec<u8>)> = events
-        .into_iter()
-        .filter_map(|e| match e {
-            JobEvent::Checkpoint { epoch, step, bytes } => Some((epoch, step, bytes)),
-            _ => None,
-        })
-        .collect();
-    let at: Vec<(usize, usize)> = checkpoints.iter().map(|c| (c.0, c.1)).collect();
+    let at: Vec<(usize, usize)> = checkpoints.iter().map(|c| (c.epoch, c.step)).collect();
     assert_eq!(at, [(1, 0), (2, 0)], "after epochs 1 and 2 of 3");
 
-    let after_one = Bytes::from(checkpoints.swap_remove(0).2);
-    let (result, events) =
+    let after_one = checkpoints.swap_remove(0).bytes;
+    let (result, events, _) =
         run_sam_with(&f, &f.world.user, values("sam-resumed", 3), settings.clone(), Some(after_one)).await;
     let resumed = result.unwrap();
     assert_eq!(resumed.train_losses, outcome.train_losses, "the resumed job's loss curve");
@@ -149,13 +158,52 @@ async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_mod
     );
     let state = cellpose_train_worker::train::TrainState { epoch: 1, ..Default::default() };
     let cp_ck = cellpose_train_worker::train::checkpoint::encode(&cpnet, &optim, &state).unwrap();
-    let (result, _) =
+    let (result, _, _) =
         run_sam_with(&f, &f.world.user, values("sam-wrong", 3), settings, Some(Bytes::from(cp_ck))).await;
     let err = result.unwrap_err();
     assert!(matches!(err, JobError::Checkpoint(_)), "{err}");
     assert!(err.to_string().contains("cpnet") && err.to_string().contains("start over"), "{err}");
     let names: Vec<String> = sam_models(&f).await.into_iter().map(|m| m.0).collect();
     assert_eq!(names, ["sam-ck", "sam-resumed", SAM_BASE], "nothing uploaded by the refused resume");
+}
+
+/// Issue 25: the report of a Cellpose-SAM job left at the tool's defaults (100 epochs, learning
+/// rate 1e-5) shows the learning rates training used, which are cellpose 4.2.1.1's schedule: it
+/// halves the rate every 5 epochs over the last 50. The report used to recompute them with
+/// cellpose 3's schedule, whose tail starts only above 100 epochs: flat to the end.
+#[tokio::test]
+async fn a_default_cpsam_jobs_metrics_show_cellpose4s_learning_rates() {
+    let f = sam_fixture().await;
+    let mut v = values("sam-default", 100);
+    // the tool's defaults; no validation region, so nothing but training runs
+    for field in ["Learning Rate", "Epochs", "Weight Decay", "Validation Region"] {
+        v.as_object_mut().unwrap().remove(field);
+    }
+    let outcome = run_sam(&f, &f.world.user, v).await.unwrap();
+    let report = outcome.report_item_id.expect("a report item");
+    let user = &f.world.user;
+    let files = user.items().files(&report).await.unwrap();
+    let file = |name: &str| files.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no {name}"));
+    let jsonl = user.files().download(&file("metrics.jsonl").id).await.unwrap();
+    let rates: Vec<f64> = std::str::from_utf8(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["stage"] == "train")
+        .map(|l| l["lr"].as_f64().unwrap_or_else(|| panic!("no lr in {l}")))
+        .collect();
+    let cellpose4: Vec<Vec<f64>> =
+        serde_json::from_str(run_train_ref(&["lr", "1e-05", "100"]).trim()).unwrap();
+    assert_eq!(rates.len(), 100, "one line per epoch");
+    for (epoch, (ours, theirs)) in rates.iter().zip(&cellpose4[0]).enumerate() {
+        assert!(
+            (ours - theirs).abs() <= 1e-15 * theirs.abs(),
+            "epoch {epoch}: metrics.jsonl says lr {ours}, cellpose 4 trains with {theirs}"
+        );
+    }
+    assert_eq!((rates[49], rates[99]), (1e-5, 1e-5 / 1024.0), "the halving tail");
+    let png = user.files().download(&file("report.png").id).await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "report.png is a PNG");
 }
 
 #[tokio::test]
@@ -218,8 +266,9 @@ pub(crate) async fn cellpose4_checks(
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
     run_cp4_tool(&["check".to_string(), s(trained)]);
 
-    let fields = params_cpsam::fields(1, 2000);
-    let (params, _) = validate_cpsam(values, &fields, &|_| true).unwrap();
+    let mut settings = cellpose_train_worker::config::Settings::default();
+    settings.training.min_epochs = 1;
+    let (params, _) = Cpsam.validate(values, &settings, &|_| true).unwrap();
     let img = dataset::open_dataset(client, dataset_id).await.unwrap();
     let tags =
         [params.training_tags.clone(), params.region_tags.clone(), params.validation_tags.clone()].concat();
@@ -287,7 +336,7 @@ async fn cpsam_interface_posts_the_slot_fields_and_hides_reserved_user_models() 
     assert!(out.status.success(), "{}", stderr(&out));
     let doc = user.worker_interfaces().get(image).await.unwrap().expect("interface stored for the image");
     assert_eq!(doc["Cellpose-SAM retrain"]["type"], "notes");
-    for slot in params_cpsam::SLOTS {
+    for slot in SLOTS {
         assert_eq!(doc[slot]["type"], "channelCheckboxes", "{slot}");
     }
     assert!(doc.get("Primary Channel").is_none());

@@ -6,14 +6,15 @@
 
 use tch::Device;
 
-use cellpose_train_worker::control::Control;
+use cellpose_train_worker::control::{Control, StopReason};
 use cellpose_train_worker::model::torch_file::{read_state_dict_bytes, DType};
 use cellpose_train_worker::model::{CpsamModel, Model};
 use cellpose_train_worker::train::cpsam::{
-    self, checkpoint, train_seg_cpsam, trained_parameters, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig,
-    NoCpsamHooks,
+    self, checkpoint, train_seg_cpsam, trained_parameters, Cp4PrepareOptions, CpsamTrainConfig,
 };
-use cellpose_train_worker::train::{self, EpochInfo, Example, Optimizer, StepInfo, TrainError, TrainState};
+use cellpose_train_worker::train::{
+    self, EpochInfo, Example, NoHooks, Optimizer, StepInfo, TrainError, TrainHooks, TrainState,
+};
 
 use crate::cpsam_train::synthetic_raw;
 use crate::helpers::fixture;
@@ -28,7 +29,7 @@ struct StopAt {
     after_epoch0: Option<Vec<u8>>,
 }
 
-impl CpsamHooks for StopAt {
+impl TrainHooks<CpsamModel> for StopAt {
     fn on_step(&mut self, _s: &StepInfo) {
         self.seen += 1;
         if self.seen == self.at {
@@ -85,14 +86,13 @@ fn cpsam_runs_resumed_mid_epoch_and_at_an_epoch_boundary_equal_an_uninterrupted_
     let cfg = CpsamTrainConfig { n_epochs: 3, learning_rate: 1e-3, seed: 3, ..Default::default() };
     assert!(base().net.config.rdrop > 0.0, "the fixture must drop layers for this test to mean anything");
     let straight = base();
-    let full =
-        train_seg_cpsam(&straight, &data, None, &cfg, &mut NoCpsamHooks, &Control::new(), None).unwrap();
+    let full = train_seg_cpsam(&straight, &data, None, &cfg, &mut NoHooks, &Control::new(), None).unwrap();
 
     let first = base();
     let control = Control::new();
     let mut stop = StopAt { at: 4, seen: 0, control: control.clone(), interrupted: None, after_epoch0: None };
     let err = train_seg_cpsam(&first, &data, None, &cfg, &mut stop, &control, None).unwrap_err();
-    assert!(matches!(err, TrainError::Interrupted { epoch: 1, step: 1 }), "{err}");
+    assert!(matches!(err, TrainError::Stopped { reason: StopReason::Shutdown, epoch: 1, step: 1 }), "{err}");
 
     for (what, bytes, at) in [
         ("mid-epoch", stop.interrupted.expect("no checkpoint on shutdown"), (1, 1)),
@@ -103,8 +103,7 @@ fn cpsam_runs_resumed_mid_epoch_and_at_an_epoch_boundary_equal_an_uninterrupted_
         let resume = checkpoint::load(&bytes, "memory", &second).unwrap();
         assert_eq!((resume.state.epoch, resume.state.step), at, "{what}");
         let resumed =
-            train_seg_cpsam(&second, &data, None, &cfg, &mut NoCpsamHooks, &Control::new(), Some(resume))
-                .unwrap();
+            train_seg_cpsam(&second, &data, None, &cfg, &mut NoHooks, &Control::new(), Some(resume)).unwrap();
         assert_eq!(resumed.train_losses, full.train_losses, "{what}");
         assert_same_weights(&second, &straight, what);
     }

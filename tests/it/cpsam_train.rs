@@ -16,10 +16,10 @@ use cellpose_train_worker::control::Control;
 use cellpose_train_worker::model::CpsamModel;
 use cellpose_train_worker::synthetic::{synth_image, SynthSpec};
 use cellpose_train_worker::train::cpsam::{
-    self, lr_schedule_cp4, train_seg_cpsam, Cp4Augment, Cp4PrepareOptions, CpsamTrainConfig, NoCpsamHooks,
+    self, lr_schedule_cp4, train_seg_cpsam, Cp4Augment, Cp4PrepareOptions, CpsamTrainConfig,
 };
 use cellpose_train_worker::train::loss::seg_loss;
-use cellpose_train_worker::train::{Optimizer, OptimizerKind, RawExample};
+use cellpose_train_worker::train::{NoHooks, Optimizer, OptimizerKind, RawExample};
 use cellpose_train_worker::transforms::array3_to_tensor;
 
 use crate::helpers::{cp4_path, fixture, python, repo_root, tempdir};
@@ -342,16 +342,9 @@ fn cpsam_short_run_loss_curve_matches_cellpose4() {
     let model = CpsamModel::load(&tiny, Device::Cpu).unwrap();
     let cfg = CpsamTrainConfig { n_epochs, learning_rate: lr, ..Default::default() };
     let test = &prepared.examples[..1];
-    let outcome = train_seg_cpsam(
-        &model,
-        &prepared.examples,
-        Some(test),
-        &cfg,
-        &mut NoCpsamHooks,
-        &Control::new(),
-        None,
-    )
-    .unwrap();
+    let outcome =
+        train_seg_cpsam(&model, &prepared.examples, Some(test), &cfg, &mut NoHooks, &Control::new(), None)
+            .unwrap();
     // cellpose 4's test loss cadence: epoch 0, 5 and every 10th
     let tested: Vec<usize> = (0..n_epochs).filter(|&e| outcome.test_losses[e].is_some()).collect();
     assert_eq!(tested, vec![0, 5]);

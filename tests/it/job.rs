@@ -11,9 +11,10 @@ use cellpose_train_worker::demo::seed::{interface_values, seed, DemoSpec, DemoWo
 use cellpose_train_worker::girder::Secret;
 use cellpose_train_worker::girder::{GirderClient, ObjectId};
 use cellpose_train_worker::job::{
-    run_job, store, Cpnet, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
+    run_job, store, Events, JobContext, JobError, JobEvent, JobOutcome, JobRequest, Request,
 };
 use cellpose_train_worker::mock_girder::{spawn_mock, MockConfig, MockHandle};
+use cellpose_train_worker::tool::Tool;
 use serde_json::{json, Value};
 
 use super::girder_seed::{clear_requests, config, fault, requests};
@@ -93,8 +94,9 @@ impl Fixture {
             token: Secret::new("unused: the client carries the token"),
             image: None,
             values,
+            tool: Tool::Cellpose,
         };
-        let result = run_job(&Cpnet, &ctx, &request, &Events::new(tx), control).await;
+        let result = run_job(&ctx, &request, &Events::new(tx), control).await;
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
             events.push(e);

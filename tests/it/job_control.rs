@@ -1,6 +1,6 @@
 //! One control value reaches every stage (issue 13): a cancel or a shutdown while the intake,
 //! the fetch or the training runs ends the job within one request or one step, nothing is
-//! uploaded, and the two reasons end it differently (cancelled vs. handed back). The slow
+//! uploaded, and the two reasons end it differently (canceled vs. handed back). The slow
 //! requests are the mock's 30-second delays: without the race the job would sit them out.
 
 use std::time::{Duration, Instant};
@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use cellpose_train_worker::control::{Control, StopReason};
 use cellpose_train_worker::demo::seed::interface_values;
 use cellpose_train_worker::girder::Secret;
-use cellpose_train_worker::job::{
-    run_job, Cpnet, Events, JobContext, JobError, JobEvent, JobRequest, Request,
-};
+use cellpose_train_worker::job::events::Checkpoint;
+use cellpose_train_worker::job::{run_job, Events, JobContext, JobError, JobEvent, JobRequest, Request};
+use cellpose_train_worker::tool::Tool;
 use serde_json::json;
 
 use super::girder_seed::fault;
@@ -18,14 +18,22 @@ use super::job::{fixture, Fixture, BASE, TINY};
 
 /// Runs a job on `f` and stops it with `reason` once `stop_when` sees an event (or, with no
 /// predicate, 300 ms after the start). Returns the result, the seconds from the stop to the
-/// end, and the events.
+/// end, the events and the checkpoints.
 async fn run_and_stop(
     f: &Fixture,
     epochs: usize,
     stop_when: Option<fn(&JobEvent) -> bool>,
     reason: StopReason,
-) -> (Result<(), JobError>, f64, Vec<JobEvent>) {
+) -> (Result<(), JobError>, f64, Vec<JobEvent>, Vec<Checkpoint>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (checkpoint_tx, mut checkpoint_rx) = tokio::sync::mpsc::channel(1);
+    let checkpoints = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Some(c) = checkpoint_rx.recv().await {
+            kept.push(c);
+        }
+        kept
+    });
     let control = Control::new();
     let ctx = JobContext {
         client: f.world.user.clone(),
@@ -44,6 +52,7 @@ async fn run_and_stop(
         token: Secret::new("unused"),
         image: None,
         values: interface_values(BASE, "stopped-model", epochs),
+        tool: Tool::Cellpose,
     };
     let stopper = control.clone();
     let watcher = tokio::spawn(async move {
@@ -63,12 +72,20 @@ async fn run_and_stop(
         }
         (seen, stopped_at)
     });
-    let result = run_job(&Cpnet, &ctx, &request, &Events::new(tx), &control).await.map(|_| ());
+    let events = Events::new(tx).with_checkpoints(checkpoint_tx);
+    let result = run_job(&ctx, &request, &events, &control).await.map(|_| ());
     let ended = Instant::now();
-    drop(ctx);
+    drop((ctx, events));
     let (events, stopped_at) = watcher.await.unwrap();
     let stopped_at = stopped_at.expect("the job ended before the stop");
-    (result, ended.duration_since(stopped_at).as_secs_f64(), events)
+    (result, ended.duration_since(stopped_at).as_secs_f64(), events, checkpoints.await.unwrap())
+}
+
+fn stopped(result: &Result<(), JobError>) -> Option<(StopReason, Option<usize>)> {
+    match result {
+        Err(JobError::Stopped { reason, epoch }) => Some((*reason, *epoch)),
+        _ => None,
+    }
 }
 
 async fn assert_no_model(f: &Fixture) {
@@ -82,8 +99,8 @@ async fn a_cancel_during_the_intake_ends_the_job_within_one_request() {
     let f = fixture(64, 4, &TINY).await;
     // the large image lookup of the intake hangs
     fault(&f.mock, json!({"method": "GET", "path": "/item$", "count": 10, "delay_ms": 30000})).await;
-    let (result, after, events) = run_and_stop(&f, 2, None, StopReason::Cancel).await;
-    assert!(matches!(result, Err(JobError::Cancelled)), "{result:?}");
+    let (result, after, events, _) = run_and_stop(&f, 2, None, StopReason::Cancel).await;
+    assert_eq!(stopped(&result), Some((StopReason::Cancel, None)), "{result:?}");
     assert!(after < 2.0, "ended {after:.2} s after the cancel");
     assert!(!events.iter().any(|e| matches!(e, JobEvent::Progress { .. })), "{events:?}");
     assert_no_model(&f).await;
@@ -97,13 +114,9 @@ async fn a_cancel_or_a_shutdown_while_fetching_regions_ends_the_job_within_one_r
             .await;
         let loading =
             |e: &JobEvent| matches!(e, JobEvent::Progress { title, .. } if title == "Loading training data");
-        let (result, after, _) = run_and_stop(&f, 2, Some(loading), reason).await;
-        match reason {
-            StopReason::Cancel => assert!(matches!(result, Err(JobError::Cancelled)), "{name}: {result:?}"),
-            StopReason::Shutdown => {
-                assert!(matches!(result, Err(JobError::Interrupted { epoch: None })), "{name}: {result:?}")
-            }
-        }
+        let (result, after, _, _) = run_and_stop(&f, 2, Some(loading), reason).await;
+        // the reason the job was stopped for is the one it ends with
+        assert_eq!(stopped(&result), Some((reason, None)), "{name}: {result:?}");
         assert!(after < 2.0, "{name}: ended {after:.2} s after the stop");
         assert_no_model(&f).await;
     }
@@ -113,23 +126,17 @@ async fn a_cancel_or_a_shutdown_while_fetching_regions_ends_the_job_within_one_r
 async fn a_cancel_during_training_stops_within_a_step_and_a_shutdown_checkpoints_first() {
     let first_epoch = |e: &JobEvent| matches!(e, JobEvent::Epoch(_));
     let f = fixture(64, 4, &TINY).await;
-    let (result, _, events) = run_and_stop(&f, 200, Some(first_epoch), StopReason::Cancel).await;
-    assert!(matches!(result, Err(JobError::Cancelled)), "{result:?}");
+    let (result, _, events, checkpoints) = run_and_stop(&f, 200, Some(first_epoch), StopReason::Cancel).await;
+    assert!(matches!(stopped(&result), Some((StopReason::Cancel, Some(_)))), "{result:?}");
     let epochs = events.iter().filter(|e| matches!(e, JobEvent::Epoch(_))).count();
     assert!(epochs <= 2, "{epochs} epochs ran after the cancel");
-    assert!(!events.iter().any(|e| matches!(e, JobEvent::Checkpoint { .. })), "a cancel keeps no checkpoint");
+    assert!(checkpoints.is_empty(), "a cancel keeps no checkpoint: {checkpoints:?}");
     assert_no_model(&f).await;
 
     let f = fixture(64, 4, &TINY).await;
-    let (result, _, events) = run_and_stop(&f, 200, Some(first_epoch), StopReason::Shutdown).await;
-    assert!(matches!(result, Err(JobError::Interrupted { epoch: Some(e) }) if e <= 2), "{result:?}");
-    let checkpoints: Vec<(usize, usize)> = events
-        .iter()
-        .filter_map(|e| match e {
-            JobEvent::Checkpoint { epoch, step, .. } => Some((*epoch, *step)),
-            _ => None,
-        })
-        .collect();
+    let (result, _, _, checkpoints) = run_and_stop(&f, 200, Some(first_epoch), StopReason::Shutdown).await;
+    assert!(matches!(stopped(&result), Some((StopReason::Shutdown, Some(e))) if e <= 2), "{result:?}");
+    let checkpoints: Vec<(usize, usize)> = checkpoints.iter().map(|c| (c.epoch, c.step)).collect();
     assert_eq!(checkpoints.len(), 1, "one shutdown checkpoint: {checkpoints:?}");
     assert!(checkpoints[0].0 >= 1, "{checkpoints:?}");
     assert_no_model(&f).await;

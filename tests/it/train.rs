@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cellpose_train_worker::control::Control;
+use cellpose_train_worker::control::{Control, StopReason};
 use cellpose_train_worker::model::{CpnetConfig, Model};
 use cellpose_train_worker::synthetic::{synth_image, write_folder, SynthSpec};
 use cellpose_train_worker::train::{self, NoHooks, OptimizerKind, PrepareOptions, RawExample, TrainConfig};
@@ -115,7 +115,10 @@ fn cancellation_stops_within_a_step() {
     )
     .unwrap_err();
     // one step per epoch: the third step ends epoch 2, the check before the next step stops it
-    assert!(matches!(err, train::TrainError::Cancelled { epoch: 3 }), "{err}");
+    assert!(
+        matches!(err, train::TrainError::Stopped { reason: StopReason::Cancel, epoch: 3, step: 0 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -318,7 +321,10 @@ fn resume_is_exact(channels_last: bool) {
     let control = Control::new();
     let mut stop = StopAt { at: 4, seen: 0, control: control.clone(), saved: None };
     let err = train::train_seg(&first, data.clone(), None, &cfg, &mut stop, &control, None).unwrap_err();
-    assert!(matches!(err, train::TrainError::Interrupted { epoch: 1, step: 1 }), "{err}");
+    assert!(
+        matches!(err, train::TrainError::Stopped { reason: StopReason::Shutdown, epoch: 1, step: 1 }),
+        "{err}"
+    );
 
     // a new process: a model with other weights, then weights and optimizer state from the checkpoint
     tch::manual_seed(99);

@@ -1,44 +1,97 @@
-//! The seam between the job's stages and a model family: what a stage needs to know about the
-//! network it trains (how to load a base, prepare examples, train, score, and write the file
-//! Python loads) and where the family's files live in Girder. The stages are generic over
-//! [`Family`]; CPnet (cellpose 3) implements it in [`cpnet`], Cellpose-SAM (cellpose 4) in
-//! [`cpsam`].
+//! The seam between the job's stages and a model family. [`Facts`] is what a tool is without its
+//! network (its fields, built-ins, Girder folder, validation): the interface and the intake read
+//! it through [`facts`]. [`Family`] adds what a stage needs to know about the network it trains
+//! (how to load a base, prepare examples, train, score, and write the file Python loads); the
+//! stages are generic over it. CPnet (cellpose 3) implements both in [`cpnet`], Cellpose-SAM
+//! (cellpose 4) in [`cpsam`].
 
 pub mod cpnet;
 pub mod cpsam;
+mod hooks;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde_json::Value;
 use tch::Device;
 
 use super::error::JobError;
 use super::events::{Events, JobEvent};
-use super::params::Field;
-use super::validate::{JobParams, ParamErrors};
+use super::params::{shared_fields, Field, SharedRanges};
+use super::params::{EPOCHS, KEEP_BEST, LEARNING_RATE, WEIGHT_DECAY};
+use super::validate::{
+    flag, json_type, number_field, tag_fields, ChannelChoice, JobParams, ParamError, ParamErrors,
+};
 use crate::config::Settings;
 use crate::control::Control;
 use crate::evaluate::ApSummary;
 use crate::model::ModelFamily;
-use crate::report::ScoredEpoch;
-use crate::train::{EpochInfo, Example, RawExample, TrainOutcome, TrainState};
+use crate::report::{ScoredEpoch, Snapshot};
+use crate::tool::Tool;
+use crate::train::{
+    EpochInfo, Example, Optimizer, RawExample, TrainError, TrainHooks, TrainOutcome, TrainState,
+};
 
 pub use cpnet::Cpnet;
 pub use cpsam::Cpsam;
+pub use hooks::train;
 
-/// A model family as the job's stages see it.
-pub trait Family: Clone + Send + Sync + 'static {
-    /// The loaded network (moved to the training thread and back).
-    type Net: Send + 'static;
-    /// A resume point decoded from a checkpoint, applied by [`Family::train`].
-    type Resume: Send + 'static;
+/// A tool's plain facts, one constant per family.
+#[derive(Debug)]
+pub struct About {
+    pub tool: Tool,
+    /// How messages name the tool's models ("Cellpose", "Cellpose-SAM").
+    pub label: &'static str,
+    /// The folder under the user's `Private` that holds the family's models and reports
+    /// (`.cellpose` for CPnet: what NimbusImage's segmentation worker lists).
+    pub root_folder: &'static str,
+    /// The Base Model when the field is left out.
+    pub default_base_model: &'static str,
+}
 
-    fn kind(&self) -> ModelFamily;
-    /// The folder under the user's `Private` that holds this family's models, reports and
-    /// checkpoints (`.cellpose` for CPnet: what NimbusImage's segmentation worker lists).
-    fn root_folder(&self) -> &'static str;
-    /// The tool's interface fields, with the deployment's epoch limits.
-    fn fields(&self, settings: &Settings) -> Vec<Field>;
+/// What a tool is, without its network: the one source of its interface, its built-ins, its
+/// folder and its validation. Object-safe, so the edge can serve a [`Tool`] without knowing its
+/// network type ([`facts`]).
+pub trait Facts: Send + Sync {
+    /// The tool's plain facts.
+    fn about(&self) -> &'static About;
+    fn tool(&self) -> Tool {
+        self.about().tool
+    }
+    fn kind(&self) -> ModelFamily {
+        self.tool().family()
+    }
+    fn label(&self) -> &'static str {
+        self.about().label
+    }
+    fn root_folder(&self) -> &'static str {
+        self.about().root_folder
+    }
+    fn default_base_model(&self) -> &'static str {
+        self.about().default_base_model
+    }
+    /// The tool's own fields (notes, base model, output name, channels), before the shared ones.
+    fn own_fields(&self) -> Vec<Field>;
+    /// The ranges, defaults and tooltips of the number fields both tools share, with the
+    /// deployment's epoch limits.
+    fn ranges(&self, settings: &Settings) -> SharedRanges;
+    /// The tool's interface fields: its own, then the shared ones with its ranges.
+    fn fields(&self, settings: &Settings) -> Vec<Field> {
+        let mut fields = self.own_fields();
+        fields.extend(shared_fields(&self.ranges(settings)));
+        fields
+    }
+    /// The tool's channel fields -> the crop channels; problems go to `err`, notes to `warnings`.
+    fn read_channels(
+        &self,
+        values: &Value,
+        err: &mut dyn FnMut(&str, String),
+        warnings: &mut Vec<String>,
+    ) -> ChannelChoice;
+    /// The Output Model Name as the tool's reference worker reads it.
+    fn output_name(&self, raw: &str) -> String {
+        raw.to_string()
+    }
     /// Epochs between resumable checkpoints.
     fn checkpoint_every(&self, settings: &Settings) -> usize {
         settings.training.checkpoint_every
@@ -52,16 +105,130 @@ pub trait Family: Clone + Send + Sync + 'static {
     fn reserves(&self, _name: &str) -> bool {
         false
     }
-    /// The interface values -> checked parameters and warnings; `known_model` says whether a
-    /// Base Model exists. The default is the CPnet tool's fields (Primary/Secondary Channel).
+    /// The interface values -> checked parameters and warnings ([`validate`]); `known_model`
+    /// says whether a Base Model exists.
     fn validate(
         &self,
-        values: &serde_json::Value,
+        values: &Value,
         settings: &Settings,
         known_model: &dyn Fn(&str) -> bool,
     ) -> Result<(JobParams, Vec<String>), ParamErrors> {
-        super::validate::validate(values, &self.fields(settings), known_model)
+        validate(values, self, settings, known_model)
     }
+}
+
+/// Checks an Output Model Name of `tool`: the shared name rule ([`crate::model::name`]), and no
+/// built-in name of the tool, so the user's model never shadows a built-in one in the Base Model
+/// list (and a Cellpose-SAM label, which always means its built-in, stays reachable).
+pub(crate) fn check_output_name<T: Facts + ?Sized>(tool: &T, name: &str) -> Result<(), String> {
+    crate::model::name::check_model_name(name)?;
+    if tool.is_builtin(name) {
+        return Err(format!(
+            "`{name}` is reserved for a built-in {} model; choose another name so the built-in model is not shadowed",
+            tool.label()
+        ));
+    }
+    Ok(())
+}
+
+/// Validates `values` (the `workerInterface` object) against `tool`'s fields (with the
+/// deployment's epoch range from `settings`). `known_model` says whether a Base Model exists
+/// (built-in or in the user's Girder models). Returns the parameters and warnings to show the
+/// user.
+pub fn validate<T: Facts + ?Sized>(
+    values: &Value,
+    tool: &T,
+    settings: &Settings,
+    known_model: &dyn Fn(&str) -> bool,
+) -> Result<(JobParams, Vec<String>), ParamErrors> {
+    if !values.is_object() {
+        return Err(ParamErrors(vec![ParamError {
+            field: "workerInterface".into(),
+            message: format!("must be an object of the tool's fields, not {}", json_type(values)),
+        }]));
+    }
+    let fields = tool.fields(settings);
+    let mut errs: Vec<ParamError> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut err = |field: &str, message: String| errs.push(ParamError { field: field.into(), message });
+    let learning_rate = number_field(values, &fields, LEARNING_RATE, &mut err);
+    let epochs = number_field(values, &fields, EPOCHS, &mut err) as usize;
+    let weight_decay = number_field(values, &fields, WEIGHT_DECAY, &mut err);
+
+    let base_model = match values.get("Base Model") {
+        None | Some(Value::Null) => tool.default_base_model().to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => {
+            err("Base Model", format!("expected a model name (got {v})"));
+            String::new()
+        }
+    };
+    if !base_model.is_empty() && !known_model(&base_model) {
+        err(
+            "Base Model",
+            format!(
+                "unknown model `{base_model}`: not a built-in model and not in your {}/models folder",
+                tool.root_folder()
+            ),
+        );
+    }
+    let keep_best = flag(values, KEEP_BEST, true, &mut err);
+    let output_name = match values.get("Output Model Name") {
+        Some(Value::String(s)) => tool.output_name(s),
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    };
+    if let Err(m) = check_output_name(tool, &output_name) {
+        err("Output Model Name", m);
+    }
+    let channels = tool.read_channels(values, &mut err, &mut warnings);
+    let (training_tags, region_tags, validation_tags) = tag_fields(values, &mut errs);
+    if !errs.is_empty() {
+        return Err(ParamErrors(errs));
+    }
+    let params = JobParams {
+        base_model,
+        nuclear: channels.nuclear,
+        output_name,
+        primary_channel: channels.primary_channel,
+        secondary_channel: channels.secondary_channel,
+        slots: channels.slots,
+        training_tags,
+        region_tags,
+        validation_tags,
+        learning_rate,
+        epochs,
+        weight_decay,
+        keep_best,
+    };
+    Ok((params, warnings))
+}
+
+/// The facts of `tool`'s family.
+pub(crate) fn facts(tool: Tool) -> &'static dyn Facts {
+    match tool {
+        Tool::Cellpose => &Cpnet,
+        Tool::CellposeSam => &Cpsam,
+    }
+}
+
+/// The tool whose fields `values` are (a `compute` request says its tool only so): the
+/// Cellpose-SAM tool's slot fields, else the Cellpose tool's.
+pub(crate) fn tool_of_values(values: &Value) -> Tool {
+    if cpsam::is_cpsam_values(values) {
+        Tool::CellposeSam
+    } else {
+        Tool::Cellpose
+    }
+}
+
+/// A model family as the job's stages see it: its [`Facts`] and its network.
+pub trait Family: Facts + Clone + 'static {
+    /// The loaded network (moved to the training thread and back; its best epoch's weights
+    /// kept by "Keep best model").
+    type Net: Snapshot + Send + 'static;
+    /// A resume point decoded from a checkpoint, applied by [`Family::train`].
+    type Resume: Send + 'static;
 
     /// A user's model file (`origin` names it in errors).
     fn load_file(&self, bytes: &[u8], origin: &str, device: Device) -> Result<Self::Net, JobError>;
@@ -82,12 +249,19 @@ pub trait Family: Clone + Send + Sync + 'static {
     /// Decodes a checkpoint of this family into `net` (weights) and the returned resume point.
     fn resume(&self, bytes: &[u8], net: &Self::Net) -> Result<(Self::Resume, ResumePoint), JobError>;
 
-    /// Trains `net` in place (blocking; runs on the blocking pool) with this family's
-    /// `train_seg` semantics and the job's parameters, reporting to `reporter` and stopping as
-    /// `control` says.
-    fn train(&self, job: TrainJob<'_, Self>, reporter: &mut Reporter) -> Result<TrainResult, JobError>
+    /// Trains `job.net` in place (blocking; runs on the blocking pool) with this family's
+    /// `train_seg` semantics and the job's parameters, calling `hooks` and stopping as
+    /// `job.control` says. [`train`] is what the job calls: it adds the hooks every family shares.
+    fn train_seg(
+        &self,
+        job: TrainJob<'_, Self>,
+        hooks: &mut dyn TrainHooks<Self::Net>,
+    ) -> Result<TrainOutcome, TrainError>
     where
         Self: Sized;
+
+    /// A resumable checkpoint of `net` and `optim` at `state` (see [`crate::train::checkpoint`]).
+    fn checkpoint(&self, net: &Self::Net, optim: &Optimizer, state: &TrainState) -> std::io::Result<Vec<u8>>;
 
     /// AP of `net` on the validation examples (blocking).
     fn score(&self, net: &Self::Net, examples: &[Example], device: Device) -> Result<ApSummary, JobError>;
@@ -156,30 +330,30 @@ impl Reporter {
 
     /// Whether a periodic checkpoint is due after `epochs_done` of `n_epochs` (none after the
     /// last: the model itself is uploaded then).
-    pub fn checkpoint_due(&self, epochs_done: usize, n_epochs: usize) -> bool {
+    pub(crate) fn checkpoint_due(&self, epochs_done: usize, n_epochs: usize) -> bool {
         epochs_done < n_epochs && epochs_done.is_multiple_of(self.checkpoint_every.max(1))
     }
 
     /// After epoch `e`: the checkpoint of `state` (the state after it) when one is due;
     /// `encode` runs only then.
-    pub fn checkpoint_after(
+    pub(crate) fn checkpoint_after(
         &self,
         e: &EpochInfo,
         state: &TrainState,
         encode: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) {
         if self.checkpoint_due(e.epoch + 1, e.n_epochs) {
-            // state.epoch == e.epoch + 1: epochs completed (see JobEvent::Checkpoint)
-            self.checkpoint(state.epoch, state.step, encode());
+            // state.epoch == e.epoch + 1: epochs completed (see events::Checkpoint)
+            self.events.checkpoint(state.epoch, state.step, encode);
         }
     }
 
-    /// A checkpoint after `epoch` epochs and `step` steps of the next (see [`JobEvent::Checkpoint`]).
-    pub fn checkpoint(&self, epoch: usize, step: usize, bytes: std::io::Result<Vec<u8>>) {
-        match bytes {
-            Ok(bytes) => self.events.send(JobEvent::Checkpoint { epoch, step, bytes }),
-            // a failed checkpoint is logged, not fatal: the job goes on without it
-            Err(err) => tracing::warn!(error = %err, epoch, step, "could not encode a checkpoint"),
-        }
+    /// The checkpoint of `state` on the way out of a shutdown, before the step it names.
+    pub(crate) fn checkpoint_at(
+        &self,
+        state: &TrainState,
+        encode: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) {
+        self.events.checkpoint(state.epoch, state.step, encode);
     }
 }

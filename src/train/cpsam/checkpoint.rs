@@ -17,7 +17,7 @@ use crate::model::torch_file::DType;
 use crate::model::{raw_to_tensor, CpsamModel, ModelError, ModelFamily};
 use crate::train::checkpoint::{self, CheckpointError, Entry, Part};
 use crate::train::optim::Optimizer;
-use crate::train::trainer::{Resume, TrainState};
+use crate::train::state::{Resume, TrainState};
 
 /// Serialises the trained weights of `model`, the optimizer's moments and `state`.
 pub fn encode(model: &CpsamModel, optim: &Optimizer, state: &TrainState) -> std::io::Result<Vec<u8>> {

@@ -17,7 +17,7 @@ use ndarray::{s, Array2, Array3, Axis};
 use rayon::prelude::*;
 use tch::Device;
 
-use crate::train::data::{DataError, Example, Prepared, RawExample};
+use crate::train::data::{keep_trainable, DataError, Example, Prepared, RawExample};
 use crate::train::diameters::{diameters, train_diameter};
 use crate::train::flows_torch::masks_to_flows_torch_cp4;
 use crate::transforms::{normalize_img, Normalize};
@@ -32,7 +32,7 @@ pub enum Cp4DataError {
 }
 
 /// cellpose 4 feeds the network exactly three channels.
-pub const CP4_CHANNELS: usize = 3;
+pub(crate) const CP4_CHANNELS: usize = 3;
 
 /// How raw examples become cellpose 4 training examples.
 #[derive(Debug, Clone)]
@@ -94,7 +94,6 @@ pub fn flows_cp4(labels: &Array2<u32>) -> Result<(Array3<f32>, Array2<u32>), tch
 
 /// Prepares examples in parallel like cellpose 4 `train_seg` (see the module docs).
 pub fn prepare_cp4(raw: Vec<RawExample>, opts: &Cp4PrepareOptions) -> Result<Prepared, Cp4DataError> {
-    let total = raw.len();
     let all: Vec<Example> = raw
         .into_par_iter()
         .map(|r| {
@@ -106,19 +105,7 @@ pub fn prepare_cp4(raw: Vec<RawExample>, opts: &Cp4PrepareOptions) -> Result<Pre
             Ok(Example { name: r.name, image, flows, diameter, nmasks: d.per_mask.len(), labels: r.labels })
         })
         .collect::<Result<_, Cp4DataError>>()?;
-    let (examples, dropped): (Vec<_>, Vec<_>) =
-        all.into_iter().partition(|e| e.nmasks >= opts.min_train_masks);
-    let removed: Vec<(String, usize)> = dropped.into_iter().map(|e| (e.name, e.nmasks)).collect();
-    if examples.is_empty() && total > 0 {
-        let mut detail: Vec<String> = removed.iter().take(5).map(|(n, k)| format!("{n}: {k}")).collect();
-        if removed.len() > 5 {
-            detail.push(format!("... {} more", removed.len() - 5));
-        }
-        return Err(
-            DataError::NothingLeft { total, min: opts.min_train_masks, detail: detail.join(", ") }.into()
-        );
-    }
-    Ok(Prepared { examples, removed })
+    Ok(keep_trainable(all, opts.min_train_masks)?)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! The epoch loop of cellpose 4.2.1.1 `train_seg` for Cellpose-SAM models.
+//! Cellpose-SAM training with cellpose 4.2.1.1 `train_seg` semantics: its options
+//! ([`CpsamTrainConfig`], with cellpose 4's defaults), its schedule ([`super::schedule`]), and
+//! its part of the one epoch loop ([`crate::train::epochs`]): augmented tiles drawn per step and
+//! an AdamW step with the network's layer drop.
 //!
-//! What it keeps from cellpose 3.1.1.2 ([`crate::train::train_seg`]): `_loss_fn_seg`, the
-//! per-epoch permutation (or sampling with replacement when `nimg_per_epoch` differs from the
-//! set size), test loss at epoch 5 and every 10th epoch on a fixed draw of test tiles, saves
+//! What it keeps from cellpose 3.1.1.2 (the loop, and [`crate::train`]'s pieces): `_loss_fn_seg`,
+//! the per-epoch permutation (or sampling with replacement when `nimg_per_epoch` differs from
+//! the set size), test loss at epoch 5 and every 10th epoch on a fixed draw of test tiles, saves
 //! every `save_every` epochs and at the end, `diam_labels` = mean training diameter.
 //!
 //! What differs: AdamW only (cellpose 4 ignores `SGD`; here it is refused so nobody believes
@@ -29,15 +32,14 @@ use tch::{Device, Kind, Tensor};
 
 use super::augment::Cp4Augment;
 use super::schedule::lr_schedule_cp4;
-use crate::control::{Control, StopReason};
-use crate::model::CpsamModel;
+use crate::control::Control;
+use crate::model::{CpsamModel, ModelError};
 use crate::train::batches::epoch_order;
 use crate::train::data::Example;
+use crate::train::epochs::{self, check_run_options, Run, Saves, TrainHooks, TrainOutcome, TrainStep};
 use crate::train::loss::seg_loss;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::trainer::{
-    epoch_path, EpochInfo, Resume, Start, StepInfo, TrainError, TrainOutcome, TrainState,
-};
+use crate::train::{Resume, TrainError};
 use crate::transforms::array3_to_tensor;
 
 /// Everything cellpose 4 `train_seg` takes besides the data, with its defaults.
@@ -86,30 +88,6 @@ impl Default for CpsamTrainConfig {
     }
 }
 
-/// What the caller sees during a cpsam run.
-pub trait CpsamHooks {
-    fn on_step(&mut self, _info: &StepInfo) {}
-    /// After each epoch, with the state to resume from after it (to checkpoint); an error stops
-    /// training.
-    fn on_epoch(
-        &mut self,
-        _info: &EpochInfo,
-        _model: &CpsamModel,
-        _optim: &Optimizer,
-        _state: &TrainState,
-    ) -> Result<(), TrainError> {
-        Ok(())
-    }
-    fn on_saved(&mut self, _path: &Path, _epoch: usize) {}
-    /// Once when stopping for a shutdown, before the step that would have run next, with
-    /// everything needed to resume exactly.
-    fn on_interrupt(&mut self, _model: &CpsamModel, _optim: &Optimizer, _state: &TrainState) {}
-}
-
-/// No-op hooks.
-pub struct NoCpsamHooks;
-impl CpsamHooks for NoCpsamHooks {}
-
 /// Checks what cellpose 4 would refuse (and what would make no sense), before any file is read.
 /// `net_bsize` is the model's tile size (256 for every cpsam).
 pub fn validate_cpsam_config(cfg: &CpsamTrainConfig, net_bsize: usize) -> Result<(), TrainError> {
@@ -127,21 +105,7 @@ pub fn validate_cpsam_config(cfg: &CpsamTrainConfig, net_bsize: usize) -> Result
              tiles only (\"please set bsize to 256\"); use --bsize {net_bsize} or leave it unset"
         ));
     }
-    if cfg.batch_size == 0 {
-        return bad("batch_size must be at least 1".into());
-    }
-    if cfg.n_epochs == 0 {
-        return bad("n_epochs must be at least 1".into());
-    }
-    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        return bad(format!("learning_rate must be a positive number (got {})", cfg.learning_rate));
-    }
-    if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
-        return bad(format!("weight_decay must be >= 0 (got {})", cfg.weight_decay));
-    }
-    if cfg.save_every == 0 {
-        return bad("save_every must be at least 1".into());
-    }
+    check_run_options(cfg.batch_size, cfg.n_epochs, cfg.learning_rate, cfg.weight_decay, cfg.save_every)?;
     if cfg.nimg_per_epoch == Some(0) || cfg.nimg_test_per_epoch == Some(0) {
         return bad("nimg_per_epoch and nimg_test_per_epoch must be at least 1".into());
     }
@@ -182,30 +146,34 @@ fn items(examples: &[Example], device: Device) -> Vec<Item> {
         .collect()
 }
 
-/// One augmented batch `(x [B, 3, bs, bs], lbl [B, 3, bs, bs])` of `inds`.
-fn batch(
-    items: &[Item],
-    inds: &[usize],
-    rng: &mut ChaCha8Rng,
+/// How tiles are cut from the images: the network's tile size, the zoom range, and the
+/// `diam_mean` to rescale by (`None`: cellpose 4's default, no rescaling).
+#[derive(Clone, Copy)]
+struct Tiles {
     bsize: usize,
     scale_range: f64,
     rescale: Option<f64>,
-) -> (Tensor, Tensor) {
-    let (mut xs, mut ys) = (Vec::with_capacity(inds.len()), Vec::with_capacity(inds.len()));
-    for &i in inds {
-        let it = &items[i];
-        let (x, y) = draw(it, rng, bsize, scale_range, rescale).apply(&it.image, &it.targets, bsize);
-        xs.push(x);
-        ys.push(y);
-    }
-    (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0))
 }
 
-/// The augmentation of `it`, drawn from `rng` (zoomed by diameter / `rescale` when rescaling).
-fn draw(it: &Item, rng: &mut ChaCha8Rng, bsize: usize, scale_range: f64, rescale: Option<f64>) -> Cp4Augment {
-    let size = it.image.size();
-    let rsc = rescale.map_or(1.0, |diam_mean| it.diameter / diam_mean);
-    Cp4Augment::draw(rng, size[1] as usize, size[2] as usize, bsize, scale_range, rsc)
+impl Tiles {
+    /// The augmentation of `it`, drawn from `rng` (zoomed by diameter / diam_mean when rescaling).
+    fn draw(&self, it: &Item, rng: &mut ChaCha8Rng) -> Cp4Augment {
+        let size = it.image.size();
+        let rsc = self.rescale.map_or(1.0, |diam_mean| it.diameter / diam_mean);
+        Cp4Augment::draw(rng, size[1] as usize, size[2] as usize, self.bsize, self.scale_range, rsc)
+    }
+
+    /// One augmented batch `(x [B, 3, bs, bs], lbl [B, 3, bs, bs])` of `inds`.
+    fn batch(&self, items: &[Item], inds: &[usize], rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
+        let (mut xs, mut ys) = (Vec::with_capacity(inds.len()), Vec::with_capacity(inds.len()));
+        for &i in inds {
+            let it = &items[i];
+            let (x, y) = self.draw(it, rng).apply(&it.image, &it.targets, self.bsize);
+            xs.push(x);
+            ys.push(y);
+        }
+        (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0))
+    }
 }
 
 /// RNG for the augmentation of one epoch (a pure function of seed and epoch, as cellpose's
@@ -235,7 +203,7 @@ pub fn train_seg_cpsam(
     train: &[Example],
     test: Option<&[Example]>,
     cfg: &CpsamTrainConfig,
-    hooks: &mut dyn CpsamHooks,
+    hooks: &mut dyn TrainHooks<CpsamModel>,
     control: &Control,
     resume: Option<Resume>,
 ) -> Result<TrainOutcome, TrainError> {
@@ -255,170 +223,121 @@ pub fn train_seg_cpsam(
             let _ = v.fill_(diam_labels);
         });
     }
-    let rescale = cfg.rescale.then(|| model.net.diam_mean());
-    let scale_range = cfg.scale_range.unwrap_or(0.5);
-    let device = cfg.device;
-    let train_items = items(train, device);
-    let nimg = train_items.len();
-    let per_epoch = cfg.nimg_per_epoch.unwrap_or(nimg);
+    let tiles = Tiles {
+        bsize,
+        scale_range: cfg.scale_range.unwrap_or(0.5),
+        rescale: cfg.rescale.then(|| model.net.diam_mean()),
+    };
+    let train_items = items(train, cfg.device);
+    let per_epoch = cfg.nimg_per_epoch.unwrap_or(train_items.len());
     // the test tiles are the same at every evaluation (cellpose reseeds with 42 each time)
     let test_batches: Option<Vec<(Tensor, Tensor)>> = test.filter(|t| !t.is_empty()).map(|t| {
-        let test_items = items(t, device);
+        let test_items = items(t, cfg.device);
         let n = test_items.len();
         let order = epoch_order(n, cfg.nimg_test_per_epoch.unwrap_or(n), cfg.seed, 42, 0);
         let mut rng = rng_for(cfg.seed, 43, 0);
-        order
-            .chunks(cfg.batch_size)
-            .map(|inds| batch(&test_items, inds, &mut rng, bsize, scale_range, rescale))
-            .collect()
+        order.chunks(cfg.batch_size).map(|inds| tiles.batch(&test_items, inds, &mut rng)).collect()
     });
-    let lr = lr_schedule_cp4(cfg.learning_rate, cfg.n_epochs);
     let params: Vec<Tensor> = trained_parameters(model).into_iter().map(|(_, t)| t).collect();
-    let mut optim = Optimizer::new(OptimizerKind::Adamw, params, cfg.weight_decay);
-    let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size);
-    let Start {
-        epoch: start,
-        step: start_step,
-        partial_epoch_loss: partial,
-        mut train_losses,
-        mut test_losses,
-        mut epoch_seconds,
-    } = Start::resuming(resume, &mut optim, cfg.n_epochs, steps_per_epoch)?;
-    let total_steps = (cfg.n_epochs - start) * steps_per_epoch - start_step;
-    let mut steps_done = 0usize;
-    let mut steady: Option<(Instant, usize)> = None;
-    let train_t0 = Instant::now();
-    for epoch in start..cfg.n_epochs {
-        let epoch_t0 = Instant::now();
-        let order = epoch_order(nimg, per_epoch, cfg.seed, 0, epoch);
-        let mut rng = rng_for(cfg.seed, 1, epoch);
-        let first_step = if epoch == start { start_step } else { 0 };
-        let mut loss_sum = if epoch == start { partial } else { 0.0 };
-        for (step, inds) in order.chunks(cfg.batch_size).enumerate() {
-            if step < first_step {
-                // done before the checkpoint: consume its draws so the next steps see theirs
-                for &i in inds {
-                    draw(&train_items[i], &mut rng, bsize, scale_range, rescale);
-                }
-                continue;
-            }
-            // checked before every step: a cancel or a shutdown waits for one step at most
-            match control.reason() {
-                None => {}
-                Some(StopReason::Cancel) => return Err(TrainError::Cancelled { epoch }),
-                Some(StopReason::Shutdown) => {
-                    let state = TrainState::at(
-                        epoch,
-                        step,
-                        optim.steps,
-                        loss_sum,
-                        &train_losses,
-                        &test_losses,
-                        &epoch_seconds,
-                    );
-                    hooks.on_interrupt(model, &optim, &state);
-                    return Err(TrainError::Interrupted { epoch, step });
-                }
-            }
-            let (x, y) = batch(&train_items, inds, &mut rng, bsize, scale_range, rescale);
-            let failed = |e| TrainError::step_failed(&x, e);
-            let draws = layer_drop_draws(cfg.seed, epoch, step, inds.len(), model.net.config.blocks.len());
-            optim.set_learning_rate(lr[epoch]);
-            optim.zero_grad();
-            let out = model.net.forward_drawn(&x, Some(&draws)).map_err(failed)?;
-            let loss = seg_loss(&out, &y).map_err(failed)?;
-            loss.f_backward().map_err(failed)?;
-            optim.apply();
-            loss_sum += loss.double_value(&[]) * inds.len() as f64;
-            steps_done += 1;
-            let elapsed = train_t0.elapsed().as_secs_f64();
-            hooks.on_step(&StepInfo {
-                epoch,
-                n_epochs: cfg.n_epochs,
-                step,
-                steps_per_epoch,
-                lr: lr[epoch],
-                elapsed_s: t0.elapsed().as_secs_f64(),
-                eta_s: elapsed / steps_done as f64 * (total_steps - steps_done) as f64,
-            });
-        }
-        let train_loss = loss_sum / per_epoch as f64;
-        if !train_loss.is_finite() {
-            return Err(TrainError::Diverged { epoch, value: train_loss });
-        }
-        train_losses[epoch] = train_loss;
-        if epoch == start {
-            steady = Some((Instant::now(), steps_done));
-        }
-        if epoch == 5 || epoch % 10 == 0 {
-            if let Some(tb) = &test_batches {
-                test_losses[epoch] = Some(test_loss(model, tb)?);
-            }
-        }
-        epoch_seconds[epoch] = epoch_t0.elapsed().as_secs_f64();
-        let elapsed = train_t0.elapsed().as_secs_f64();
-        let per_step = elapsed / steps_done.max(1) as f64;
-        let info = EpochInfo {
-            epoch,
-            n_epochs: cfg.n_epochs,
-            train_loss,
-            test_loss: test_losses[epoch],
-            lr: lr[epoch],
-            elapsed_s: t0.elapsed().as_secs_f64(),
-            eta_s: per_step * (total_steps - steps_done) as f64,
-            seconds_per_step: per_step,
-            seconds: epoch_seconds[epoch],
-        };
-        tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr = lr[epoch], "epoch done");
-        let state =
-            TrainState::at(epoch + 1, 0, optim.steps, 0.0, &train_losses, &test_losses, &epoch_seconds);
-        hooks.on_epoch(&info, model, &optim, &state)?;
-        let last = epoch == cfg.n_epochs - 1;
-        if let Some(path) = &cfg.save_path {
-            if !last && epoch % cfg.save_every == 0 && epoch != 0 {
-                let p = if cfg.save_each { epoch_path(path, epoch) } else { path.clone() };
-                match model.save(&p) {
-                    Ok(()) => hooks.on_saved(&p, epoch),
-                    // a failed periodic save is logged, not fatal: the final save still counts
-                    Err(e) => tracing::warn!(error = %e, path = %p.display(), "periodic model save failed"),
-                }
-            }
-        }
-    }
-    if let Some(path) = &cfg.save_path {
-        model.save(path)?;
-        hooks.on_saved(path, cfg.n_epochs - 1);
-    }
-    let train_secs = train_t0.elapsed().as_secs_f64();
-    Ok(TrainOutcome {
-        model_path: cfg.save_path.clone(),
-        train_losses,
-        test_losses,
-        epoch_seconds,
+    let run = Run {
+        n_epochs: cfg.n_epochs,
+        steps_per_epoch: per_epoch.div_ceil(cfg.batch_size),
+        images_per_epoch: per_epoch,
+        lr: lr_schedule_cp4(cfg.learning_rate, cfg.n_epochs),
+        saves: cfg.save_path.as_deref().map(|path| Saves {
+            path,
+            every: cfg.save_every,
+            each: cfg.save_each,
+        }),
         diam_labels,
-        seconds: t0.elapsed().as_secs_f64(),
-        seconds_per_step: train_secs / steps_done.max(1) as f64,
-        steady_step_seconds: match steady {
-            Some((t, n)) if steps_done > n => t.elapsed().as_secs_f64() / (steps_done - n) as f64,
-            _ => train_secs / steps_done.max(1) as f64,
-        },
-        data_wait_seconds: 0.0,
-    })
+        t0,
+    };
+    let optim = Optimizer::new(OptimizerKind::Adamw, params, cfg.weight_decay);
+    let mut family = CpsamSteps {
+        model,
+        items: train_items,
+        tiles,
+        per_epoch,
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        order: Vec::new(),
+        rng: rng_for(cfg.seed, 1, 0),
+        loss_sum: 0.0,
+        test_batches,
+    };
+    epochs::fit(&mut family, (model, optim), run, hooks, control, resume)
 }
 
-/// Mean loss over the fixed test tiles, network in eval mode (no layer drop).
-fn test_loss(model: &CpsamModel, batches: &[(Tensor, Tensor)]) -> Result<f64, TrainError> {
-    tch::no_grad(|| {
-        let (mut sum, mut n) = (0.0, 0usize);
-        for (x, y) in batches {
-            let out = model.net.forward_t(x, false).map_err(|e| TrainError::step_failed(x, e))?;
-            let bs = x.size()[0] as usize;
-            sum +=
-                seg_loss(&out, y).map_err(|e| TrainError::step_failed(x, e))?.double_value(&[]) * bs as f64;
-            n += bs;
+/// Cellpose-SAM's part of the loop: each step's tiles drawn from the epoch's stream, then an
+/// AdamW step with the layer drop of that step.
+struct CpsamSteps<'a> {
+    model: &'a CpsamModel,
+    items: Vec<Item>,
+    tiles: Tiles,
+    per_epoch: usize,
+    batch_size: usize,
+    seed: u64,
+    /// This epoch's image order and augmentation stream.
+    order: Vec<usize>,
+    rng: ChaCha8Rng,
+    loss_sum: f64,
+    test_batches: Option<Vec<(Tensor, Tensor)>>,
+}
+
+impl CpsamSteps<'_> {
+    /// The images of step `step` of the current epoch.
+    fn step_images(&self, step: usize) -> &[usize] {
+        let start = (step * self.batch_size).min(self.order.len());
+        &self.order[start..(start + self.batch_size).min(self.order.len())]
+    }
+}
+
+impl TrainStep for CpsamSteps<'_> {
+    type Model = CpsamModel;
+
+    fn begin_epoch(&mut self, epoch: usize, first: usize, loss_sum: f64) -> Result<(), TrainError> {
+        self.order = epoch_order(self.items.len(), self.per_epoch, self.seed, 0, epoch);
+        self.rng = rng_for(self.seed, 1, epoch);
+        // the steps done before a checkpoint: consume their draws so the next steps see theirs
+        for step in 0..first {
+            for i in self.step_images(step).to_vec() {
+                self.tiles.draw(&self.items[i], &mut self.rng);
+            }
         }
-        Ok(sum / n.max(1) as f64)
-    })
+        self.loss_sum = loss_sum;
+        Ok(())
+    }
+
+    fn step(&mut self, optim: &mut Optimizer, epoch: usize, step: usize, lr: f64) -> Result<(), TrainError> {
+        let inds = self.step_images(step).to_vec();
+        let (x, y) = self.tiles.batch(&self.items, &inds, &mut self.rng);
+        let failed = |e| TrainError::step_failed(&x, e);
+        let n_blocks = self.model.net.config.blocks.len();
+        let draws = layer_drop_draws(self.seed, epoch, step, inds.len(), n_blocks);
+        optim.set_learning_rate(lr);
+        optim.zero_grad();
+        let out = self.model.net.forward_drawn(&x, Some(&draws)).map_err(failed)?;
+        let loss = seg_loss(&out, &y).map_err(failed)?;
+        loss.f_backward().map_err(failed)?;
+        optim.apply();
+        self.loss_sum += loss.double_value(&[]) * inds.len() as f64;
+        Ok(())
+    }
+
+    fn loss_sum(&self) -> f64 {
+        self.loss_sum
+    }
+
+    fn test_loss(&self) -> Result<Option<f64>, TrainError> {
+        let Some(batches) = &self.test_batches else { return Ok(None) };
+        let tiles = batches.iter().map(|(x, y)| (x.shallow_clone(), y.shallow_clone()));
+        // eval mode: no layer drop
+        epochs::mean_test_loss(tiles, |x| self.model.net.forward_t(x, false)).map(Some)
+    }
+
+    fn save(&self, path: &Path) -> Result<(), ModelError> {
+        self.model.save(path)
+    }
 }
 
 #[cfg(test)]

@@ -8,56 +8,20 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use indicatif::ProgressBar;
 
-use super::train::{step_bar, trained, warn_removed, write_summary, Destination, TrainArgs};
+use super::console::{step_bar, trained, warn_removed, write_summary, BarHooks};
+use super::flags::{Destination, TrainArgs};
 use crate::config::Toggle;
 use crate::control::Control;
 use crate::model::{open_any, AnyModel, CpsamModel};
+use crate::train;
 use crate::train::cpsam::{
-    prepare_cp4, train_seg_cpsam, validate_cpsam_config, Cp4PrepareOptions, CpsamHooks, CpsamTrainConfig,
+    prepare_cp4, train_seg_cpsam, validate_cpsam_config, Cp4PrepareOptions, CpsamTrainConfig,
 };
-use crate::train::{self, EpochInfo, Optimizer, StepInfo, TrainError, TrainState};
 use crate::transforms::Normalize;
 
 /// cellpose 4's tile size for every cpsam model.
 const CPSAM_BSIZE: usize = 256;
-
-/// Progress bar on stderr and cellpose's log line at epoch 5 and every 10th.
-struct BarHooks {
-    bar: ProgressBar,
-}
-
-impl CpsamHooks for BarHooks {
-    fn on_step(&mut self, s: &StepInfo) {
-        self.bar.set_position((s.epoch * s.steps_per_epoch + s.step + 1) as u64);
-    }
-    fn on_epoch(
-        &mut self,
-        e: &EpochInfo,
-        _model: &CpsamModel,
-        _optim: &Optimizer,
-        _state: &TrainState,
-    ) -> Result<(), TrainError> {
-        self.bar.set_message(format!("epoch {} loss {:.4} lr {:.2e}", e.epoch, e.train_loss, e.lr));
-        if e.epoch == 5 || e.epoch.is_multiple_of(10) {
-            self.bar.suspend(|| {
-                tracing::info!(
-                    "{}, train_loss={:.4}, test_loss={}, LR={:.6}, time {:.2}s",
-                    e.epoch,
-                    e.train_loss,
-                    e.test_loss.map(|t| format!("{t:.4}")).unwrap_or_else(|| "-".into()),
-                    e.lr,
-                    e.elapsed_s
-                )
-            });
-        }
-        Ok(())
-    }
-    fn on_saved(&mut self, path: &Path, epoch: usize) {
-        self.bar.suspend(|| tracing::info!(epoch, path = %path.display(), "saved model"));
-    }
-}
 
 /// Flags of the CPnet path that cellpose 4 training has no counterpart for.
 fn refuse_cpnet_only(args: &TrainArgs) -> anyhow::Result<()> {
@@ -146,7 +110,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         crate::device::describe(device)
     );
     let bar = step_bar(cfg.n_epochs, cfg.nimg_per_epoch.unwrap_or(examples.len()), cfg.batch_size);
-    let mut hooks = BarHooks { bar };
+    let mut hooks = BarHooks::new(bar, args.verbose, Box::new(|_, _: &CpsamModel| Ok(())));
     let outcome =
         train_seg_cpsam(&model, &examples, test.as_deref(), &cfg, &mut hooks, &Control::new(), None)?;
     hooks.bar.finish_and_clear();
