@@ -24,6 +24,7 @@ network (loopback). Without it girder_worker puts the container on the network o
 girder_worker itself runs in (NimbusImage's compose file runs it in one).
 """
 import json
+import uuid
 
 import docker
 from girder.api import access
@@ -60,13 +61,16 @@ class ToolLaunch(Resource):
         if body.get('datasetId'):
             args += ['--datasetId', body['datasetId']]
         queue = _queue(image, request)
+        # always a name, as NimbusImage gives one: girder_worker removes a container whose GPU
+        # start failed (no NVIDIA runtime) by its name, and leaves an unnamed one behind
+        name = body.get('name') or 'tool-launch-%s' % uuid.uuid4().hex[:12]
         result = docker_run.apply_async(
             (image,),
             kwargs={
                 'pull_image': False,
                 'container_args': args,
                 'remove_container': True,
-                'name': body.get('name'),
+                'name': name,
                 'girder_job_title': f'{image} {request}',
                 'network_mode': 'host',
             },
