@@ -127,6 +127,11 @@ pub struct TrainingSettings {
     /// With a validation region and "Keep best model": score every N epochs (0 = chosen from the
     /// measured scoring and epoch times so scoring costs about 8% of training).
     pub eval_every: usize,
+    /// Seconds between two "Epoch N/M" progress lines at least (the first and the last epoch are
+    /// always reported; 0 = every epoch). Epochs of a small dataset on a GPU take milliseconds:
+    /// a line each would fill the Girder job log and, in a container run by girder_worker, keep
+    /// its output loop from ever pausing the 0.1 s it waits for before it acts on a cancel.
+    pub progress_interval_s: f64,
 }
 
 impl Default for TrainingSettings {
@@ -144,6 +149,7 @@ impl Default for TrainingSettings {
             cudnn_benchmark: Toggle::Auto,
             profile_steps: false,
             eval_every: 0,
+            progress_interval_s: 1.0,
         }
     }
 }
@@ -327,6 +333,12 @@ impl Settings {
         }
         if t.checkpoint_every == 0 || t.cpsam_checkpoint_every == 0 {
             return bad("[training] checkpoint_every and cpsam_checkpoint_every must be at least 1".into());
+        }
+        if !(t.progress_interval_s.is_finite() && t.progress_interval_s >= 0.0) {
+            return bad(format!(
+                "[training] progress_interval_s must be 0 or more seconds (got {})",
+                t.progress_interval_s
+            ));
         }
         let q = &self.queue;
         for (k, v) in

@@ -10,6 +10,7 @@ use super::family::{Family, Reporter, TrainJob, TrainResult};
 use super::fetch::Samples;
 use super::intake::Plan;
 use super::stages::Step;
+use std::time::Duration;
 use crate::control::Control;
 use crate::report::ScoredEpoch;
 use crate::train::TrainOutcome;
@@ -48,8 +49,11 @@ pub async fn train<F: Family>(
         (family.clone(), plan.params.clone(), ctx.settings.clone(), ctx.device, ctx.seed);
     let (examples, resume_bytes, control_t) = (samples.train.clone(), ctx.resume.clone(), control.clone());
     let validation = samples.validation.clone();
-    let reporter =
-        Reporter { events: events.clone(), checkpoint_every: family.checkpoint_every(&ctx.settings) };
+    let reporter = Reporter::new(
+        events.clone(),
+        family.checkpoint_every(&ctx.settings),
+        Duration::from_secs_f64(ctx.settings.training.progress_interval_s),
+    );
     let run = crate::telemetry::spawn_blocking_in_span("training", move || {
         let net = base;
         let mut resumed_from_epoch = None;

@@ -308,11 +308,39 @@ pub struct TrainResult {
 pub struct Reporter {
     pub events: Events,
     pub checkpoint_every: usize,
+    /// Epoch progress lines at most this often (`[training] progress_interval_s`).
+    pub progress_interval: std::time::Duration,
+    /// When the last epoch progress line went out.
+    last_line: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Reporter {
-    /// An epoch ended: progress with loss and ETA.
+    pub fn new(events: Events, checkpoint_every: usize, progress_interval: std::time::Duration) -> Self {
+        Reporter { events, checkpoint_every, progress_interval, last_line: Default::default() }
+    }
+
+    /// An epoch ended: progress with loss and ETA, unless a line went out less than
+    /// `progress_interval` ago (the first and the last epoch are always reported); the epoch's
+    /// metrics are sent either way.
     pub fn epoch(&self, e: &EpochInfo) {
+        if self.line_due(e) {
+            self.epoch_line(e);
+        }
+        self.events.send(JobEvent::Epoch(e.clone()));
+    }
+
+    fn line_due(&self, e: &EpochInfo) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut last) = self.last_line.lock() else { return true };
+        let due = e.epoch + 1 >= e.n_epochs
+            || last.is_none_or(|at| now.duration_since(at) >= self.progress_interval);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    fn epoch_line(&self, e: &EpochInfo) {
         let test = e.test_loss.map(|t| format!(", test loss {t:.4}")).unwrap_or_default();
         self.events.progress(
             super::stages::training_fraction(e.epoch + 1, e.n_epochs),
@@ -325,7 +353,6 @@ impl Reporter {
                 super::events::fmt_duration(e.eta_s)
             ),
         );
-        self.events.send(JobEvent::Epoch(e.clone()));
     }
 
     /// Whether a periodic checkpoint is due after `epochs_done` of `n_epochs` (none after the
@@ -355,5 +382,57 @@ impl Reporter {
         encode: impl FnOnce() -> std::io::Result<Vec<u8>>,
     ) {
         self.events.checkpoint(state.epoch, state.step, encode);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn epoch(epoch: usize, n_epochs: usize) -> EpochInfo {
+        EpochInfo {
+            epoch,
+            n_epochs,
+            train_loss: 0.5,
+            test_loss: None,
+            lr: 0.1,
+            elapsed_s: 0.0,
+            eta_s: 0.0,
+            seconds_per_step: 0.0,
+            seconds: 0.0,
+        }
+    }
+
+    /// The "Epoch N/M" infos and the number of epoch (metrics) events `reporter` sent for 5 epochs.
+    fn five_epochs(interval: Duration) -> (Vec<String>, usize) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = Reporter::new(Events::new(tx), 10, interval);
+        for e in 0..5 {
+            reporter.epoch(&epoch(e, 5));
+        }
+        let (mut lines, mut metrics) = (Vec::new(), 0);
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                JobEvent::Progress { info, .. } => lines.push(info.split(':').next().unwrap().to_string()),
+                JobEvent::Epoch(_) => metrics += 1,
+                JobEvent::Warning { .. } => {}
+            }
+        }
+        (lines, metrics)
+    }
+
+    #[test]
+    fn fast_epochs_report_the_first_and_the_last_line_and_every_epochs_metrics() {
+        let (lines, metrics) = five_epochs(Duration::from_secs(3600));
+        assert_eq!(lines, ["Epoch 1/5", "Epoch 5/5"]);
+        assert_eq!(metrics, 5);
+    }
+
+    #[test]
+    fn a_zero_interval_reports_every_epoch() {
+        let (lines, metrics) = five_epochs(Duration::ZERO);
+        assert_eq!(lines, ["Epoch 1/5", "Epoch 2/5", "Epoch 3/5", "Epoch 4/5", "Epoch 5/5"]);
+        assert_eq!(metrics, 5);
     }
 }
