@@ -241,7 +241,7 @@ mod tests {
         let b = BlockShape { dim: 16, heads: 2, mlp_dim: 32, rel_len: (7, 7) };
         let cfg = CpsamConfig { dim: 16, blocks: vec![b, b], grid: (4, 4), neck: 8, ..Default::default() };
         tch::manual_seed(7);
-        CpsamModel::new(cfg, Device::Cpu)
+        CpsamModel::new(cfg, Device::Cpu).unwrap()
     }
 
     #[test]
