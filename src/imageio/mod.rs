@@ -1,14 +1,22 @@
-//! Image and label files: TIFF (8/16/32-bit integer, float32/64, multi-page = channels, multi-sample)
-//! and PNG, read into `[C, H, W]` float32 images or `[H, W]` label images; TIFF writing for flows and
-//! masks. Errors always name the file.
+//! Image and label files: TIFF (every layout the `tiff` crate decodes: strips or tiles, samples
+//! interleaved or in planes, multi-page; 8/16/32/64-bit integers, float16/32/64, 1-bit) and PNG,
+//! read into `[C, H, W]` float32 images or `[H, W]` label images the way tifffile reads them
+//! (pages and samples become channels); TIFF writing for flows and masks. Errors always name
+//! the file; sizes from a file's header are checked against [`crate::limits`] before anything
+//! is allocated, and a Z-stack or time series is refused rather than read as channels.
+
+mod axes;
+mod tiff_read;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array3, ArrayView2, Axis};
-use tiff::decoder::{Decoder, DecodingResult, Limits};
+use tiff::decoder::DecodingResult;
 use tiff::encoder::{colortype, TiffEncoder};
+
+use tiff_read::Page;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {kind}")]
@@ -33,206 +41,197 @@ pub enum ImageErrorKind {
         "not a label image: {0}. A mask must be one channel of non-negative integer labels (0 = background)"
     )]
     NotLabels(String),
+    #[error("too large to read: {0}")]
+    TooLarge(String),
+    #[error(
+        "{0}: only 2-D images (with channels) are read, and its planes would all become channels; \
+         save one z-slice / time point per file (Fiji: Image > Duplicate..., or tifffile: imwrite(path, stack[t, z]))"
+    )]
+    Stack(String),
 }
 
 fn err(path: &Path, kind: ImageErrorKind) -> ImageError {
     ImageError { path: path.to_path_buf(), kind }
 }
 
-/// One decoded page/sample plane set, kept in its stored type until converted.
-struct Plane {
-    height: usize,
-    width: usize,
-    samples: usize,
-    data: PlaneData,
-}
-
-enum PlaneData {
-    Int(Vec<i64>),
-    Float(Vec<f64>),
-}
-
-impl Plane {
-    fn is_float(&self) -> bool {
-        matches!(self.data, PlaneData::Float(_))
-    }
-    fn value(&self, i: usize) -> f64 {
-        match &self.data {
-            PlaneData::Int(v) => v[i] as f64,
-            PlaneData::Float(v) => v[i],
-        }
-    }
-}
-
-fn decoding_to_plane(res: DecodingResult, height: usize, width: usize, samples: usize) -> Plane {
-    let data = match res {
-        DecodingResult::U8(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::U16(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::U32(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::U64(v) => {
-            PlaneData::Int(v.into_iter().map(|x| x.min(i64::MAX as u64) as i64).collect())
-        }
-        DecodingResult::I8(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::I16(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::I32(v) => PlaneData::Int(v.into_iter().map(i64::from).collect()),
-        DecodingResult::I64(v) => PlaneData::Int(v),
-        DecodingResult::F32(v) => PlaneData::Float(v.into_iter().map(f64::from).collect()),
-        DecodingResult::F64(v) => PlaneData::Float(v),
-    };
-    Plane { height, width, samples, data }
-}
-
-fn read_tiff_planes(path: &Path) -> Result<Vec<Plane>, ImageError> {
+fn read_tiff_pages(path: &Path) -> Result<Vec<Page>, ImageError> {
     let file = File::open(path).map_err(|e| err(path, e.into()))?;
-    let tiff_err = |e: tiff::TiffError| err(path, ImageErrorKind::Tiff(e.to_string()));
-    let mut limits = Limits::default();
-    limits.decoding_buffer_size = 4 << 30;
-    limits.ifd_value_size = 64 << 20;
-    limits.intermediate_buffer_size = 1 << 30;
-    let mut dec = Decoder::new(BufReader::new(file)).map_err(tiff_err)?.with_limits(limits);
-    let mut planes = Vec::new();
-    loop {
-        let (w, h) = dec.dimensions().map_err(tiff_err)?;
-        let samples = match dec.colortype().map_err(tiff_err)? {
-            tiff::ColorType::Gray(_) | tiff::ColorType::Palette(_) => 1,
-            tiff::ColorType::GrayA(_) => 2,
-            tiff::ColorType::RGB(_) | tiff::ColorType::YCbCr(_) => 3,
-            tiff::ColorType::RGBA(_) | tiff::ColorType::CMYK(_) => 4,
-        };
-        let res = dec.read_image().map_err(tiff_err)?;
-        if let Some(first) = planes.first() {
-            let first: &Plane = first;
-            if first.height != h as usize || first.width != w as usize {
-                return Err(err(
-                    path,
-                    ImageErrorKind::PageSizeMismatch(first.width as u32, first.height as u32, w, h),
-                ));
-            }
-        }
-        planes.push(decoding_to_plane(res, h as usize, w as usize, samples));
-        if !dec.more_images() {
-            break;
-        }
-        dec.next_image().map_err(tiff_err)?;
-    }
-    Ok(planes)
+    tiff_read::read_pages(BufReader::new(file)).map_err(|k| err(path, k))
+}
+
+/// Decodes TIFF bytes (a file's contents) as [`read_image`] does; `name` is used in errors.
+/// The fuzz target of the TIFF reader calls this.
+pub fn decode_tiff_image(bytes: &[u8], name: &str) -> Result<Array3<f32>, ImageError> {
+    let pages = tiff_read::read_pages(std::io::Cursor::new(bytes)).map_err(|k| err(Path::new(name), k))?;
+    pages_to_image(&pages).map_err(|k| err(Path::new(name), k))
 }
 
 /// PNG (and other formats the `image` crate knows) the way cellpose's `io.imread` reads them with
 /// OpenCV: grey stays one channel, colour becomes RGB and alpha is dropped.
-fn read_png_planes(path: &Path) -> Result<Vec<Plane>, ImageError> {
+fn read_png_pages(path: &Path) -> Result<Vec<Page>, ImageError> {
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| err(path, e.into()))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| err(path, ImageErrorKind::Image(e.to_string())))?;
+    crate::limits::image_samples(u64::from(h), u64::from(w), 3)
+        .map_err(|m| err(path, ImageErrorKind::TooLarge(m)))?;
     let img = image::open(path).map_err(|e| err(path, ImageErrorKind::Image(e.to_string())))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let plane = match img {
-        image::DynamicImage::ImageLuma8(b) => Plane {
-            height: h,
-            width: w,
-            samples: 1,
-            data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
-        },
-        image::DynamicImage::ImageLuma16(b) => Plane {
-            height: h,
-            width: w,
-            samples: 1,
-            data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
-        },
-        image::DynamicImage::ImageLumaA8(_) => {
-            let b = img.to_luma8();
-            Plane {
-                height: h,
-                width: w,
-                samples: 1,
-                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
-            }
-        }
-        image::DynamicImage::ImageLumaA16(_) => {
-            let b = img.to_luma16();
-            Plane {
-                height: h,
-                width: w,
-                samples: 1,
-                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
-            }
-        }
+    let page =
+        |samples: usize, data: DecodingResult| Page { height: h, width: w, samples, planar: false, data };
+    Ok(vec![match img {
+        image::DynamicImage::ImageLuma8(b) => page(1, DecodingResult::U8(b.into_raw())),
+        image::DynamicImage::ImageLuma16(b) => page(1, DecodingResult::U16(b.into_raw())),
+        image::DynamicImage::ImageLumaA8(_) => page(1, DecodingResult::U8(img.to_luma8().into_raw())),
+        image::DynamicImage::ImageLumaA16(_) => page(1, DecodingResult::U16(img.to_luma16().into_raw())),
         image::DynamicImage::ImageRgb16(_) | image::DynamicImage::ImageRgba16(_) => {
-            let b = img.to_rgb16();
-            Plane {
-                height: h,
-                width: w,
-                samples: 3,
-                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
-            }
+            page(3, DecodingResult::U16(img.to_rgb16().into_raw()))
         }
         image::DynamicImage::ImageRgb32F(_) | image::DynamicImage::ImageRgba32F(_) => {
-            let b = img.to_rgb32f();
-            Plane {
-                height: h,
-                width: w,
-                samples: 3,
-                data: PlaneData::Float(b.into_raw().into_iter().map(f64::from).collect()),
-            }
+            page(3, DecodingResult::F32(img.to_rgb32f().into_raw()))
         }
-        _ => {
-            let b = img.to_rgb8();
-            Plane {
-                height: h,
-                width: w,
-                samples: 3,
-                data: PlaneData::Int(b.into_raw().into_iter().map(i64::from).collect()),
-            }
-        }
-    };
-    Ok(vec![plane])
+        _ => page(3, DecodingResult::U8(img.to_rgb8().into_raw())),
+    }])
 }
 
-fn read_planes(path: &Path) -> Result<Vec<Plane>, ImageError> {
+fn read_pages(path: &Path) -> Result<Vec<Page>, ImageError> {
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
-        "tif" | "tiff" => read_tiff_planes(path),
-        "png" => read_png_planes(path),
+        "tif" | "tiff" => read_tiff_pages(path),
+        "png" => read_png_pages(path),
         other => Err(err(path, ImageErrorKind::UnsupportedType(other.to_string()))),
     }
 }
 
-/// Reads an image as `[C, H, W]` float32. Pages of a multi-page TIFF and samples of a colour
-/// image become channels.
-pub fn read_image(path: &Path) -> Result<Array3<f32>, ImageError> {
-    let planes = read_planes(path)?;
-    let (h, w) = (planes[0].height, planes[0].width);
-    let nchan: usize = planes.iter().map(|p| p.samples).sum();
+/// Copies sample `s` of every pixel of `page` into `dst` (one channel, row-major), converted by
+/// `conv`; `None` when the page holds fewer values than its size says.
+fn copy_sample<T: Copy>(
+    v: &[T],
+    page: &Page,
+    s: usize,
+    dst: &mut [f32],
+    conv: impl Fn(T) -> f32,
+) -> Option<()> {
+    let n = page.height * page.width;
+    if page.planar {
+        let plane = v.get(s * n..(s + 1) * n)?;
+        dst.iter_mut().zip(plane).for_each(|(d, &x)| *d = conv(x));
+    } else {
+        if v.len() < n * page.samples {
+            return None;
+        }
+        dst.iter_mut().enumerate().for_each(|(i, d)| *d = conv(v[i * page.samples + s]));
+    }
+    Some(())
+}
+
+fn fill_channel(page: &Page, s: usize, dst: &mut [f32]) -> Option<()> {
+    match &page.data {
+        DecodingResult::U8(v) => copy_sample(v, page, s, dst, f32::from),
+        DecodingResult::U16(v) => copy_sample(v, page, s, dst, f32::from),
+        DecodingResult::U32(v) => copy_sample(v, page, s, dst, |x| x as f32),
+        DecodingResult::U64(v) => copy_sample(v, page, s, dst, |x| x as f32),
+        DecodingResult::I8(v) => copy_sample(v, page, s, dst, f32::from),
+        DecodingResult::I16(v) => copy_sample(v, page, s, dst, f32::from),
+        DecodingResult::I32(v) => copy_sample(v, page, s, dst, |x| x as f32),
+        DecodingResult::I64(v) => copy_sample(v, page, s, dst, |x| x as f32),
+        DecodingResult::F16(v) => copy_sample(v, page, s, dst, |x| x.to_f32()),
+        DecodingResult::F32(v) => copy_sample(v, page, s, dst, |x| x),
+        DecodingResult::F64(v) => copy_sample(v, page, s, dst, |x| x as f32),
+    }
+}
+
+fn pages_to_image(pages: &[Page]) -> Result<Array3<f32>, ImageErrorKind> {
+    let Some(first) = pages.first() else { return Err(ImageErrorKind::Tiff("no page".into())) };
+    let (h, w) = (first.height, first.width);
+    let nchan: usize = pages.iter().map(|p| p.samples).sum();
     let mut out = Array3::<f32>::zeros((nchan, h, w));
     let mut c0 = 0;
-    for p in &planes {
+    for (i, p) in pages.iter().enumerate() {
         for s in 0..p.samples {
             let mut ch = out.index_axis_mut(Axis(0), c0 + s);
-            for (i, v) in ch.iter_mut().enumerate() {
-                *v = p.value(i * p.samples + s) as f32;
-            }
+            let dst =
+                ch.as_slice_mut().ok_or_else(|| ImageErrorKind::Tiff("channel not contiguous".into()))?;
+            fill_channel(p, s, dst).ok_or_else(|| {
+                ImageErrorKind::Tiff(format!(
+                    "page {i} decoded to {} values, fewer than its {w}x{h} pixels x {} sample(s)",
+                    p.len(),
+                    p.samples
+                ))
+            })?;
         }
         c0 += p.samples;
     }
     Ok(out)
 }
 
+/// Reads an image as `[C, H, W]` float32. Pages of a multi-page TIFF and samples of a colour
+/// image become channels (tifffile's order: page by page, each page's samples in turn).
+pub fn read_image(path: &Path) -> Result<Array3<f32>, ImageError> {
+    let pages = read_pages(path)?;
+    pages_to_image(&pages).map_err(|k| err(path, k))
+}
+
+/// One label value as stored: a whole number in 0..=u32::MAX, else why not.
+fn label_of(x: f64, is_float: bool) -> Result<u32, String> {
+    if x < 0.0 || x.fract() != 0.0 || !x.is_finite() || x > u32::MAX as f64 {
+        let kind = if is_float {
+            "a non-integer value"
+        } else if x < 0.0 {
+            "a negative value"
+        } else {
+            "a value"
+        };
+        return Err(format!("{kind} {x}"));
+    }
+    Ok(x as u32)
+}
+
+fn labels_from<T: Copy>(
+    v: &[T],
+    out: &mut [u32],
+    is_float: bool,
+    conv: impl Fn(T) -> f64,
+) -> Result<(), (usize, String)> {
+    for (i, (o, &x)) in out.iter_mut().zip(v).enumerate() {
+        *o = label_of(conv(x), is_float).map_err(|m| (i, m))?;
+    }
+    Ok(())
+}
+
 /// Reads a label image: one channel of non-negative integers (floats are accepted when every value
 /// is a whole number, as cellpose's GUI sometimes saves them).
 pub fn read_labels(path: &Path) -> Result<Array2<u32>, ImageError> {
-    let planes = read_planes(path)?;
-    let p = &planes[0];
-    if planes.len() > 1 || p.samples > 1 {
-        let n = planes.len().max(p.samples);
+    let pages = read_pages(path)?;
+    let p = &pages[0];
+    if pages.len() > 1 || p.samples > 1 {
+        let n = pages.len().max(p.samples);
         return Err(err(path, ImageErrorKind::NotLabels(format!("it has {n} channels/pages"))));
     }
-    let mut out = Array2::<u32>::zeros((p.height, p.width));
-    for (i, v) in out.iter_mut().enumerate() {
-        let x = p.value(i);
-        if x < 0.0 || x.fract() != 0.0 || !x.is_finite() || x > u32::MAX as f64 {
-            let kind = if p.is_float() { "a non-integer value" } else { "a negative value" };
-            let (r, c) = (i / p.width, i % p.width);
-            return Err(err(path, ImageErrorKind::NotLabels(format!("{kind} {x} at row {r}, column {c}"))));
-        }
-        *v = x as u32;
+    let n = p.height * p.width;
+    if p.len() < n {
+        return Err(err(path, ImageErrorKind::Tiff(format!("decoded {} values for {n} pixels", p.len()))));
     }
+    let mut out = Array2::<u32>::zeros((p.height, p.width));
+    let dst =
+        out.as_slice_mut().ok_or_else(|| err(path, ImageErrorKind::Tiff("labels not contiguous".into())))?;
+    let r = match &p.data {
+        DecodingResult::U8(v) => labels_from(v, dst, false, f64::from),
+        DecodingResult::U16(v) => labels_from(v, dst, false, f64::from),
+        DecodingResult::U32(v) => labels_from(v, dst, false, f64::from),
+        DecodingResult::U64(v) => labels_from(v, dst, false, |x| x as f64),
+        DecodingResult::I8(v) => labels_from(v, dst, false, f64::from),
+        DecodingResult::I16(v) => labels_from(v, dst, false, f64::from),
+        DecodingResult::I32(v) => labels_from(v, dst, false, f64::from),
+        DecodingResult::I64(v) => labels_from(v, dst, false, |x| x as f64),
+        DecodingResult::F16(v) => labels_from(v, dst, true, |x| f64::from(x.to_f32())),
+        DecodingResult::F32(v) => labels_from(v, dst, true, f64::from),
+        DecodingResult::F64(v) => labels_from(v, dst, true, |x| x),
+    };
+    r.map_err(|(i, what)| {
+        let (row, col) = (i / p.width, i % p.width);
+        err(path, ImageErrorKind::NotLabels(format!("{what} at row {row}, column {col}")))
+    })?;
     Ok(out)
 }
 

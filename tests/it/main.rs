@@ -35,6 +35,7 @@ mod rasterize;
 mod real_girder;
 mod real_girder_job;
 mod segment_cli;
+mod tiff_layouts;
 mod train;
 mod train_golden;
 mod train_qc;
