@@ -39,6 +39,14 @@ pub enum TransformError {
     Torch(String),
     #[error(transparent)]
     Cpsam(#[from] crate::predict_cpsam::Cp4NetError),
+    /// As `train` refuses such an image: NaN would flow through normalisation and the network
+    /// and come out as no masks at all, without a word.
+    #[error(
+        "{count} pixel values are NaN or infinite; fix or remove the image (the network would give NaN flows and no masks)"
+    )]
+    NonFinite { count: usize },
+    #[error("{0}")]
+    Rescale(String),
 }
 
 /// Selects/merges channels of a `[C, H, W]` image into the network's input channels
@@ -47,6 +55,10 @@ pub fn convert_channels(img: ArrayView3<f32>, channels: Channels) -> Result<Arra
     let (c, h, w) = img.dim();
     if h == 0 || w == 0 {
         return Err(TransformError::Empty(h, w));
+    }
+    let count = img.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(TransformError::NonFinite { count });
     }
     match channels {
         Channels::All { nchan } => {
@@ -219,22 +231,33 @@ pub fn resize_by(img: &Tensor, rsz: Option<f64>) -> Result<(Tensor, i64, i64), t
     Ok((out, ly, lx))
 }
 
-/// `[C, H, W]` ndarray -> CPU tensor.
+/// `[C, H, W]` ndarray -> CPU tensor (the training side's prepared examples).
 pub fn array3_to_tensor(a: &Array3<f32>) -> Tensor {
     let (c, h, w) = a.dim();
     let data: Vec<f32> = a.iter().copied().collect();
     Tensor::from_slice(&data).view([c as i64, h as i64, w as i64])
 }
 
-/// CPU/GPU tensor `[C, H, W]` -> ndarray.
-pub fn tensor_to_array3(t: &Tensor) -> Array3<f32> {
-    let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+/// [`array3_to_tensor`] with libtorch's failures returned: for images whose size comes from a
+/// user's file (prediction).
+pub fn f_array3_to_tensor(a: &Array3<f32>) -> Result<Tensor, tch::TchError> {
+    let (c, h, w) = a.dim();
+    let data: Vec<f32> = a.iter().copied().collect();
+    Tensor::f_from_slice(&data)?.f_view([c as i64, h as i64, w as i64])
+}
+
+/// CPU/GPU tensor `[C, H, W]` -> ndarray; a tensor of another rank is an error.
+pub fn tensor_to_array3(t: &Tensor) -> Result<Array3<f32>, tch::TchError> {
+    let t = t.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
     let size = t.size();
+    let [c, h, w] = size[..] else {
+        return Err(tch::TchError::Shape(format!("expected [C, H, W] maps, got {size:?}")));
+    };
     let n = t.numel();
     let mut data = vec![0f32; n];
-    t.copy_data(&mut data, n);
-    Array3::from_shape_vec((size[0] as usize, size[1] as usize, size[2] as usize), data)
-        .unwrap_or_else(|_| Array3::zeros((0, 0, 0)))
+    t.f_copy_data(&mut data, n)?;
+    Array3::from_shape_vec((c as usize, h as usize, w as usize), data)
+        .map_err(|e| tch::TchError::Shape(e.to_string()))
 }
 
 #[cfg(test)]
