@@ -63,6 +63,14 @@ impl JobRequest {
                 super::json_type(&params)
             )));
         }
+        for key in ["image", "datasetId"] {
+            if let Some(v) = params.get(key).filter(|v| !v.is_string() && !v.is_null()) {
+                return Err(RequestError(format!(
+                    "--parameters: `{key}` must be a string, not {}",
+                    super::json_type(v)
+                )));
+            }
+        }
         // NimbusImage passes the dataset as a flag; older launchers put it in the parameters
         let dataset_id =
             dataset_id.or_else(|| params.get("datasetId").and_then(Value::as_str).map(str::to_string));
@@ -74,8 +82,10 @@ impl JobRequest {
         let kwargs = job.kwargs.clone().ok_or_else(|| {
             RequestError("the job has no kwargs (is the worker's API key an admin's?)".into())
         })?;
+        let named = wrong_kwarg(&kwargs);
         let k: Kwargs = serde_json::from_value(kwargs).map_err(|e| {
-            RequestError(format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {e}"))
+            let why = named.unwrap_or_else(|| e.to_string());
+            RequestError(format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {why}"))
         })?;
         if !(k.parameters.is_object() || k.parameters.is_null()) {
             return Err(RequestError(format!(
@@ -110,6 +120,23 @@ impl JobRequest {
     pub fn dataset(&self) -> Result<&str, RequestError> {
         self.dataset_id.as_deref().ok_or_else(|| RequestError("--datasetId is required for compute".into()))
     }
+}
+
+/// The kwargs field that does not have the shape [`Kwargs`] needs, named (serde's own message,
+/// "invalid type: map, expected a string", says neither which field nor where).
+fn wrong_kwarg(kwargs: &Value) -> Option<String> {
+    let Some(map) = kwargs.as_object() else {
+        return Some(format!("kwargs is {}, not an object", super::json_type(kwargs)));
+    };
+    for (key, required) in [("request", false), ("datasetId", true), ("token", true)] {
+        match map.get(key) {
+            None if required => return Some(format!("kwargs.{key} is missing")),
+            None | Some(Value::String(_)) => {}
+            Some(Value::Null) if !required => {}
+            Some(v) => return Some(format!("kwargs.{key} must be a string, not {}", super::json_type(v))),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -163,5 +190,22 @@ mod tests {
             JobRequest::from_job(&job(serde_json::json!({"datasetId": "d", "token": "t", "parameters": 3})))
                 .unwrap_err();
         assert!(e.0.contains("not a number"), "{e}");
+        // a wrong JSON shape names the field, not just serde's "invalid type: map"
+        let e = JobRequest::from_job(&job(serde_json::json!({"datasetId": {"$oid": "d"}, "token": "t"})))
+            .unwrap_err();
+        assert!(e.0.contains("kwargs.datasetId must be a string, not an object"), "{e}");
+        let e =
+            JobRequest::from_job(&job(serde_json::json!({"datasetId": "d", "token": ["t"]}))).unwrap_err();
+        assert!(e.0.contains("kwargs.token must be a string, not an array"), "{e}");
+        let e = JobRequest::from_job(&job(serde_json::json!({"token": "t"}))).unwrap_err();
+        assert!(e.0.contains("kwargs.datasetId is missing"), "{e}");
+        let e = JobRequest::from_command_line(
+            Request::Interface,
+            Secret::new("t"),
+            None,
+            Some(r#"{"image": {}}"#),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("`image` must be a string, not an object"), "{e}");
     }
 }

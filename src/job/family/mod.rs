@@ -26,6 +26,19 @@ use crate::train::{EpochInfo, Example, RawExample, TrainOutcome, TrainState};
 pub use cpnet::Cpnet;
 pub use cpsam::Cpsam;
 
+/// A failed preparation of the job's crops, in the job's words: the library's advice for an
+/// empty set (`--min-train-masks`) names a CLI flag a NimbusImage user cannot set.
+pub(crate) fn preparing_failed(what: &str, e: crate::train::data::DataError) -> JobError {
+    let detail = match e {
+        crate::train::data::DataError::NothingLeft { total, detail, .. } => format!(
+            "none of the {total} {what} has an annotated cell left to train on ({detail}); annotate cells \
+             with the Training Tag inside each Training Region, or draw the regions around annotated cells"
+        ),
+        e => e.to_string(),
+    };
+    JobError::Dataset { dataset: what.into(), detail }
+}
+
 /// A model family as the job's stages see it.
 pub trait Family: Clone + Send + Sync + 'static {
     /// The loaded network (moved to the training thread and back).
