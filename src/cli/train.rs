@@ -364,6 +364,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             recorder.every.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
         );
     }
+    // the model is stored: its history goes beside it (a failed run removes its own)
+    if let Err(err) = recorder.keep() {
+        tracing::warn!(error = %err, "could not keep the metrics history");
+    }
     if let Some(ap) = &recorder.ap_after {
         let qc = RunRecorder::qc_csv_path(&save_path);
         if let Err(err) = std::fs::write(&qc, crate::report::qc_csv(ap)) {
