@@ -331,6 +331,13 @@ impl Settings {
                 t.min_epochs, t.max_epochs
             ));
         }
+        // the Epochs field's range and every batch are sized from these: limits before any job
+        let limit = |e: crate::limits::LimitError| SettingsError::Invalid(e.to_string());
+        crate::limits::epochs("[training] max_epochs", t.max_epochs).map_err(limit)?;
+        if t.batch_size == 0 {
+            return bad("[training] batch_size must be at least 1".into());
+        }
+        crate::limits::batch("[training] batch_size", t.batch_size, t.bsize).map_err(limit)?;
         if t.checkpoint_every == 0 || t.cpsam_checkpoint_every == 0 {
             return bad("[training] checkpoint_every and cpsam_checkpoint_every must be at least 1".into());
         }
@@ -400,6 +407,17 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("worker.toml");
         let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
         assert!(err.contains("[training] bsize") && err.contains("100"), "{err}");
+        // absurd sizes are refused at start, naming the key and the limit (issue 26)
+        for (key, value, needles) in [
+            ("CPW_TRAINING__MAX_EPOCHS", "10000000000", &["[training] max_epochs", "100000 epochs"][..]),
+            ("CPW_TRAINING__BATCH_SIZE", "1000000", &["[training] batch_size", "67108864 pixels"][..]),
+        ] {
+            let env = std::collections::HashMap::from([(key.to_string(), value.to_string())]);
+            let err = Settings::load_with_env(Some(&path), Some(env)).unwrap_err().to_string();
+            for n in needles {
+                assert!(err.contains(n), "{key}={value}: `{n}` missing from: {err}");
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`model`]: the CPnet and Cellpose-SAM networks in tch, model families, PyTorch state_dict
 //!   files, built-in model registry.
 //! - [`imageio`]: TIFF/PNG images and label masks.
+//! - [`limits`]: the stated limits on every size a user, a file or a server gives (epochs,
+//!   images per epoch, batches, network widths, diameters, image sizes).
 //! - [`transforms`]: cellpose preprocessing (channels, percentile normalisation, resize).
 //! - [`predict`]: tiled network inference (cellpose `run_net`).
 //! - [`predict_cpsam`]: the same for Cellpose-SAM models with cellpose 4's semantics.
@@ -37,6 +39,7 @@ pub mod export;
 pub mod girder;
 pub mod imageio;
 pub mod job;
+pub mod limits;
 pub mod mock_girder;
 pub mod model;
 pub mod numpy;

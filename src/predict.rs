@@ -89,7 +89,7 @@ pub(crate) fn tile_starts(len: i64, bsize: i64, overlap: f64) -> Vec<i64> {
 }
 
 /// cellpose `_taper_mask(ly, lx, sig=7.5)`: a soft window that down-weights tile borders.
-pub(crate) fn taper_mask(ly: i64, lx: i64) -> Tensor {
+pub(crate) fn taper_mask(ly: i64, lx: i64) -> Result<Tensor, tch::TchError> {
     let bsize = 224.max(ly.max(lx));
     let mean = (bsize - 1) as f64 / 2.0;
     let m: Vec<f64> = (0..bsize)
@@ -99,10 +99,10 @@ pub(crate) fn taper_mask(ly: i64, lx: i64) -> Tensor {
         })
         .collect();
     let v = Tensor::from_slice(&m);
-    let full = v.unsqueeze(1) * v.unsqueeze(0);
+    let full = v.f_unsqueeze(1)?.f_mul(&v.f_unsqueeze(0)?)?;
     let y0 = bsize / 2 - ly / 2;
     let x0 = bsize / 2 - lx / 2;
-    full.narrow(0, y0, ly).narrow(1, x0, lx).to_kind(Kind::Float)
+    full.f_narrow(0, y0, ly)?.f_narrow(1, x0, lx)?.f_to_kind(Kind::Float)
 }
 
 /// Runs the network over a normalised `[C, H, W]` CPU tensor at `rsz` and returns
@@ -117,7 +117,7 @@ pub fn run_net(
     let net = &model.net;
     let (img, lyr, lxr) = transforms::resize_by(img, rsz)?;
     let (y1, y2, x1, x2) = pad_yx(lyr, lxr);
-    let padded = img.constant_pad_nd([x1, x2, y1, y2]);
+    let padded = img.f_constant_pad_nd([x1, x2, y1, y2])?;
     let (ly, lx) = (lyr + y1 + y2, lxr + x1 + x2);
     let bs = tiles.bsize;
     let (by, bx) = (bs.min(ly), bs.min(lx));
@@ -130,36 +130,35 @@ pub fn run_net(
         }
     }
     let nout = net.config.nout;
-    let mask = taper_mask(by, bx);
-    let mut acc = Tensor::zeros([nout, ly, lx], (Kind::Float, Device::Cpu));
-    let navg = Tensor::zeros([ly, lx], (Kind::Float, Device::Cpu));
-    let mut style_sum = Tensor::zeros([net.config.style_channels()], (Kind::Float, Device::Cpu));
+    let mask = taper_mask(by, bx)?;
+    // every op below is a fallible `f_` one: the buffers are sized by the image (checked against
+    // crate::limits before), and an allocation libtorch still cannot make is an error
+    let mut acc = Tensor::f_zeros([nout, ly, lx], (Kind::Float, Device::Cpu))?;
+    let navg = Tensor::f_zeros([ly, lx], (Kind::Float, Device::Cpu))?;
+    let mut style_sum = Tensor::f_zeros([net.config.style_channels()], (Kind::Float, Device::Cpu))?;
     tch::no_grad(|| -> Result<(), tch::TchError> {
         for chunk in coords.chunks(tiles.batch_size.max(1) as usize) {
-            let batch = Tensor::stack(
-                &chunk.iter().map(|&(y, x)| padded.narrow(1, y, by).narrow(2, x, bx)).collect::<Vec<_>>(),
-                0,
-            )
-            .to_device(device);
+            let tiles: Vec<Tensor> = chunk
+                .iter()
+                .map(|&(y, x)| padded.f_narrow(1, y, by)?.f_narrow(2, x, bx))
+                .collect::<Result<_, _>>()?;
+            let batch = Tensor::f_stack(&tiles, 0)?.f_to_device(device)?;
             let out = net.forward_t(&batch, false)?;
-            let maps = out.maps.to_device(Device::Cpu).to_kind(Kind::Float);
-            style_sum += out.style.to_device(Device::Cpu).to_kind(Kind::Float).sum_dim_intlist(
-                [0i64].as_slice(),
-                false,
-                None,
-            );
+            let maps = out.maps.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?;
+            let styles = out.style.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?;
+            let _ = style_sum.f_add_(&styles.f_sum_dim_intlist([0i64].as_slice(), false, None)?)?;
             for (i, &(y, x)) in chunk.iter().enumerate() {
-                let mut dst = acc.narrow(1, y, by).narrow(2, x, bx);
-                dst += maps.get(i as i64) * &mask;
-                let mut n = navg.narrow(0, y, by).narrow(1, x, bx);
-                n += &mask;
+                let mut dst = acc.f_narrow(1, y, by)?.f_narrow(2, x, bx)?;
+                let _ = dst.f_add_(&maps.f_get(i as i64)?.f_mul(&mask)?)?;
+                let mut n = navg.f_narrow(0, y, by)?.f_narrow(1, x, bx)?;
+                let _ = n.f_add_(&mask)?;
             }
         }
         Ok(())
     })?;
-    acc /= navg;
-    let yf = acc.narrow(1, y1, lyr).narrow(2, x1, lxr);
-    let style = &style_sum / style_sum.square().sum(Kind::Float).sqrt();
+    let _ = acc.f_div_(&navg)?;
+    let yf = acc.f_narrow(1, y1, lyr)?.f_narrow(2, x1, lxr)?;
+    let style = style_sum.f_div(&style_sum.f_square()?.f_sum(Kind::Float)?.f_sqrt()?)?;
     Ok((yf, style))
 }
 
@@ -175,22 +174,34 @@ pub fn predict(
 ) -> Result<Prediction, transforms::TransformError> {
     let mut x = transforms::convert_channels(raw.view(), opts.channels)?;
     transforms::normalize_img(&mut x, &opts.normalize);
-    let (_, h, w) = x.dim();
+    let (c, h, w) = x.dim();
     let rescale = rescale_for(diam_mean, model.net.diam_labels(), opts.diameter);
-    let t = transforms::array3_to_tensor(&x);
-    let rsz = (rescale != 1.0).then_some(rescale);
-    let (mut yf, style) = run_net(model, &t, rsz, &opts.tiles, device).map_err(|e| {
+    // the factor comes from a flag or from the model file: checked before the resize allocates
+    let cause = match opts.diameter {
+        Some(d) if d > 0.0 => format!("diam_mean {diam_mean} / --diameter {d}"),
+        // stored as float32: shown as such (1e-4, not 0.00009999999747)
+        _ => format!(
+            "the model's diam_mean {} / diam_labels {}",
+            diam_mean as f32,
+            model.net.diam_labels() as f32
+        ),
+    };
+    crate::limits::rescaled_image(h, w, c, rescale, &cause).map_err(transforms::TransformError::Rescale)?;
+    let torch = |e: tch::TchError| {
         transforms::TransformError::Torch(e.to_string().lines().next().unwrap_or("").trim().to_string())
-    })?;
+    };
+    let t = transforms::f_array3_to_tensor(&x).map_err(torch)?;
+    let rsz = (rescale != 1.0).then_some(rescale);
+    let (mut yf, style) = run_net(model, &t, rsz, &opts.tiles, device).map_err(torch)?;
     if opts.resample && rsz.is_some() {
-        yf = transforms::resize_bilinear(&yf, h as i64, w as i64);
+        yf = transforms::f_resize_bilinear(&yf, h as i64, w as i64).map_err(torch)?;
     }
-    let maps = transforms::tensor_to_array3(&yf);
+    let maps = transforms::tensor_to_array3(&yf).map_err(torch)?;
     let dp = maps.slice(ndarray::s![0..2, .., ..]).to_owned();
     let cellprob = maps.index_axis(ndarray::Axis(0), 2).to_owned();
     let style_len = style.numel();
     let mut sv = vec![0f32; style_len];
-    style.copy_data(&mut sv, style_len);
+    style.f_copy_data(&mut sv, style_len).map_err(torch)?;
     Ok(Prediction { dp, cellprob, style: sv, rescale })
 }
 
@@ -214,7 +225,7 @@ mod tests {
 
     #[test]
     fn taper_mask_is_one_in_the_middle_and_small_at_edges() {
-        let m = taper_mask(224, 224);
+        let m = taper_mask(224, 224).unwrap();
         assert!((m.double_value(&[112, 112]) - 1.0).abs() < 1e-3);
         assert!(m.double_value(&[0, 0]) < 0.1);
     }

@@ -132,8 +132,8 @@ pub(crate) fn run_net_cp4(
     let xs = tile_starts(lx, bs, opts.tile_overlap);
     let coords: Vec<(i64, i64)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
     let nout = net.config.nout;
-    let mask = taper_mask(bs, bs);
     let cpu = (Kind::Float, Device::Cpu);
+    let mask = taper_mask(bs, bs).map_err(at("making the tile blend mask", "padded", &padded))?;
     let acc = Tensor::f_zeros([nout, ly, lx], cpu).map_err(at("allocating the maps", "padded", &padded))?;
     let navg = Tensor::f_zeros([ly, lx], cpu).map_err(at("allocating the weights", "padded", &padded))?;
     tch::no_grad(|| -> Result<(), Cp4NetError> {
@@ -180,10 +180,17 @@ pub fn predict_cp4(
     let nchan = raw.dim().0.clamp(1, CP4_MAX_CHANNELS);
     let mut x = transforms::convert_channels(raw.view(), Channels::All { nchan })?;
     transforms::normalize_img(&mut x, &opts.normalize);
-    let (_, h, w) = x.dim();
+    let (c, h, w) = x.dim();
     let rescale = cp4_rescale(opts.diameter);
+    let cause = format!("30 / --diameter {}", opts.diameter.unwrap_or(0.0));
+    crate::limits::rescaled_image(h, w, c, rescale, &cause).map_err(transforms::TransformError::Rescale)?;
     let rsz = (rescale != 1.0).then_some(rescale);
-    let t = transforms::array3_to_tensor(&x);
+    let t = transforms::f_array3_to_tensor(&x).map_err(|e| Cp4NetError::Torch {
+        step: "copying the image",
+        tensor: "image",
+        shape: vec![c as i64, h as i64, w as i64],
+        detail: e.to_string().lines().next().unwrap_or("").trim().to_string(),
+    })?;
     let mut yf = run_net_cp4(model, &t, rsz, opts)?;
     if opts.resample && rsz.is_some() {
         yf = transforms::f_resize_bilinear(&yf, h as i64, w as i64).map_err(at(
@@ -192,7 +199,7 @@ pub fn predict_cp4(
             &yf,
         ))?;
     }
-    let maps = transforms::tensor_to_array3(&yf);
+    let maps = transforms::tensor_to_array3(&yf).map_err(at("copying the maps", "maps", &yf))?;
     let n = maps.dim().0;
     // cellpose 4: dP = yf[..., -3:-1], cellprob = yf[..., -1]
     let dp = maps.slice(ndarray::s![n - 3..n - 1, .., ..]).to_owned();
@@ -241,7 +248,7 @@ mod tests {
         let b = BlockShape { dim: 16, heads: 2, mlp_dim: 32, rel_len: (7, 7) };
         let cfg = CpsamConfig { dim: 16, blocks: vec![b, b], grid: (4, 4), neck: 8, ..Default::default() };
         tch::manual_seed(7);
-        CpsamModel::new(cfg, Device::Cpu)
+        CpsamModel::new(cfg, Device::Cpu).unwrap()
     }
 
     #[test]

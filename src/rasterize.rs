@@ -52,6 +52,12 @@ pub enum RasterizeError {
          draw smaller regions (or raise the pixel budget)"
     )]
     RegionTooLarge { id: String, width: usize, height: usize, pixels: u64, max_pixels: u64 },
+    /// The region is too small to train on or score.
+    #[error(
+        "region annotation {id} covers only {width}x{height} pixels; a training or validation region needs at \
+         least {min}x{min} pixels (the network halves the image four times): draw it larger, around annotated cells"
+    )]
+    RegionTooSmall { id: String, width: usize, height: usize, min: usize },
     /// More annotations at one location than labels fit in [`Label`].
     #[error("{count} annotations at one location do not fit {bits}-bit labels; use fewer annotations per location")]
     TooManyLabels { count: usize, bits: u32 },
@@ -166,8 +172,19 @@ impl Region {
             .then(|| (inner.y0 - self.y0..inner.y1 - self.y0, inner.x0 - self.x0..inner.x1 - self.x0))
     }
 
-    /// Fails when the region has more than `max_pixels` pixels; `id` names the region annotation.
+    /// Fails when the region has more than `max_pixels` pixels or a side under
+    /// [`crate::train::data::MIN_SIDE`] (what `train` refuses for an image file); `id` names the
+    /// region annotation.
     pub fn check_budget(&self, id: &str, max_pixels: u64) -> Result<(), RasterizeError> {
+        let min = crate::train::data::MIN_SIDE;
+        if self.width() < min || self.height() < min {
+            return Err(RasterizeError::RegionTooSmall {
+                id: id.to_string(),
+                width: self.width(),
+                height: self.height(),
+                min,
+            });
+        }
         if self.pixels() > max_pixels {
             return Err(RasterizeError::RegionTooLarge {
                 id: id.to_string(),

@@ -39,6 +39,14 @@ pub enum TransformError {
     Torch(String),
     #[error(transparent)]
     Cpsam(#[from] crate::predict_cpsam::Cp4NetError),
+    /// As `train` refuses such an image: NaN would flow through normalisation and the network
+    /// and come out as no masks at all, without a word.
+    #[error(
+        "{count} pixel values are NaN or infinite; fix or remove the image (the network would give NaN flows and no masks)"
+    )]
+    NonFinite { count: usize },
+    #[error("{0}")]
+    Rescale(String),
 }
 
 /// Selects/merges channels of a `[C, H, W]` image into the network's input channels
@@ -50,6 +58,10 @@ pub(crate) fn convert_channels(
     let (c, h, w) = img.dim();
     if h == 0 || w == 0 {
         return Err(TransformError::Empty(h, w));
+    }
+    let count = img.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(TransformError::NonFinite { count });
     }
     match channels {
         Channels::All { nchan } => {
@@ -172,16 +184,7 @@ pub fn normalize_img(img: &mut Array3<f32>, opts: &Normalize) {
 
 /// Bilinear resize of `[N, C, H, W]` (or `[C, H, W]`) with OpenCV `INTER_LINEAR` / PyTorch
 /// `align_corners=False` semantics (half-pixel centres, no antialiasing), as cellpose's
-/// `cv2.resize` calls do. Panics where libtorch fails (out of memory); paths that size tensors
-/// from user input use [`f_resize_bilinear`].
-pub(crate) fn resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Tensor {
-    match f_resize_bilinear(x, out_h, out_w) {
-        Ok(y) => y,
-        Err(e) => panic!("bilinear resize of {:?} to {out_h}x{out_w} failed: {e}", x.size()),
-    }
-}
-
-/// [`resize_bilinear`] with libtorch's failures returned.
+/// `cv2.resize` calls do; libtorch's failures (out of memory) are returned.
 pub(crate) fn f_resize_bilinear(x: &Tensor, out_h: i64, out_w: i64) -> Result<Tensor, tch::TchError> {
     let squeeze = x.dim() == 3;
     let x4 = if squeeze { x.f_unsqueeze(0)? } else { x.shallow_clone() };
@@ -222,22 +225,33 @@ pub(crate) fn resize_by(img: &Tensor, rsz: Option<f64>) -> Result<(Tensor, i64, 
     Ok((out, ly, lx))
 }
 
-/// `[C, H, W]` ndarray -> CPU tensor.
+/// `[C, H, W]` ndarray -> CPU tensor (the training side's prepared examples).
 pub fn array3_to_tensor(a: &Array3<f32>) -> Tensor {
     let (c, h, w) = a.dim();
     let data: Vec<f32> = a.iter().copied().collect();
     Tensor::from_slice(&data).view([c as i64, h as i64, w as i64])
 }
 
-/// CPU/GPU tensor `[C, H, W]` -> ndarray.
-pub(crate) fn tensor_to_array3(t: &Tensor) -> Array3<f32> {
-    let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+/// [`array3_to_tensor`] with libtorch's failures returned: for images whose size comes from a
+/// user's file (prediction).
+pub(crate) fn f_array3_to_tensor(a: &Array3<f32>) -> Result<Tensor, tch::TchError> {
+    let (c, h, w) = a.dim();
+    let data: Vec<f32> = a.iter().copied().collect();
+    Tensor::f_from_slice(&data)?.f_view([c as i64, h as i64, w as i64])
+}
+
+/// CPU/GPU tensor `[C, H, W]` -> ndarray; a tensor of another rank is an error.
+pub(crate) fn tensor_to_array3(t: &Tensor) -> Result<Array3<f32>, tch::TchError> {
+    let t = t.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
     let size = t.size();
+    let [c, h, w] = size[..] else {
+        return Err(tch::TchError::Shape(format!("expected [C, H, W] maps, got {size:?}")));
+    };
     let n = t.numel();
     let mut data = vec![0f32; n];
-    t.copy_data(&mut data, n);
-    Array3::from_shape_vec((size[0] as usize, size[1] as usize, size[2] as usize), data)
-        .unwrap_or_else(|_| Array3::zeros((0, 0, 0)))
+    t.f_copy_data(&mut data, n)?;
+    Array3::from_shape_vec((c as usize, h as usize, w as usize), data)
+        .map_err(|e| tch::TchError::Shape(e.to_string()))
 }
 
 #[cfg(test)]

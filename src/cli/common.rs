@@ -10,16 +10,16 @@ use crate::transforms::Channels;
 #[derive(Args, Debug, Clone)]
 pub struct ChannelArgs {
     /// Channel to segment: 0 = grey (mean of channels), 1 = first/red, 2 = second/green, 3 = blue.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub chan: usize,
     /// Nuclear channel: 0 = none, 1.. as --chan.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub chan2: usize,
     /// Use all channels as they are (no chan/chan2 selection).
     #[arg(long)]
     pub all_channels: bool,
     /// With --all-channels: number of network input channels (default: the image's).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub nchan: Option<usize>,
 }
 
@@ -87,7 +87,7 @@ pub struct NetworkArgs {
     #[command(flatten)]
     pub channels: ChannelArgs,
     /// Object diameter in pixels (0 = use the model's diam_labels).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub diameter: f64,
     /// Feed raw intensities (skip 1-99 percentile normalisation).
     #[arg(long)]
@@ -96,10 +96,10 @@ pub struct NetworkArgs {
     #[arg(long)]
     pub invert: bool,
     /// Tiles per network batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_hyphen_values = true)]
     pub batch_size: i64,
     /// cpsam only: tile size (cellpose 4 `--bsize`; must be 256, the network's position grid).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub bsize: Option<i64>,
     /// cpsam only: weight precision (auto = bf16 on CUDA as cellpose 4 does, fp32 on the CPU).
     #[arg(long, value_enum, default_value_t = crate::predict_cpsam::Precision::Auto)]
@@ -165,7 +165,7 @@ pub struct SegmentFlags {
     #[command(flatten)]
     pub network: NetworkArgs,
     /// Drop masks whose flows disagree with the network's by more than this (0 = keep all).
-    #[arg(long, default_value_t = 0.4)]
+    #[arg(long, default_value_t = 0.4, allow_hyphen_values = true)]
     pub flow_threshold: f64,
     /// Pixels with a cell probability logit above this are followed to a mask.
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
@@ -174,7 +174,7 @@ pub struct SegmentFlags {
     #[arg(long, default_value_t = 15, allow_hyphen_values = true)]
     pub min_size: i64,
     /// Euler steps (default: 200, scaled by the resize factor as cellpose does).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub niter: Option<u32>,
 }
 

@@ -26,18 +26,18 @@ pub enum ModelCommand {
         #[arg(long, value_enum, default_value_t = ModelFamily::Cpnet)]
         family: ModelFamily,
         /// Input channels.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, allow_hyphen_values = true)]
         nchan: i64,
         /// Channels per level after the input, comma-separated.
-        #[arg(long, value_delimiter = ',', default_values_t = [32i64, 64, 128, 256])]
+        #[arg(long, value_delimiter = ',', default_values_t = [32i64, 64, 128, 256], allow_hyphen_values = true)]
         nbase: Vec<i64>,
         /// Output maps (3 = dY, dX, cellprob).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, allow_hyphen_values = true)]
         nout: i64,
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, default_value_t = 30.0, allow_hyphen_values = true)]
         diam_mean: f64,
         /// Seed for the initial weights.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         seed: i64,
     },
     /// Print tensor names and shapes, nchan, nbase, nout, diam_mean, diam_labels.
@@ -52,7 +52,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ModelCommand::Init { out, family: ModelFamily::Cpsam, seed, .. } => {
             tch::manual_seed(seed);
-            let model = CpsamModel::new(CpsamConfig::default(), tch::Device::Cpu);
+            let model = CpsamModel::new(CpsamConfig::default(), tch::Device::Cpu)?;
             model.save(&out).with_context(|| format!("failed to write {}", out.display()))?;
             eprintln!(
                 "wrote {} (cpsam, {} tensors, {:.1} M parameters)",
@@ -62,16 +62,17 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
             );
         }
         ModelCommand::Init { out, family: ModelFamily::Cpnet, nchan, nbase, nout, diam_mean, seed } => {
-            anyhow::ensure!(nchan >= 1, "--nchan must be at least 1 (got {nchan})");
+            let max_chan = crate::limits::MAX_CHANNELS as i64;
+            anyhow::ensure!((1..=max_chan).contains(&nchan), "--nchan must be 1..{max_chan} (got {nchan})");
             anyhow::ensure!(
-                !nbase.is_empty() && nbase.iter().all(|&c| c > 0),
-                "--nbase needs positive channel counts"
+                (3..=max_chan).contains(&nout),
+                "--nout must be 3..{max_chan} (dY, dX, cellprob, classes); got {nout}"
             );
-            anyhow::ensure!(nout >= 3, "--nout must be at least 3 (dY, dX, cellprob); got {nout}");
-            anyhow::ensure!(diam_mean > 0.0, "--diam-mean must be positive (got {diam_mean})");
-            tch::manual_seed(seed);
+            crate::limits::diameter("--diam-mean", diam_mean)?;
             let config = CpnetConfig { nbase: [vec![nchan], nbase].concat(), nout, kernel: 3, diam_mean };
-            let model = Model::new(config, tch::Device::Cpu);
+            crate::limits::cpnet_widths("--nbase", &config.nbase, nout, 3)?;
+            tch::manual_seed(seed);
+            let model = Model::new(config, tch::Device::Cpu)?;
             model.save(&out).with_context(|| format!("failed to write {}", out.display()))?;
             eprintln!("wrote {} ({} tensors)", out.display(), model.vs.variables().len());
         }
@@ -108,8 +109,9 @@ pub fn run(args: ModelArgs) -> anyhow::Result<ExitCode> {
             let sd = torch_file::read_state_dict(&file)?;
             let origin = file.display().to_string();
             let config = infer_config(&sd, &origin)?;
-            let diam_labels =
-                sd.get("diam_labels").map(|t| crate::model::raw_to_tensor(t).double_value(&[0]));
+            let diam_labels = sd
+                .get("diam_labels")
+                .and_then(|t| crate::model::raw_to_tensor(t).ok()?.f_double_value(&[0]).ok());
             let tensors: Vec<_> = sd
                 .entries
                 .iter()

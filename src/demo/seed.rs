@@ -137,7 +137,8 @@ pub async fn seed(config: GirderConfig, spec: &DemoSpec) -> Result<DemoWorld, Gi
     let base = Model::new(
         CpnetConfig { nbase: [vec![2], spec.base_nbase.clone()].concat(), ..Default::default() },
         tch::Device::Cpu,
-    );
+    )
+    .map_err(|e| GirderError::Invalid(format!("creating the demo base model: {e}")))?;
     let bytes = torch_file::state_dict_to_bytes(&base.state_dict())
         .map_err(|e| GirderError::Invalid(e.to_string()))?;
     store::upload_model(&user, &me.id, &spec.base_model_name, Bytes::from(bytes), "seed")

@@ -286,8 +286,9 @@ fn scale_range(img: &Array3<f32>) -> Array3<f32> {
 
 /// The network's maps for one normalised image, `[1, nout, H, W]`.
 fn run_network(model: &Model, img: &Array3<f32>) -> Result<ArrayD<f32>, ExportError> {
-    let x = transforms::array3_to_tensor(img).unsqueeze(0);
-    let maps = tch::no_grad(|| model.net.forward_t(&x, false))?.maps.to_kind(tch::Kind::Float).contiguous();
+    let x = transforms::f_array3_to_tensor(img)?.f_unsqueeze(0)?;
+    let maps =
+        tch::no_grad(|| model.net.forward_t(&x, false))?.maps.f_to_kind(tch::Kind::Float)?.f_contiguous()?;
     let shape: Vec<usize> = maps.size().iter().map(|&d| d as usize).collect();
     let n = shape.iter().product::<usize>();
     let mut data = vec![0f32; n];

@@ -296,13 +296,22 @@ impl GirderClient {
         let mut retry = 0;
         loop {
             let (err, hint) = match self.send_once(call, token, true).await {
-                Ok(resp) => match resp.bytes().await {
-                    Ok(body) => return Ok(Fetched { body }),
-                    Err(e) => (
-                        GirderError::transport(call.method.as_str(), &call.path, e, self.timeout(call)),
-                        None,
-                    ),
-                },
+                Ok(resp) => {
+                    // a body cut short fails without a URL in reqwest's error: give it the request's
+                    let url = resp.url().clone();
+                    match resp.bytes().await {
+                        Ok(body) => return Ok(Fetched { body }),
+                        Err(e) => (
+                            GirderError::transport(
+                                call.method.as_str(),
+                                &call.path,
+                                e.with_url(url),
+                                self.timeout(call),
+                            ),
+                            None,
+                        ),
+                    }
+                }
                 Err(e) => e,
             };
             let wait = self.retry_wait(call, &err, retry, started.elapsed(), hint).ok_or(err)?;
@@ -506,5 +515,27 @@ mod tests {
         let (head, sent) = tokio::join!(capture_head(&listener), client.fetch(&call));
         sent.unwrap();
         assert!(head.contains("content-length: 3\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_names_the_url_it_came_from() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1", listener.local_addr().unwrap());
+        let mut config = GirderConfig::new(&url);
+        config.retry.max_retries = 0;
+        let client = GirderClient::new(config, Auth::Anonymous).unwrap();
+        let server = async {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await.unwrap();
+            // promises 100 bytes, sends 9, hangs up
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"short\":").await.unwrap();
+        };
+        let call = Call::get("item/abc").query("token", "secret");
+        let (_, got) = tokio::join!(server, client.fetch(&call));
+        let text = got.err().expect("a short body is an error").to_string();
+        assert!(text.contains(&format!("{url}/item/abc")), "{text}");
+        assert!(!text.contains("unknown URL") && !text.contains("secret"), "{text}");
     }
 }

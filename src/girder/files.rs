@@ -215,6 +215,7 @@ impl Files<'_> {
         loop {
             let call = Call::get(download.clone()).query("offset", written);
             let resp = self.client.open_stream(&call).await?;
+            let url = resp.url().clone();
             let mut stream = resp.bytes_stream();
             let mut failed = None;
             while let Some(piece) = stream.next().await {
@@ -224,6 +225,7 @@ impl Files<'_> {
                         written += bytes.len() as u64;
                     }
                     Err(e) => {
+                        let e = e.with_url(url.clone());
                         failed = Some(GirderError::transport("GET", &path, e, self.client.timeout(&call)));
                         break;
                     }

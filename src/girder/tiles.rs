@@ -44,6 +44,22 @@ pub struct TilesMetadata {
     pub index_range: Option<Map<String, Value>>,
 }
 
+impl TilesMetadata {
+    /// Sides within [`crate::limits::MAX_FRAME_SIDE`], at most [`crate::limits::MAX_FRAMES`]
+    /// frames.
+    pub fn check(&self) -> Result<(), String> {
+        crate::limits::frame_size(u64::from(self.size_x), u64::from(self.size_y))?;
+        if self.frames.len() > crate::limits::MAX_FRAMES {
+            return Err(format!(
+                "the tile metadata lists {} frames; the limit is {}",
+                self.frames.len(),
+                crate::limits::MAX_FRAMES
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One entry of `frames`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Frame {
@@ -150,8 +166,14 @@ impl GirderClient {
 
 impl Tiles<'_> {
     /// `GET /item/{id}/tiles`.
+    /// The frame size and frame count are checked against [`crate::limits`] here: every
+    /// region, crop and frame map the job builds is sized from them.
     pub async fn metadata(&self, item_id: &str) -> Result<TilesMetadata, GirderError> {
-        self.client.json(Call::get(ApiPath::id("item", item_id)?.then("tiles"))).await
+        let path = ApiPath::id("item", item_id)?.then("tiles");
+        let meta: TilesMetadata = self.client.json(Call::get(path.clone())).await?;
+        meta.check()
+            .map_err(|m| GirderError::decode("GET", &path.to_string(), format!("large image {item_id}: {m}")))?;
+        Ok(meta)
     }
 
     /// The image item of a dataset folder: `meta.selectedLargeImageId`, else the first item with
@@ -247,6 +269,17 @@ mod tests {
 
     fn frame(frame: u32, c: Option<u32>, z: Option<u32>, t: Option<u32>) -> Frame {
         Frame { frame, index_c: c, index_z: z, index_t: t, index_xy: None, channel: None }
+    }
+
+    #[test]
+    fn tile_metadata_sizes_are_checked_against_the_limits() {
+        let meta = |v: serde_json::Value| serde_json::from_value::<TilesMetadata>(v).unwrap();
+        assert!(meta(serde_json::json!({"sizeX": 2048, "sizeY": 1024})).check().is_ok());
+        let e = meta(serde_json::json!({"sizeX": 4_000_000_000u32, "sizeY": 4_000_000_000u32}))
+            .check()
+            .unwrap_err();
+        assert!(e.contains("4000000000x4000000000") && e.contains("1048576"), "{e}");
+        assert!(meta(serde_json::json!({"sizeX": 0, "sizeY": 16})).check().is_err());
     }
 
     #[test]

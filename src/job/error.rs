@@ -127,6 +127,10 @@ impl JobError {
             JobError::NoSamples { .. } => {
                 "Draw training regions around annotated cells, or annotate cells inside the regions.".into()
             }
+            JobError::Rasterize(RasterizeError::RegionTooSmall { min, .. }) => format!(
+                "Draw the Training Region and Validation Region rectangles at least {min}x{min} pixels large, \
+                 around annotated cells."
+            ),
             JobError::Rasterize(_) => "Use smaller regions or check the region annotations.".into(),
             JobError::Model(OpenModelError::Model(ModelError::ChannelMismatch { model, .. }))
             | JobError::ModelFile(ModelError::ChannelMismatch { model, .. }) => format!(

@@ -72,6 +72,10 @@ impl JobRequest {
                 super::validate::json_type(&params)
             )));
         }
+        // (a datasetId of the wrong type is named below, with what the id is)
+        if let Some(v) = params.get("image").filter(|v| !v.is_string() && !v.is_null()) {
+            return Err(RequestError(format!("--parameters: `image` must be a string, not {}", super::json_type(v))));
+        }
         // NimbusImage passes the dataset as a flag; older launchers put it in the parameters
         let dataset_id = match dataset_id {
             Some(id) => Some(dataset_object_id(&id, "--datasetId")?),
@@ -100,8 +104,10 @@ impl JobRequest {
         let kwargs = job.kwargs.clone().ok_or_else(|| {
             RequestError("the job has no kwargs (is the worker's API key an admin's?)".into())
         })?;
+        let named = wrong_kwarg(&kwargs);
         let k: Kwargs = serde_json::from_value(kwargs).map_err(|e| {
-            RequestError(format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {e}"))
+            let why = named.unwrap_or_else(|| e.to_string());
+            RequestError(format!("the job's kwargs are not {{request, datasetId, token, parameters}}: {why}"))
         })?;
         if !(k.parameters.is_object() || k.parameters.is_null()) {
             return Err(RequestError(format!(
@@ -149,6 +155,23 @@ fn dataset_object_id(id: &str, source: &str) -> Result<ObjectId, RequestError> {
             "{source}: {e}; pass the id of the dataset folder as NimbusImage shows it (Girder refers to it by that id, never by a path)"
         ))
     })
+}
+
+/// The kwargs field that does not have the shape [`Kwargs`] needs, named (serde's own message,
+/// "invalid type: map, expected a string", says neither which field nor where).
+fn wrong_kwarg(kwargs: &Value) -> Option<String> {
+    let Some(map) = kwargs.as_object() else {
+        return Some(format!("kwargs is {}, not an object", super::json_type(kwargs)));
+    };
+    for (key, required) in [("request", false), ("datasetId", true), ("token", true)] {
+        match map.get(key) {
+            None if required => return Some(format!("kwargs.{key} is missing")),
+            None | Some(Value::String(_)) => {}
+            Some(Value::Null) if !required => {}
+            Some(v) => return Some(format!("kwargs.{key} must be a string, not {}", super::json_type(v))),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -250,6 +273,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("not a number"), "{e}");
+        // a wrong JSON shape names the field, not just serde's "invalid type: map"
+        let from = |kwargs: Value| JobRequest::from_job(&job(kwargs), &QueueSettings::default()).unwrap_err();
+        let e = from(serde_json::json!({"datasetId": {"$oid": "d"}, "token": "t"}));
+        assert!(e.0.contains("kwargs.datasetId must be a string, not an object"), "{e}");
+        let e = from(serde_json::json!({"datasetId": "d", "token": ["t"]}));
+        assert!(e.0.contains("kwargs.token must be a string, not an array"), "{e}");
+        let e = from(serde_json::json!({"token": "t"}));
+        assert!(e.0.contains("kwargs.datasetId is missing"), "{e}");
+        let e = JobRequest::from_command_line(
+            Request::Interface,
+            Secret::new("t"),
+            None,
+            Some(r#"{"image": {}}"#),
+            auto(),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("`image` must be a string, not an object"), "{e}");
     }
 
     /// Issue 26: a dataset id goes into request paths (`folder/{id}`); `../user/me` would send

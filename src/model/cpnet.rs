@@ -65,18 +65,18 @@ pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.05;
 
 impl BatchNorm {
-    fn new(p: nn::Path, n: i64) -> Self {
-        BatchNorm {
-            weight: p.var("weight", &[n], Init::Const(1.0)),
-            bias: p.var("bias", &[n], Init::Const(0.0)),
-            running_mean: p.zeros_no_train("running_mean", &[n]),
-            running_var: p.ones_no_train("running_var", &[n]),
+    fn new(p: nn::Path, n: i64) -> Result<Self, TchError> {
+        Ok(BatchNorm {
+            weight: p.f_var("weight", &[n], Init::Const(1.0))?,
+            bias: p.f_var("bias", &[n], Init::Const(0.0))?,
+            running_mean: p.f_zeros_no_train("running_mean", &[n])?,
+            running_var: p.f_ones_no_train("running_var", &[n])?,
             num_batches_tracked: p.add(
                 "num_batches_tracked",
-                Tensor::zeros([], (Kind::Int64, p.device())),
+                Tensor::f_zeros([], (Kind::Int64, p.device()))?,
                 false,
             ),
-        }
+        })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> TResult {
@@ -108,13 +108,13 @@ struct Conv {
 }
 
 impl Conv {
-    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Result<Self, TchError> {
         let init = torch_default_init(cin * k * k);
-        Conv {
-            weight: p.var("weight", &[cout, cin, k, k], init),
-            bias: p.var("bias", &[cout], init),
+        Ok(Conv {
+            weight: p.f_var("weight", &[cout, cin, k, k], init)?,
+            bias: p.f_var("bias", &[cout], init)?,
             pad: k / 2,
-        }
+        })
     }
     fn forward(&self, x: &Tensor, ctx: Ctx) -> TResult {
         let (w, b) = (ctx.cast(&self.weight)?, ctx.cast(&self.bias)?);
@@ -149,11 +149,19 @@ struct BatchConv {
 }
 
 impl BatchConv {
-    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
-        BatchConv { bn: BatchNorm::new(&p / "0", cin), conv: Conv::new(&p / "2", cin, cout, k), relu: true }
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Result<Self, TchError> {
+        Ok(BatchConv {
+            bn: BatchNorm::new(&p / "0", cin)?,
+            conv: Conv::new(&p / "2", cin, cout, k)?,
+            relu: true,
+        })
     }
-    fn new0(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
-        BatchConv { bn: BatchNorm::new(&p / "0", cin), conv: Conv::new(&p / "1", cin, cout, k), relu: false }
+    fn new0(p: nn::Path, cin: i64, cout: i64, k: i64) -> Result<Self, TchError> {
+        Ok(BatchConv {
+            bn: BatchNorm::new(&p / "0", cin)?,
+            conv: Conv::new(&p / "1", cin, cout, k)?,
+            relu: false,
+        })
     }
     fn forward_t(&self, x: &Tensor, ctx: Ctx) -> TResult {
         let y = self.bn.forward_t(x, ctx.train)?;
@@ -170,13 +178,13 @@ struct ResDown {
 }
 
 impl ResDown {
-    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Self {
+    fn new(p: nn::Path, cin: i64, cout: i64, k: i64) -> Result<Self, TchError> {
         let conv = (0..4)
             .map(|t| {
                 BatchConv::new(&p / "conv" / format!("conv_{t}"), if t == 0 { cin } else { cout }, cout, k)
             })
-            .collect();
-        ResDown { conv, proj: BatchConv::new0(&p / "proj", cin, cout, 1) }
+            .collect::<Result<_, _>>()?;
+        Ok(ResDown { conv, proj: BatchConv::new0(&p / "proj", cin, cout, 1)? })
     }
     fn forward_t(&self, x: &Tensor, ctx: Ctx) -> TResult {
         let c = &self.conv;
@@ -195,14 +203,14 @@ struct BatchConvStyle {
 }
 
 impl BatchConvStyle {
-    fn new(p: nn::Path, cin: i64, cout: i64, style: i64, k: i64) -> Self {
+    fn new(p: nn::Path, cin: i64, cout: i64, style: i64, k: i64) -> Result<Self, TchError> {
         let init = torch_default_init(style);
         let full = &p / "full";
-        BatchConvStyle {
-            conv: BatchConv::new(&p / "conv", cin, cout, k),
-            full_w: full.var("weight", &[cout, style], init),
-            full_b: full.var("bias", &[cout], init),
-        }
+        Ok(BatchConvStyle {
+            conv: BatchConv::new(&p / "conv", cin, cout, k)?,
+            full_w: full.f_var("weight", &[cout, style], init)?,
+            full_b: full.f_var("bias", &[cout], init)?,
+        })
     }
     fn forward_t(&self, style: &Tensor, x: &Tensor, y: Option<&Tensor>, ctx: Ctx) -> TResult {
         let feat = style.f_linear(&self.full_w, Some(&self.full_b))?.f_unsqueeze(-1)?.f_unsqueeze(-1)?;
@@ -223,15 +231,15 @@ struct ResUp {
 }
 
 impl ResUp {
-    fn new(p: nn::Path, cin: i64, cout: i64, style: i64, k: i64) -> Self {
+    fn new(p: nn::Path, cin: i64, cout: i64, style: i64, k: i64) -> Result<Self, TchError> {
         let conv = &p / "conv";
-        ResUp {
-            conv0: BatchConv::new(&conv / "conv_0", cin, cout, k),
+        Ok(ResUp {
+            conv0: BatchConv::new(&conv / "conv_0", cin, cout, k)?,
             conv_style: (1..4)
                 .map(|t| BatchConvStyle::new(&conv / format!("conv_{t}"), cout, cout, style, k))
-                .collect(),
-            proj: BatchConv::new0(&p / "proj", cin, cout, 1),
-        }
+                .collect::<Result<_, _>>()?,
+            proj: BatchConv::new0(&p / "proj", cin, cout, 1)?,
+        })
     }
     fn forward_t(&self, x: &Tensor, y: &Tensor, style: &Tensor, ctx: Ctx) -> TResult {
         let s = &self.conv_style;
@@ -267,14 +275,16 @@ pub struct NetOutput {
 
 impl Cpnet {
     /// Creates the variables under `root` with cellpose's initialisation (PyTorch defaults).
-    pub fn new(root: &nn::Path, config: CpnetConfig) -> Self {
+    /// Fails (never panics) when libtorch cannot allocate them; callers check the widths against
+    /// [`crate::limits::cpnet_widths`] first so that the message can name the option.
+    pub fn new(root: &nn::Path, config: CpnetConfig) -> Result<Self, TchError> {
         let nb = &config.nbase;
         let k = config.kernel;
         let down = (0..nb.len() - 1)
             .map(|n| {
                 ResDown::new(root / "downsample" / "down" / format!("res_down_{n}"), nb[n], nb[n + 1], k)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         // nbaseup = nbase[1:] + [nbase[-1]]
         let mut nbu: Vec<i64> = nb[1..].to_vec();
         nbu.push(*nbu.last().unwrap_or(&0));
@@ -289,14 +299,14 @@ impl Cpnet {
                     k,
                 )
             })
-            .collect();
-        let output = BatchConv::new(root / "output", nbu[0], config.nout, 1);
+            .collect::<Result<_, _>>()?;
+        let output = BatchConv::new(root / "output", nbu[0], config.nout, 1)?;
         let d = config.diam_mean;
         let diam_mean =
-            root.add("diam_mean", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
+            root.add("diam_mean", Tensor::from_slice(&[d as f32]).f_to_device(root.device())?, false);
         let diam_labels =
-            root.add("diam_labels", Tensor::from_slice(&[d as f32]).to_device(root.device()), false);
-        Cpnet { config, down, up, output, diam_mean, diam_labels }
+            root.add("diam_labels", Tensor::from_slice(&[d as f32]).f_to_device(root.device())?, false);
+        Ok(Cpnet { config, down, up, output, diam_mean, diam_labels })
     }
 
     /// Forward pass in float32; `train` selects batch statistics (and updates running stats) vs
@@ -343,14 +353,20 @@ impl Cpnet {
     pub fn diam_labels(&self) -> f64 {
         self.diam_labels.double_value(&[0])
     }
-    pub fn set_diam_labels(&self, v: f64) {
+    /// Stores `diam_labels` (the mean diameter of the training labels, or `--diameter`): every
+    /// later prediction rescales by diam_mean / diam_labels, so a value outside
+    /// [`crate::limits::diameter`]'s range is refused here rather than saved into a model that
+    /// then fails on every image.
+    pub fn set_diam_labels(&self, v: f64) -> Result<(), crate::limits::LimitError> {
+        crate::limits::diameter("diam_labels", v)?;
         tch::no_grad(|| {
-            let _ = self.diam_labels.shallow_clone().fill_(v);
+            let _ = self.diam_labels.shallow_clone().f_fill_(v);
         });
+        Ok(())
     }
     pub fn set_diam_mean(&self, v: f64) {
         tch::no_grad(|| {
-            let _ = self.diam_mean.shallow_clone().fill_(v);
+            let _ = self.diam_mean.shallow_clone().f_fill_(v);
         });
     }
 }
@@ -362,7 +378,7 @@ mod tests {
     #[test]
     fn an_allocation_libtorch_cannot_make_is_an_error_not_a_panic() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let net = Cpnet::new(&vs.root(), CpnetConfig { nbase: vec![2, 4, 8], ..Default::default() });
+        let net = Cpnet::new(&vs.root(), CpnetConfig { nbase: vec![2, 4, 8], ..Default::default() }).unwrap();
         // a 2^45-element view of 2 stored floats: the first activation would need 128 TB
         let x = Tensor::zeros([1, 2, 1, 1], (Kind::Float, tch::Device::Cpu))
             .expand([1, 2, 1 << 22, 1 << 22], false);

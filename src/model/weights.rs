@@ -17,7 +17,7 @@ pub enum ModelError {
     MissingTensor { origin: String, name: String },
     #[error("{origin}: tensor `{name}` has shape {found:?}, the network needs {expected:?}")]
     WrongShape { origin: String, name: String, expected: Vec<i64>, found: Vec<i64> },
-    #[error("{origin}: tensor `{name}` is {found:?}; a floating-point tensor is needed")]
+    #[error("{origin}: tensor `{name}` is {found:?}; {}", if matches!(found, DType::F32 | DType::F64 | DType::F16 | DType::BF16) { "this counter must be an integer tensor" } else { "a floating-point tensor is needed (weights are never stored as integers)" })]
     WrongDtype { origin: String, name: String, found: DType },
     #[error(
         "{origin}: nchan differs: the model takes {model} input channels but {wanted} were asked for; \
@@ -36,6 +36,8 @@ pub enum ModelError {
     NoFamily { path: String, tensors: usize },
     #[error("torch error while {context}: {source}")]
     Torch { context: String, source: tch::TchError },
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 fn wrong_family_hint(wanted: ModelFamily) -> &'static str {
@@ -68,11 +70,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// A freshly initialised network (training from scratch, `model init`).
-    pub fn new(config: CpnetConfig, device: Device) -> Model {
+    /// A freshly initialised network (training from scratch, `model init`). Its widths are
+    /// checked against [`crate::limits::cpnet_widths`] before anything is allocated, and an
+    /// allocation libtorch still cannot make is an error, not a panic.
+    pub fn new(config: CpnetConfig, device: Device) -> Result<Model, ModelError> {
+        crate::limits::cpnet_widths("nbase", &config.nbase, config.nout, config.kernel)?;
         let vs = nn::VarStore::new(device);
-        let net = Cpnet::new(&vs.root(), config);
-        Model { vs, net }
+        let net = Cpnet::new(&vs.root(), config).map_err(|source| ModelError::Torch {
+            context: "creating the network's weights".into(),
+            source,
+        })?;
+        Ok(Model { vs, net })
     }
 
     /// Loads a model file; nchan, nbase and nout come from the tensor shapes.
@@ -87,7 +95,12 @@ impl Model {
     pub fn from_state_dict(sd: &StateDict, device: Device, origin: &str) -> Result<Model, ModelError> {
         check_family(sd.entries.iter().map(|(n, _)| n.as_str()), ModelFamily::Cpnet, origin)?;
         let config = infer_config(sd, origin)?;
-        let model = Model::new(config, device);
+        let model = Model::new(config, device).map_err(|e| match e {
+            ModelError::Limit(l) => {
+                ModelError::Limit(crate::limits::LimitError { option: format!("{origin}: nbase"), ..l })
+            }
+            e => e,
+        })?;
         model.copy_from(sd, origin)?;
         Ok(model)
     }
@@ -109,8 +122,25 @@ impl Model {
                     found: raw.shape.clone(),
                 });
             }
-            let src = raw_to_tensor(raw).to_kind(var.kind());
-            tch::no_grad(|| var.shallow_clone().copy_(&src));
+            // a weight stored as integers (or a counter stored as floats) is not a cellpose file
+            // that was merely saved in another precision: refuse it by name instead of casting
+            let float_var = matches!(var.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+            let float_raw = matches!(raw.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16);
+            if float_var != float_raw {
+                return Err(ModelError::WrongDtype {
+                    origin: origin.into(),
+                    name: name.clone(),
+                    found: raw.dtype,
+                });
+            }
+            let copy = || -> Result<(), tch::TchError> {
+                let src = raw_to_tensor(raw)?.f_to_kind(var.kind())?;
+                tch::no_grad(|| var.shallow_clone().f_copy_(&src))
+            };
+            copy().map_err(|source| ModelError::Torch {
+                context: format!("copying `{name}` from {origin}"),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -178,7 +208,7 @@ fn scalar_f64(t: &RawTensor) -> Option<f64> {
     if t.numel() != 1 {
         return None;
     }
-    Some(raw_to_tensor(t).to_kind(Kind::Double).double_value(&[]))
+    raw_to_tensor(t).and_then(|t| t.f_to_kind(Kind::Double)).ok().and_then(|t| t.f_double_value(&[]).ok())
 }
 
 fn kind_of(d: DType) -> Kind {
@@ -211,8 +241,19 @@ fn dtype_of(k: Kind) -> DType {
     }
 }
 
-pub fn raw_to_tensor(raw: &RawTensor) -> Tensor {
-    Tensor::from_data_size(&raw.data, &raw.shape, kind_of(raw.dtype))
+/// A stored tensor as a libtorch tensor (a copy). libtorch reads `numel x element size` bytes
+/// from the buffer whatever its length, so the length is checked here first.
+pub fn raw_to_tensor(raw: &RawTensor) -> Result<Tensor, tch::TchError> {
+    let need = raw.numel().checked_mul(raw.dtype.size());
+    if raw.shape.iter().any(|&d| d < 0) || need != Some(raw.data.len()) {
+        return Err(tch::TchError::Shape(format!(
+            "a {:?} tensor of shape {:?} holds {} bytes",
+            raw.dtype,
+            raw.shape,
+            raw.data.len()
+        )));
+    }
+    Tensor::f_from_data_size(&raw.data, &raw.shape, kind_of(raw.dtype))
 }
 
 pub fn tensor_to_raw(t: &Tensor) -> RawTensor {

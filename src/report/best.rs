@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn keeps_the_best_ap50_ties_to_the_later_epoch_and_restores_its_weights() {
         let cfg = CpnetConfig { nbase: vec![2, 8, 16, 32, 64], ..Default::default() };
-        let model = Model::new(cfg, Device::Cpu);
+        let model = Model::new(cfg, Device::Cpu).unwrap();
         let mut best = BestModel::new();
         assert!(best.offer(10, &summary(0.5), &model));
         let first_weights = model.state_dict();

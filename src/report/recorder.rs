@@ -54,6 +54,11 @@ pub struct RunRecorder {
     pub scorings: usize,
     /// The interval in use: the explicit one, or the automatic one once the first epoch is timed.
     pub every: Option<usize>,
+    /// Where the history goes once the run has stored its model ([`RunRecorder::keep`]); until
+    /// then it is written to `<model>.metrics.jsonl.partial`, removed when the run fails, so a
+    /// failed run neither leaves a history without a model nor replaces an earlier model's.
+    final_path: PathBuf,
+    kept: bool,
 }
 
 /// `<model>.<suffix>` next to the model file.
@@ -64,13 +69,15 @@ pub(crate) fn beside(model_path: &Path, suffix: &str) -> PathBuf {
 }
 
 impl RunRecorder {
-    /// Creates `<model>.metrics.jsonl` and, with `log_dir`, a TensorBoard event file in it.
+    /// Creates `<model>.metrics.jsonl.partial` (see [`RunRecorder::keep`]) and, with `log_dir`,
+    /// a TensorBoard event file in it.
     pub fn create(
         model_path: &Path,
         log_dir: Option<&Path>,
         validation: Option<Validation>,
     ) -> Result<Self, RecordError> {
-        let path = Self::metrics_path(model_path);
+        let final_path = Self::metrics_path(model_path);
+        let path = beside(model_path, "metrics.jsonl.partial");
         if let Some(dir) = log_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|source| RecordError::Io { path: dir.to_path_buf(), source })?;
@@ -86,7 +93,19 @@ impl RunRecorder {
             best: BestModel::new(),
             score_seconds: 0.0,
             scorings: 0,
+            final_path,
+            kept: false,
         })
+    }
+
+    /// The run stored its model: the history becomes `<model>.metrics.jsonl` (replacing an earlier
+    /// run's). Without this call the history is removed when the recorder is dropped.
+    pub(crate) fn keep(&mut self) -> Result<(), RecordError> {
+        std::fs::rename(&self.log.path, &self.final_path)
+            .map_err(|source| RecordError::Io { path: self.final_path.clone(), source })?;
+        self.log.path = self.final_path.clone();
+        self.kept = true;
+        Ok(())
     }
 
     pub(crate) fn metrics_path(model_path: &Path) -> PathBuf {
@@ -196,5 +215,14 @@ impl RunRecorder {
     pub(crate) fn write_png(&self, path: &Path, title: &str) -> Result<(), RecordError> {
         let png = history_png(title, &self.log.lines)?;
         std::fs::write(path, png).map_err(|source| RecordError::Io { path: path.to_path_buf(), source })
+    }
+}
+
+impl Drop for RunRecorder {
+    fn drop(&mut self) {
+        if !self.kept {
+            // a failed run: its partial history goes with it (the error says what happened)
+            let _ = std::fs::remove_file(&self.log.path);
+        }
     }
 }

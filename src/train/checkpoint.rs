@@ -175,7 +175,11 @@ pub fn decode(bytes: &[u8], origin: &str) -> Result<Checkpoint, CheckpointError>
     let state = decode_with(bytes, origin, ModelFamily::Cpnet, |part, t| {
         match part {
             Part::Model(name) => model.push((name.to_string(), t)),
-            Part::Optim(name) => optimizer.push((name.to_string(), raw_to_tensor(&t))),
+            Part::Optim(name) => optimizer.push((
+                name.to_string(),
+                raw_to_tensor(&t)
+                    .map_err(|e| CheckpointError::Invalid(format!("{origin}: `optim.{name}`: {e}")))?,
+            )),
         }
         Ok(())
     })?;

@@ -102,7 +102,15 @@ pub fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
             cfg.bsize
         ));
     }
-    check_run_options(cfg.batch_size, cfg.n_epochs, cfg.learning_rate, cfg.weight_decay, cfg.save_every)
+    check_run_options(cfg.batch_size, cfg.n_epochs, cfg.learning_rate, cfg.weight_decay, cfg.save_every)?;
+    crate::limits::training(
+        cfg.n_epochs,
+        cfg.batch_size,
+        cfg.bsize,
+        cfg.nimg_per_epoch,
+        cfg.nimg_test_per_epoch,
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// Trains `model` in place on `train` (and reports loss on `test`), like cellpose `train_seg`;
@@ -125,7 +133,7 @@ pub fn train_seg(
     let nchan = train[0].image.dim().0 as i64;
     model.check_io(nchan, net.config.nout, "the model being trained")?;
     let diam_labels = train.iter().map(|e| e.diameter).sum::<f64>() / train.len() as f64;
-    net.set_diam_labels(diam_labels);
+    net.set_diam_labels(diam_labels).map_err(|e| TrainError::Config(e.to_string()))?;
 
     let scale_range = cfg.scale_range.unwrap_or(if cfg.rescale { 0.5 } else { 1.0 });
     let plan = BatchPlan {

@@ -108,7 +108,7 @@ async fn cpsam_full_oneshot_compute_against_a_real_girder() {
 #[ignore = "full-size Cellpose-SAM checkpoint: ~12 GB of memory"]
 fn cpsam_full_checkpoint_round_trips() {
     tch::manual_seed(1);
-    let model = CpsamModel::new(CpsamConfig::default(), Device::Cpu);
+    let model = CpsamModel::new(CpsamConfig::default(), Device::Cpu).unwrap();
     let trained = trained_parameters(&model);
     let n: i64 = trained.iter().map(|(_, t)| t.numel() as i64).sum();
     eprintln!("parameters: {} in all, {n} trained", model.num_params());
@@ -125,7 +125,7 @@ fn cpsam_full_checkpoint_round_trips() {
     assert!(bytes.len() as i64 >= 12 * n && (bytes.len() as i64) < 12 * n + (1 << 20), "{}", bytes.len());
 
     tch::manual_seed(2);
-    let fresh = CpsamModel::new(CpsamConfig::default(), Device::Cpu);
+    let fresh = CpsamModel::new(CpsamConfig::default(), Device::Cpu).unwrap();
     let t1 = Instant::now();
     let resume = checkpoint::load(&bytes, "full.ckpt", &fresh).unwrap();
     eprintln!("resumed in {:.1} s", t1.elapsed().as_secs_f64());

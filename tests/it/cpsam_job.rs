@@ -150,7 +150,8 @@ async fn a_cpsam_job_checkpoints_and_a_resumed_job_uploads_the_uninterrupted_mod
     let b = f.world.user.files().download(&file_of("sam-resumed")).await.unwrap();
     assert!(a == b, "the resumed job's model differs from the uninterrupted job's");
 
-    let cpnet = cellpose_train_worker::model::Model::new(crate::train::tiny_config(), tch::Device::Cpu);
+    let cpnet =
+        cellpose_train_worker::model::Model::new(crate::train::tiny_config(), tch::Device::Cpu).unwrap();
     let optim = cellpose_train_worker::train::Optimizer::new(
         cellpose_train_worker::train::OptimizerKind::Sgd,
         cpnet.vs.trainable_variables(),

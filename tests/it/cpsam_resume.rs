@@ -149,7 +149,7 @@ fn a_checkpoint_of_the_other_family_is_refused_by_name() {
     train_seg_cpsam(&sam, &data, None, &cfg, &mut stop, &Control::new(), None).unwrap();
     let sam_ck = stop.after_epoch0.unwrap();
 
-    let cpnet = Model::new(crate::train::tiny_config(), Device::Cpu);
+    let cpnet = Model::new(crate::train::tiny_config(), Device::Cpu).unwrap();
     let err =
         train::Resume::load(&sam_ck, "sam.ckpt", &cpnet).err().expect("a cpsam checkpoint resumed a CPnet");
     let msg = err.to_string();

@@ -209,6 +209,37 @@ async fn bad_annotations_missing_frames_and_huge_regions_name_the_culprit() {
 }
 
 #[tokio::test]
+async fn a_region_too_small_to_train_on_is_refused_in_the_jobs_own_words() {
+    // issue 26: a 1x1 region ended in cellpose's advice to lower --min-train-masks, a CLI flag
+    // a NimbusImage user cannot set
+    let f = fixture(96, 8, &TINY).await;
+    let ok = interface_values(BASE, "my-model", 1);
+    let ids = f
+        .annotate(&[
+            f.doc("rectangle", "one-pixel", 0, &[(20.0, 20.0), (21.0, 20.0), (21.0, 21.0), (20.0, 21.0)]),
+            f.doc("rectangle", "thin-val", 0, &[(70.0, 70.0), (90.0, 70.0), (90.0, 72.0), (70.0, 72.0)]),
+        ])
+        .await;
+    for (case, values, id, size) in [
+        ("a 1x1 training region", with(&ok, "Training Region", Some(json!(["one-pixel"]))), &ids[0], "1x1"),
+        (
+            "a 20x2 validation region",
+            with(&ok, "Validation Region", Some(json!(["thin-val"]))),
+            &ids[1],
+            "20x2",
+        ),
+    ] {
+        let needles = [id.as_str(), &format!("covers only {size} pixels"), "16x16", "Training Region"];
+        let err = f.refused(case, f.run(values), &needles, false).await;
+        let text = format!("{err} | {}", err.info());
+        assert!(!text.contains("--min-train-masks") && !text.contains("min_train_masks"), "{case}: {text}");
+        // refused while planning the cuts: no pixel was fetched
+        let log = requests(&f.mock).await;
+        assert!(!log.iter().any(|(_, p, _)| p.ends_with("/tiles/region")), "{case}: fetched pixels");
+    }
+}
+
+#[tokio::test]
 async fn tolerated_inputs_warn_or_clip_and_the_job_still_trains() {
     let f = fixture(96, 8, &TINY).await;
     f.annotate(&[

@@ -38,6 +38,7 @@ mod real_girder;
 mod real_girder_job;
 mod redaction;
 mod segment_cli;
+mod tiff_layouts;
 mod train;
 mod train_golden;
 mod train_qc;

@@ -204,7 +204,7 @@ fn three_channel_model_loaded_for_two_channels_says_nchan_differs() {
 
 #[test]
 fn state_dict_bytes_survive_our_own_round_trip() {
-    let model = Model::new(Default::default(), Device::Cpu);
+    let model = Model::new(Default::default(), Device::Cpu).unwrap();
     let sd = model.state_dict();
     let bytes = torch_file::state_dict_to_bytes(&sd).unwrap();
     let back = torch_file::read_state_dict_bytes(&bytes, "memory").unwrap();

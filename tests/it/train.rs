@@ -54,7 +54,7 @@ fn quick_config(epochs: usize) -> TrainConfig {
 #[test]
 fn training_on_synthetic_data_lowers_the_loss() {
     tch::manual_seed(0);
-    let model = Model::new(tiny_config(), Device::Cpu);
+    let model = Model::new(tiny_config(), Device::Cpu).unwrap();
     let data = Arc::new(synthetic_examples(4, 96));
     let out =
         train::train_seg(&model, data, None, &quick_config(40), &mut NoHooks, &Control::new(), None).unwrap();
@@ -72,7 +72,7 @@ fn training_on_synthetic_data_lowers_the_loss() {
 fn same_seed_gives_bit_identical_models_on_cpu() {
     let run = || {
         tch::manual_seed(3);
-        let model = Model::new(tiny_config(), Device::Cpu);
+        let model = Model::new(tiny_config(), Device::Cpu).unwrap();
         let out = train::train_seg(
             &model,
             Arc::new(synthetic_examples(3, 80)),
@@ -101,7 +101,7 @@ fn cancellation_stops_within_a_step() {
             }
         }
     }
-    let model = Model::new(tiny_config(), Device::Cpu);
+    let model = Model::new(tiny_config(), Device::Cpu).unwrap();
     let cancel = Control::new();
     let mut hooks = CancelAfter(3, cancel.clone());
     let err = train::train_seg(
@@ -311,7 +311,7 @@ fn resume_is_exact(channels_last: bool) {
     cfg.channels_last = channels_last;
     let fresh = || {
         tch::manual_seed(11);
-        Model::new(tiny_config(), Device::Cpu)
+        Model::new(tiny_config(), Device::Cpu).unwrap()
     };
     let straight = fresh();
     let full =
@@ -328,7 +328,7 @@ fn resume_is_exact(channels_last: bool) {
 
     // a new process: a model with other weights, then weights and optimizer state from the checkpoint
     tch::manual_seed(99);
-    let second = Model::new(tiny_config(), Device::Cpu);
+    let second = Model::new(tiny_config(), Device::Cpu).unwrap();
     let resume = train::Resume::load(&stop.saved.expect("checkpoint written"), "memory", &second).unwrap();
     assert_eq!((resume.state.epoch, resume.state.step), (1, 1));
     let resumed =

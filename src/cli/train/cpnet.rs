@@ -19,9 +19,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let optimizer = args.optimizer()?;
     let learning_rate =
         args.learning_rate.unwrap_or(if optimizer == OptimizerKind::Sgd { 0.2 } else { 0.005 });
-    if let Some(d) = args.diameter {
-        anyhow::ensure!(d >= 0.0 && d.is_finite(), "--diameter must be >= 0 (got {d})");
+    // 0 = do not rescale; any other diameter is stored in the model as diam_labels
+    if let Some(d) = args.diameter.filter(|&d| d != 0.0) {
+        crate::limits::diameter("--diameter", d)?;
     }
+    crate::limits::diameter("--diam-mean", args.diam_mean)?;
     // every option is checked before any file is read or written: a bad flag loses nothing
     let Destination { name, models_out, save_path } = args.destination()?;
     let mixed = args.mixed_precision.resolve(device.is_cuda());
@@ -95,12 +97,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     {
         tch::manual_seed(args.seed as i64);
         tracing::info!(">>>> training from scratch");
-        anyhow::ensure!(
-            !args.nbase.is_empty() && args.nbase.iter().all(|&c| c > 0),
-            "--nbase needs positive channel counts"
-        );
         let nbase = [vec![nchan], args.nbase.clone()].concat();
-        Model::new(CpnetConfig { nbase, diam_mean: args.diam_mean, ..Default::default() }, device)
+        crate::limits::cpnet_widths("--nbase", &nbase, 3, 3)?;
+        Model::new(CpnetConfig { nbase, diam_mean: args.diam_mean, ..Default::default() }, device)?
     } else {
         let loaded = crate::model::open_model(&args.pretrained_model, &args.models_dir.resolve(), device)?;
         loaded.model.check_io(nchan, 3, &loaded.source.path.display().to_string()).map_err(|e| match e {
@@ -160,6 +159,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             recorder.best.best().map(|b| b.ap50).unwrap_or(f64::NAN),
             recorder.every.map(|n| n.to_string()).unwrap_or_else(|| "-".into())
         );
+    }
+    // the model is stored: its history goes beside it (a failed run removes its own)
+    if let Err(err) = recorder.keep() {
+        tracing::warn!(error = %err, "could not keep the metrics history");
     }
     if let Some(ap) = &recorder.ap_after {
         let qc = RunRecorder::qc_csv_path(&save_path);

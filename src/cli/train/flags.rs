@@ -22,7 +22,7 @@ pub struct TrainArgs {
     /// With --test-dir: score AP after every N-th epoch and keep the best-scoring model.
     /// Default: chosen after the first epoch from the measured times so that scoring takes
     /// under 10% of training time (8% aimed).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub eval_every: Option<usize>,
     /// With --test-dir: save the last epoch's model instead of the one with the best AP@0.5.
     #[arg(long)]
@@ -48,10 +48,10 @@ pub struct TrainArgs {
     pub pretrained_model: String,
     /// Default: 0.2 with SGD (cellpose CLI), 0.005 with AdamW/RAdam (cellpose train_seg);
     /// 1e-5 for cpsam models (cellpose 4).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub learning_rate: Option<f64>,
     /// Default: 1e-5; 0.1 for cpsam models (cellpose 4).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub weight_decay: Option<f64>,
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
@@ -62,23 +62,23 @@ pub struct TrainArgs {
     #[arg(long = "RAdam", alias = "radam")]
     pub radam: bool,
     /// Default: 8; 1 for cpsam models (cellpose 4's --train_batch_size).
-    #[arg(long, visible_alias = "train-batch-size")]
+    #[arg(long, visible_alias = "train-batch-size", allow_hyphen_values = true)]
     pub batch_size: Option<usize>,
     /// Default: 500; 100 for cpsam models (cellpose 4).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub n_epochs: Option<usize>,
     /// Training patch size (multiple of 16; default 224); Omnipose's --tyx takes "224,224".
     /// cpsam models train on 256 only (cellpose 4 refuses any other).
     #[arg(long, alias = "tyx", value_parser = parse_bsize)]
     pub bsize: Option<usize>,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_hyphen_values = true)]
     pub min_train_masks: usize,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub nimg_per_epoch: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub nimg_test_per_epoch: Option<usize>,
     /// Save the model every N epochs (overwriting).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_hyphen_values = true)]
     pub save_every: usize,
     /// Keep each periodic save as <model>_epoch_NNNN.
     #[arg(long)]
@@ -88,13 +88,13 @@ pub struct TrainArgs {
     pub model_name: Option<String>,
     /// Object diameter: unset = each image's median mask diameter; 0 = do not rescale; >0 = this
     /// diameter for every image. Images are rescaled by diameter / diam_mean.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub diameter: Option<f64>,
     /// diam_mean of a model trained from scratch.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, allow_hyphen_values = true)]
     pub diam_mean: f64,
     /// Channels per level of a model trained from scratch (cellpose: 32,64,128,256).
-    #[arg(long, value_delimiter = ',', default_values_t = [32i64, 64, 128, 256])]
+    #[arg(long, value_delimiter = ',', default_values_t = [32i64, 64, 128, 256], allow_hyphen_values = true)]
     pub nbase: Vec<i64>,
     /// Feed raw intensities (skip percentile normalisation).
     #[arg(long)]
@@ -117,7 +117,7 @@ pub struct TrainArgs {
     /// Log per-phase host times of every step (a device sync each): profiling only.
     #[arg(long)]
     pub profile_steps: bool,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: u64,
     /// Also write the run's summary (losses, timings, paths) as JSON to this file.
     #[arg(long)]

@@ -223,9 +223,7 @@ impl Family for Cpnet {
             min_train_masks: if validation { 0 } else { 1 },
         };
         let what = if validation { "validation regions" } else { "training samples" };
-        train::prepare(raw, &opts)
-            .map(|p| p.examples)
-            .map_err(|e| JobError::Dataset { dataset: what.into(), detail: e.to_string() })
+        train::prepare(raw, &opts).map(|p| p.examples).map_err(|e| super::preparing_failed(what, e))
     }
 
     fn resume(&self, bytes: &[u8], net: &Model) -> Result<(Resume, ResumePoint), JobError> {

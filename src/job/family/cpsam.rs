@@ -26,7 +26,9 @@ use crate::model::{open_any, registry, AnyModel, CpsamModel, ModelError, ModelFa
 use crate::predict_cpsam::Cp4Options;
 use crate::tool::Tool;
 use crate::train::cpsam::checkpoint::encode as encode_checkpoint;
-use crate::train::cpsam::{prepare_cp4, train_seg_cpsam, Cp4PrepareOptions, CpsamTrainConfig};
+use crate::train::cpsam::{
+    prepare_cp4, train_seg_cpsam, Cp4DataError, Cp4PrepareOptions, CpsamTrainConfig,
+};
 use crate::train::{
     Example, Optimizer, RawExample, Resume, TrainError, TrainHooks, TrainOutcome, TrainState,
 };
@@ -313,9 +315,10 @@ impl Family for Cpsam {
             min_train_masks: if validation { 0 } else { 1 },
         };
         let what = if validation { "validation regions" } else { "training samples" };
-        prepare_cp4(raw, &opts)
-            .map(|p| p.examples)
-            .map_err(|e| JobError::Dataset { dataset: what.into(), detail: e.to_string() })
+        prepare_cp4(raw, &opts).map(|p| p.examples).map_err(|e| match e {
+            Cp4DataError::Data(e) => super::preparing_failed(what, e),
+            e => JobError::Dataset { dataset: what.into(), detail: e.to_string() },
+        })
     }
 
     fn resume(&self, bytes: &[u8], net: &CpsamModel) -> Result<(Resume, ResumePoint), JobError> {

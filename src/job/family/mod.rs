@@ -49,6 +49,19 @@ pub struct About {
     pub default_base_model: &'static str,
 }
 
+/// A failed preparation of the job's crops, in the job's words: the library's advice for an
+/// empty set (`--min-train-masks`) names a CLI flag a NimbusImage user cannot set.
+pub(crate) fn preparing_failed(what: &str, e: crate::train::data::DataError) -> JobError {
+    let detail = match e {
+        crate::train::data::DataError::NothingLeft { total, detail, .. } => format!(
+            "none of the {total} {what} has an annotated cell left to train on ({detail}); annotate cells \
+             with the Training Tag inside each Training Region, or draw the regions around annotated cells"
+        ),
+        e => e.to_string(),
+    };
+    JobError::Dataset { dataset: what.into(), detail }
+}
+
 /// What a tool is, without its network: the one source of its interface, its built-ins, its
 /// folder and its validation. Object-safe, so the edge can serve a [`Tool`] without knowing its
 /// network type ([`facts`]).

@@ -12,22 +12,52 @@ use tch::{Kind, TchError, Tensor};
 /// SAM builds every LayerNorm with `eps=1e-6` (`partial(nn.LayerNorm, eps=1e-6)`, `LayerNorm2d`).
 pub const LN_EPS: f64 = 1e-6;
 
-fn layer_norm(p: nn::Path, dim: i64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![dim], nn::LayerNormConfig { eps: LN_EPS, ..Default::default() })
+/// A layer's weight and optional bias: what tch's `nn::Linear`, `nn::Conv2D` and `nn::LayerNorm`
+/// hold, made here with the fallible `f_var` (tch's own constructors unwrap, so an allocation
+/// libtorch cannot make would panic). Names, shapes, init and draw order are tch's.
+#[derive(Debug)]
+pub struct Layer {
+    pub ws: Tensor,
+    pub bs: Option<Tensor>,
+}
+
+/// tch `nn::linear(vs, in, out, Default::default())`: bias U(±1/sqrt(in)) drawn first, then
+/// the weight (kaiming uniform).
+pub fn linear(vs: &nn::Path, in_dim: i64, out_dim: i64) -> Result<Layer, TchError> {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    let bs = vs.f_var("bias", &[out_dim], Init::Uniform { lo: -bound, up: bound })?;
+    let ws = vs.f_var("weight", &[out_dim, in_dim], nn::LinearConfig::default().ws_init)?;
+    Ok(Layer { ws, bs: Some(bs) })
+}
+
+/// tch `nn::conv2d(vs, in, out, k, ..)`: bias (zeros) first when there is one, then the weight
+/// (kaiming uniform).
+pub fn conv2d(vs: &nn::Path, in_dim: i64, out_dim: i64, k: i64, bias: bool) -> Result<Layer, TchError> {
+    let c = nn::ConvConfig::default();
+    let bs = if bias { Some(vs.f_var("bias", &[out_dim], c.bs_init)?) } else { None };
+    let ws = vs.f_var("weight", &[out_dim, in_dim, k, k], c.ws_init)?;
+    Ok(Layer { ws, bs })
+}
+
+/// tch `nn::layer_norm(p, vec![dim], ..)`: weight ones, bias zeros.
+fn layer_norm(p: nn::Path, dim: i64) -> Result<Layer, TchError> {
+    let ws = p.f_var("weight", &[dim], Init::Const(1.0))?;
+    let bs = p.f_var("bias", &[dim], Init::Const(0.0))?;
+    Ok(Layer { ws, bs: Some(bs) })
 }
 
 // The forwards below use tch's fallible `f_` calls: a bad input (shape, out of memory) comes back
 // as an error for the caller to name, never as a panic inside libtorch's wrapper.
 
-fn f_layer_norm(ln: &nn::LayerNorm, x: &Tensor) -> Result<Tensor, TchError> {
-    x.f_layer_norm(ln.normalized_shape.as_slice(), ln.ws.as_ref(), ln.bs.as_ref(), LN_EPS, true)
+fn f_layer_norm(ln: &Layer, x: &Tensor) -> Result<Tensor, TchError> {
+    x.f_layer_norm(ln.ws.size().as_slice(), Some(&ln.ws), ln.bs.as_ref(), LN_EPS, true)
 }
 
-fn f_linear(l: &nn::Linear, x: &Tensor) -> Result<Tensor, TchError> {
+fn f_linear(l: &Layer, x: &Tensor) -> Result<Tensor, TchError> {
     x.f_linear(&l.ws, l.bs.as_ref())
 }
 
-fn f_conv(c: &nn::Conv2D, x: &Tensor, padding: i64) -> Result<Tensor, TchError> {
+fn f_conv(c: &Layer, x: &Tensor, padding: i64) -> Result<Tensor, TchError> {
     x.f_conv2d(&c.ws, c.bs.as_ref(), [1, 1], [padding, padding], [1, 1], 1)
 }
 
@@ -58,8 +88,8 @@ pub fn rel_pos_for(table: &Tensor, size: i64) -> Result<Tensor, TchError> {
 /// decomposed relative-position bias (SAM `add_decomposed_rel_pos`), output projection.
 #[derive(Debug)]
 pub struct Attention {
-    qkv: nn::Linear,
-    proj: nn::Linear,
+    qkv: Layer,
+    proj: Layer,
     rel_pos_h: Tensor,
     rel_pos_w: Tensor,
     heads: i64,
@@ -67,16 +97,16 @@ pub struct Attention {
 
 impl Attention {
     /// `rel_len` = rows of the stored tables (`2 * window - 1`; SAM's pre-training windows).
-    pub fn new(vs: nn::Path, dim: i64, heads: i64, rel_len: (i64, i64)) -> Self {
-        let head_dim = dim / heads;
-        Attention {
-            qkv: nn::linear(&vs / "qkv", dim, 3 * dim, Default::default()),
-            proj: nn::linear(&vs / "proj", dim, dim, Default::default()),
+    pub fn new(vs: nn::Path, dim: i64, heads: i64, rel_len: (i64, i64)) -> Result<Self, TchError> {
+        let head_dim = dim / heads.max(1);
+        Ok(Attention {
+            qkv: linear(&(&vs / "qkv"), dim, 3 * dim)?,
+            proj: linear(&(&vs / "proj"), dim, dim)?,
             // SAM zero-initialises the tables (rel_pos_zero_init=True)
-            rel_pos_h: vs.var("rel_pos_h", &[rel_len.0, head_dim], Init::Const(0.0)),
-            rel_pos_w: vs.var("rel_pos_w", &[rel_len.1, head_dim], Init::Const(0.0)),
+            rel_pos_h: vs.f_var("rel_pos_h", &[rel_len.0, head_dim], Init::Const(0.0))?,
+            rel_pos_w: vs.f_var("rel_pos_w", &[rel_len.1, head_dim], Init::Const(0.0))?,
             heads,
-        }
+        })
     }
 
     /// `x`: `[B, H, W, dim]` tokens -> `[B, H, W, dim]`.
@@ -114,16 +144,13 @@ impl Attention {
 /// `MLPBlock`: lin1 -> GELU (exact, erf) -> lin2.
 #[derive(Debug)]
 pub struct Mlp {
-    lin1: nn::Linear,
-    lin2: nn::Linear,
+    lin1: Layer,
+    lin2: Layer,
 }
 
 impl Mlp {
-    pub fn new(vs: nn::Path, dim: i64, hidden: i64) -> Self {
-        Mlp {
-            lin1: nn::linear(&vs / "lin1", dim, hidden, Default::default()),
-            lin2: nn::linear(&vs / "lin2", hidden, dim, Default::default()),
-        }
+    pub fn new(vs: nn::Path, dim: i64, hidden: i64) -> Result<Self, TchError> {
+        Ok(Mlp { lin1: linear(&(&vs / "lin1"), dim, hidden)?, lin2: linear(&(&vs / "lin2"), hidden, dim)? })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         f_linear(&self.lin2, &f_linear(&self.lin1, x)?.f_gelu("none")?)
@@ -134,9 +161,9 @@ impl Mlp {
 /// `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
 #[derive(Debug)]
 pub struct Block {
-    norm1: nn::LayerNorm,
+    norm1: Layer,
     attn: Attention,
-    norm2: nn::LayerNorm,
+    norm2: Layer,
     mlp: Mlp,
 }
 
@@ -151,13 +178,13 @@ pub struct BlockShape {
 }
 
 impl Block {
-    pub fn new(vs: nn::Path, shape: BlockShape) -> Self {
-        Block {
-            norm1: layer_norm(&vs / "norm1", shape.dim),
-            attn: Attention::new(&vs / "attn", shape.dim, shape.heads, shape.rel_len),
-            norm2: layer_norm(&vs / "norm2", shape.dim),
-            mlp: Mlp::new(&vs / "mlp", shape.dim, shape.mlp_dim),
-        }
+    pub fn new(vs: nn::Path, shape: BlockShape) -> Result<Self, TchError> {
+        Ok(Block {
+            norm1: layer_norm(&vs / "norm1", shape.dim)?,
+            attn: Attention::new(&vs / "attn", shape.dim, shape.heads, shape.rel_len)?,
+            norm2: layer_norm(&vs / "norm2", shape.dim)?,
+            mlp: Mlp::new(&vs / "mlp", shape.dim, shape.mlp_dim)?,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let x = x.f_add(&self.attn.forward(&f_layer_norm(&self.norm1, x)?)?)?;
@@ -174,11 +201,11 @@ pub struct LayerNorm2d {
 }
 
 impl LayerNorm2d {
-    pub fn new(vs: nn::Path, n: i64) -> Self {
-        LayerNorm2d {
-            weight: vs.var("weight", &[n], Init::Const(1.0)),
-            bias: vs.var("bias", &[n], Init::Const(0.0)),
-        }
+    pub fn new(vs: nn::Path, n: i64) -> Result<Self, TchError> {
+        Ok(LayerNorm2d {
+            weight: vs.f_var("weight", &[n], Init::Const(1.0))?,
+            bias: vs.f_var("bias", &[n], Init::Const(0.0))?,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let u = x.f_mean_dim(1, true, None)?;
@@ -192,22 +219,20 @@ impl LayerNorm2d {
 /// The neck: `0` 1x1 conv (no bias) dim -> neck, `1` LayerNorm2d, `2` 3x3 conv (no bias), `3` LayerNorm2d.
 #[derive(Debug)]
 pub struct Neck {
-    conv0: nn::Conv2D,
+    conv0: Layer,
     norm1: LayerNorm2d,
-    conv2: nn::Conv2D,
+    conv2: Layer,
     norm3: LayerNorm2d,
 }
 
 impl Neck {
-    pub fn new(vs: nn::Path, dim: i64, neck: i64) -> Self {
-        let c1 = nn::ConvConfig { bias: false, ..Default::default() };
-        let c3 = nn::ConvConfig { bias: false, padding: 1, ..Default::default() };
-        Neck {
-            conv0: nn::conv2d(&vs / "0", dim, neck, 1, c1),
-            norm1: LayerNorm2d::new(&vs / "1", neck),
-            conv2: nn::conv2d(&vs / "2", neck, neck, 3, c3),
-            norm3: LayerNorm2d::new(&vs / "3", neck),
-        }
+    pub fn new(vs: nn::Path, dim: i64, neck: i64) -> Result<Self, TchError> {
+        Ok(Neck {
+            conv0: conv2d(&(&vs / "0"), dim, neck, 1, false)?,
+            norm1: LayerNorm2d::new(&vs / "1", neck)?,
+            conv2: conv2d(&(&vs / "2"), neck, neck, 3, false)?,
+            norm3: LayerNorm2d::new(&vs / "3", neck)?,
+        })
     }
     /// `[B, dim, H, W]` -> `[B, neck, H, W]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
@@ -245,7 +270,7 @@ mod tests {
     #[test]
     fn layer_norm_2d_normalises_over_channels() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let ln = LayerNorm2d::new(vs.root(), 4);
+        let ln = LayerNorm2d::new(vs.root(), 4).unwrap();
         let x = Tensor::randn([2, 4, 3, 3], (Kind::Float, tch::Device::Cpu)) * 5.0 + 2.0;
         let y = ln.forward(&x).unwrap();
         let mean = y.mean_dim(1, false, None).abs().max().double_value(&[]);

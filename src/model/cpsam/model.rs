@@ -27,11 +27,15 @@ fn strip(name: &str) -> &str {
 }
 
 impl CpsamModel {
-    /// A freshly initialised network (`model init --family cpsam`).
-    pub fn new(config: CpsamConfig, device: Device) -> CpsamModel {
+    /// A freshly initialised network (`model init --family cpsam`). An allocation libtorch cannot
+    /// make (a file claiming a huge network) is an error, not a panic.
+    pub fn new(config: CpsamConfig, device: Device) -> Result<CpsamModel, ModelError> {
         let vs = nn::VarStore::new(device);
-        let net = Cpsam::new(&vs.root(), config);
-        CpsamModel { vs, net }
+        let net = Cpsam::new(&vs.root(), config).map_err(|source| ModelError::Torch {
+            context: "creating the network's weights".into(),
+            source,
+        })?;
+        Ok(CpsamModel { vs, net })
     }
 
     /// Loads a cellpose 4 file onto `device` (fp32 weights; see [`CpsamModel::to_kind`]).
@@ -40,7 +44,20 @@ impl CpsamModel {
         let metas = torch_file::read_tensor_metas(path)?;
         check_family(metas.iter().map(|m| m.name.as_str()), ModelFamily::Cpsam, &origin)?;
         let config = infer_cpsam_config(&metas, &origin)?;
-        let model = CpsamModel::new(config, device);
+        // the network is allocated from the shapes the pickle claims, before any tensor's data
+        // is read: their size is held to the model-file budget first
+        let claimed: u128 =
+            metas.iter().map(|m| m.shape.iter().map(|&d| d.max(0) as u128).product::<u128>() * 4).sum();
+        if claimed > torch_file::MAX_MODEL_BYTES as u128 {
+            return Err(ModelError::File(torch_file::ModelFileError {
+                path: path.to_path_buf(),
+                kind: torch_file::ModelFileErrorKind::TooLarge {
+                    what: "the tensors its pickle declares (as float32)".into(),
+                    bytes: claimed.min(u64::MAX as u128) as u64,
+                },
+            }));
+        }
+        let model = CpsamModel::new(config, device)?;
         let vars = model.vs.variables();
         let mut seen = HashSet::new();
         torch_file::for_each_tensor(path, |name, raw| -> Result<(), ModelError> {
@@ -115,9 +132,11 @@ pub(crate) fn copy_checked(
             found: raw.dtype,
         });
     }
-    let src = raw_to_tensor(raw);
-    tch::no_grad(|| var.shallow_clone().copy_(&src));
-    Ok(())
+    let copy = || -> Result<(), tch::TchError> {
+        let src = raw_to_tensor(raw)?;
+        tch::no_grad(|| var.shallow_clone().f_copy_(&src))
+    };
+    copy().map_err(|source| ModelError::Torch { context: format!("copying `{name}` from {origin}"), source })
 }
 
 /// The state_dict keys of a CPSAM in PyTorch's order: `CPSAM`'s own parameters (`diam_labels`,
@@ -199,11 +218,13 @@ pub fn infer_cpsam_config(metas: &[TensorMeta], origin: &str) -> Result<CpsamCon
     let nout = w2[1];
     let config =
         CpsamConfig { in_chans, dim, blocks, ps, grid: (pos[1], pos[2]), neck, nout, ..Default::default() };
-    if w2[0] != nout * ps * ps || pos[3] != dim {
+    // cellpose 4 reads dY, dX and cellprob from the last three maps: fewer is no cpsam
+    let nmap = nout.checked_mul(ps).and_then(|n| n.checked_mul(ps));
+    if nout < 3 || nmap != Some(w2[0]) || pos[3] != dim {
         return Err(ModelError::WrongShape {
             origin: origin.into(),
             name: "W2".into(),
-            expected: vec![nout * ps * ps, nout, ps, ps],
+            expected: vec![nmap.unwrap_or(-1), nout.max(3), ps, ps],
             found: w2.clone(),
         });
     }
@@ -225,7 +246,7 @@ mod tests {
 
     #[test]
     fn vit_l_has_350_keys_and_304_6_m_parameters() {
-        let m = CpsamModel::new(CpsamConfig::default(), Device::Cpu);
+        let m = CpsamModel::new(CpsamConfig::default(), Device::Cpu).unwrap();
         let keys = state_dict_keys(&m.net.config);
         assert_eq!(keys.len(), 350);
         let vars = m.vs.variables();
@@ -241,7 +262,7 @@ mod tests {
         let b = BlockShape { dim: 16, heads: 4, mlp_dim: 24, rel_len: (7, 9) };
         let cfg = CpsamConfig { dim: 16, blocks: vec![b; 3], grid: (4, 4), neck: 8, ..Default::default() };
         tch::manual_seed(3);
-        let m = CpsamModel::new(cfg.clone(), Device::Cpu);
+        let m = CpsamModel::new(cfg.clone(), Device::Cpu).unwrap();
         let path = dir.path().join("m");
         m.save(&path).unwrap();
         let names: Vec<_> =

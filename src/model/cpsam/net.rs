@@ -6,7 +6,7 @@
 use tch::nn;
 use tch::{Device, Kind, TchError, Tensor};
 
-use super::blocks::{Block, BlockShape, Neck};
+use super::blocks::{conv2d, Block, BlockShape, Layer, Neck};
 
 /// Shape of a CPSAM. `Default` is cellpose 4's: SAM ViT-L (width 1024, 24 blocks, 16 heads,
 /// MLP 4096, neck 256) with 8x8 patches on 256x256 tiles, 3 outputs, layer drop up to 0.4.
@@ -61,11 +61,11 @@ impl CpsamConfig {
 #[derive(Debug)]
 pub struct Cpsam {
     pub config: CpsamConfig,
-    patch: nn::Conv2D,
+    patch: Layer,
     pos_embed: Tensor,
     blocks: Vec<Block>,
     neck: Neck,
-    out: nn::Conv2D,
+    out: Layer,
     w2: Tensor,
     diam_mean: Tensor,
     diam_labels: Tensor,
@@ -74,30 +74,29 @@ pub struct Cpsam {
 impl Cpsam {
     /// Creates the variables under `vs` with cellpose 4's names; new weights use PyTorch-style
     /// init (zero position embeddings and relative-position tables, as SAM starts from).
-    pub fn new(vs: &nn::Path, config: CpsamConfig) -> Self {
+    /// Fails (never panics) when libtorch cannot allocate them.
+    pub fn new(vs: &nn::Path, config: CpsamConfig) -> Result<Self, TchError> {
         let enc = vs / "encoder";
         let ps = config.ps;
-        let patch = nn::conv2d(
-            &enc / "patch_embed" / "proj",
-            config.in_chans,
-            config.dim,
-            ps,
-            nn::ConvConfig { stride: ps, ..Default::default() },
-        );
+        let patch = conv2d(&(&enc / "patch_embed" / "proj"), config.in_chans, config.dim, ps, true)?;
         let pos_embed =
-            enc.var("pos_embed", &[1, config.grid.0, config.grid.1, config.dim], nn::Init::Const(0.0));
-        let blocks =
-            config.blocks.iter().enumerate().map(|(i, s)| Block::new(&enc / "blocks" / i, *s)).collect();
-        let neck = Neck::new(&enc / "neck", config.dim, config.neck);
+            enc.f_var("pos_embed", &[1, config.grid.0, config.grid.1, config.dim], nn::Init::Const(0.0))?;
+        let blocks = config
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Block::new(&enc / "blocks" / i, *s))
+            .collect::<Result<_, _>>()?;
+        let neck = Neck::new(&enc / "neck", config.dim, config.neck)?;
         let nmap = config.nout * ps * ps;
-        let out = nn::conv2d(vs / "out", config.neck, nmap, 1, Default::default());
+        let out = conv2d(&(vs / "out"), config.neck, nmap, 1, true)?;
         // W2 = eye(nout*ps^2) as a transposed-conv kernel: token map (o, dy, dx) -> pixel (dy, dx) of channel o
-        let eye = Tensor::eye(nmap, (Kind::Float, vs.device())).reshape([nmap, config.nout, ps, ps]);
+        let eye = Tensor::f_eye(nmap, (Kind::Float, vs.device()))?.f_reshape([nmap, config.nout, ps, ps])?;
         let w2 = vs.add("W2", eye, false);
-        let thirty = || Tensor::from_slice(&[30f32]).to_device(vs.device());
-        let diam_labels = vs.add("diam_labels", thirty(), false);
-        let diam_mean = vs.add("diam_mean", thirty(), false);
-        Cpsam { config, patch, pos_embed, blocks, neck, out, w2, diam_mean, diam_labels }
+        let thirty = || Tensor::from_slice(&[30f32]).f_to_device(vs.device());
+        let diam_labels = vs.add("diam_labels", thirty()?, false);
+        let diam_mean = vs.add("diam_mean", thirty()?, false);
+        Ok(Cpsam { config, patch, pos_embed, blocks, neck, out, w2, diam_mean, diam_labels })
     }
 
     /// `[B, C<=3, bsize, bsize]` -> `[B, nout, bsize, bsize]` (dY, dX, cellprob). The input is cast
@@ -194,7 +193,7 @@ mod tests {
     #[test]
     fn output_has_nout_maps_at_input_resolution() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = Cpsam::new(&vs.root(), tiny());
+        let net = Cpsam::new(&vs.root(), tiny()).unwrap();
         let x = Tensor::randn([2, 2, 32, 32], (Kind::Float, Device::Cpu));
         let y = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
         assert_eq!(y.size(), vec![2, 3, 32, 32]);
@@ -204,7 +203,7 @@ mod tests {
     fn w2_places_token_maps_as_pixel_patches() {
         // a single token whose map k = o*ps*ps + dy*ps + dx must land at channel o, pixel (dy, dx)
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = Cpsam::new(&vs.root(), tiny());
+        let net = Cpsam::new(&vs.root(), tiny()).unwrap();
         let n = 3 * 64;
         let maps = Tensor::arange(n, (Kind::Float, Device::Cpu)).view([1, n, 1, 1]);
         let px = maps.conv_transpose2d(&net.w2, None::<&Tensor>, [8, 8], [0, 0], [0, 0], 1, [1, 1]);
@@ -218,7 +217,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut cfg = tiny();
         cfg.rdrop = 1.0; // the last block is always dropped in training
-        let net = Cpsam::new(&vs.root(), cfg);
+        let net = Cpsam::new(&vs.root(), cfg).unwrap();
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         let (e1, e2, t) =
             tch::no_grad(|| (net.forward_t(&x, false), net.forward_t(&x, false), net.forward_t(&x, true)));

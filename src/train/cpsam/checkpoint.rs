@@ -44,7 +44,11 @@ pub fn load(bytes: &[u8], origin: &str, model: &CpsamModel) -> Result<Resume, Ch
                 copy_checked(var, &raw, origin, name, |d| d == DType::F32)?;
                 seen.insert(name.to_string());
             }
-            Part::Optim(name) => optimizer_state.push((name.to_string(), raw_to_tensor(&raw))),
+            Part::Optim(name) => optimizer_state.push((
+                name.to_string(),
+                raw_to_tensor(&raw)
+                    .map_err(|e| CheckpointError::Invalid(format!("{origin}: `optim.{name}`: {e}")))?,
+            )),
         }
         Ok(())
     })?;

@@ -112,7 +112,14 @@ pub fn validate_cpsam_config(cfg: &CpsamTrainConfig, net_bsize: usize) -> Result
     if let Some(r) = cfg.scale_range.filter(|r| !(r.is_finite() && *r >= 0.0)) {
         return bad(format!("scale_range must be >= 0 (got {r})"));
     }
-    Ok(())
+    crate::limits::training(
+        cfg.n_epochs,
+        cfg.batch_size,
+        net_bsize,
+        cfg.nimg_per_epoch,
+        cfg.nimg_test_per_epoch,
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// The parameters AdamW updates: every trainable tensor except the patch embedding (no gradient
@@ -218,9 +225,10 @@ pub fn train_seg_cpsam(
     let t0 = Instant::now();
     tch::manual_seed(cfg.seed as i64);
     let diam_labels = train.iter().map(|e| e.diameter).sum::<f64>() / train.len() as f64;
+    crate::limits::diameter("diam_labels", diam_labels).map_err(|e| TrainError::Config(e.to_string()))?;
     if let Some(mut v) = model.vs.variables().get("diam_labels").map(|t| t.shallow_clone()) {
         tch::no_grad(|| {
-            let _ = v.fill_(diam_labels);
+            let _ = v.f_fill_(diam_labels);
         });
     }
     let tiles = Tiles {

@@ -1,13 +1,12 @@
 //! Hostile input through the local CLI: crafted model files, bad flags and names, broken images.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use cellpose_train_worker::imageio;
 use cellpose_train_worker::synthetic::{synth_image, write_folder, SynthSpec};
 use ndarray::{Array2, Array3};
 
-use super::{case, check, crafted_model, AsRefOs, Ends};
+use super::{case, check, crafted_model, train_case, train_defaults, AsRefOs, Ends};
 use crate::helpers::{bin, tempdir};
 
 fn write(path: &Path, bytes: &[u8]) -> PathBuf {
@@ -15,7 +14,7 @@ fn write(path: &Path, bytes: &[u8]) -> PathBuf {
     path.to_path_buf()
 }
 
-fn model_init(path: &Path, nchan: &str) {
+pub(super) fn model_init(path: &Path, nchan: &str) {
     let st = bin()
         .args(["model", "init", "--nchan", nchan, "--nbase", "8,16", "--out"])
         .arg(path)
@@ -25,24 +24,33 @@ fn model_init(path: &Path, nchan: &str) {
 }
 
 /// One image + mask pair named `img` in `dir`.
-fn pair(dir: &Path, image: &Array3<f32>, labels: &Array2<u32>) {
+pub(super) fn pair(dir: &Path, image: &Array3<f32>, labels: &Array2<u32>) {
     std::fs::create_dir_all(dir).unwrap();
     imageio::write_tiff_f32(&dir.join("img.tif"), image).unwrap();
     imageio::write_labels_tiff(&dir.join("img_masks.tif"), labels.view()).unwrap();
 }
 
+/// Under `w`: `data/` with two synthetic image/mask pairs and an earlier model `keep` with its
+/// metrics (a bad flag must not truncate them; see [`PRECIOUS`]), and a 2-channel `base.pt`.
+pub(super) fn workspace(w: &Path) -> (PathBuf, PathBuf) {
+    let data = w.join("data");
+    write_folder(&data, 2, &SynthSpec { height: 48, width: 48, n_cells: 6, ..Default::default() }).unwrap();
+    std::fs::create_dir_all(data.join("models")).unwrap();
+    model_init(&data.join("models/keep"), "2");
+    write(&data.join("models/keep.metrics.jsonl"), PRECIOUS);
+    let base = w.join("base.pt");
+    model_init(&base, "2");
+    (data, base)
+}
+
+/// The earlier model's metrics history in [`workspace`].
+pub(super) const PRECIOUS: &[u8] = b"{\"before\": \"precious\"}\n";
+
 #[test]
 fn hostile_cli_inputs_fail_clearly_and_lose_nothing() {
     let w = tempdir();
     let w = w.path();
-    let data = w.join("data");
-    write_folder(&data, 2, &SynthSpec { height: 48, width: 48, n_cells: 6, ..Default::default() }).unwrap();
-    // an earlier model of the name `keep` and its metrics: a bad flag must not truncate them
-    std::fs::create_dir_all(data.join("models")).unwrap();
-    model_init(&data.join("models/keep"), "2");
-    write(&data.join("models/keep.metrics.jsonl"), b"{\"before\": \"precious\"}\n");
-    let base = w.join("base.pt");
-    model_init(&base, "2");
+    let (data, base) = workspace(w);
     let three = w.join("three.pt");
     model_init(&three, "3");
     let base_bytes = std::fs::read(&base).unwrap();
@@ -69,38 +77,9 @@ fn hostile_cli_inputs_fail_clearly_and_lose_nothing() {
     pair(&nan_dir, &nan_img, &labels);
     let a_file = write(&w.join("a_file.txt"), b"not a folder");
 
-    // `train` with every flag a working run needs; a case overrides one (flags as --flag=value,
-    // so that negative numbers stay values)
-    let defaults: Vec<(&str, OsString)> = vec![
-        ("--device", "cpu".into()),
-        ("--n-epochs", "1".into()),
-        ("--min-train-masks", "1".into()),
-        ("--chan", "1".into()),
-        ("--chan2", "2".into()),
-        ("--bsize", "32".into()),
-        ("--batch-size", "2".into()),
-        ("--model-name", "keep".into()),
-        ("--pretrained-model", base.clone().into()),
-        ("--dir", data.clone().into()),
-    ];
+    let defaults = train_defaults(&base, &data);
     let t = |name: &str, over: &[(&str, &dyn AsRefOs)], needles: &[&str]| {
-        let mut flags = defaults.clone();
-        for (flag, value) in over {
-            match flags.iter_mut().find(|(f, _)| f == flag) {
-                Some(slot) => slot.1 = value.os(),
-                None => flags.push((*flag, value.os())),
-            }
-        }
-        let args: Vec<OsString> = std::iter::once(OsString::from("train"))
-            .chain(flags.iter().map(|(f, v)| {
-                let mut a = OsString::from(f);
-                a.push("=");
-                a.push(v);
-                a
-            }))
-            .collect();
-        let refs: Vec<&dyn AsRefOs> = args.iter().map(|a| a as &dyn AsRefOs).collect();
-        case(name, &refs, Ends::Code(1), needles)
+        train_case(name, &defaults, over, Ends::Code(1), needles)
     };
     // `predict` / `segment` of the image with `model` into `out`: must fail, naming the needles
     let on_image = |name: &str, cmd: &str, model: &dyn AsRefOs, out: &dyn AsRefOs, needles: &[&str]| {
@@ -189,10 +168,7 @@ fn hostile_cli_inputs_fail_clearly_and_lose_nothing() {
     piped.closed_stdout = true;
     cases.push(piped);
     let (tried, clear) = check(&cases, &[w]);
-    assert_eq!(
-        std::fs::read(data.join("models/keep.metrics.jsonl")).unwrap(),
-        b"{\"before\": \"precious\"}\n"
-    );
+    assert_eq!(std::fs::read(data.join("models/keep.metrics.jsonl")).unwrap(), PRECIOUS);
     eprintln!("hostile CLI inputs: {tried} tried, {clear} clear errors, 0 crashes");
     assert!(tried >= 30);
 }

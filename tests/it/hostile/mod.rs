@@ -10,6 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod absurd;
 mod cli;
 mod oneshot;
 
@@ -124,6 +125,50 @@ fn case(name: &str, args: &[&dyn AsRefOs], ends: Ends, needles: &[&str]) -> Case
         closed_stdout: false,
         error_line: false,
     }
+}
+
+/// `train` with every flag a working run needs on `data` from `base` into the model `keep`.
+fn train_defaults(base: &Path, data: &Path) -> Vec<(&'static str, OsString)> {
+    vec![
+        ("--device", "cpu".into()),
+        ("--n-epochs", "1".into()),
+        ("--min-train-masks", "1".into()),
+        ("--chan", "1".into()),
+        ("--chan2", "2".into()),
+        ("--bsize", "32".into()),
+        ("--batch-size", "2".into()),
+        ("--model-name", "keep".into()),
+        ("--pretrained-model", base.as_os_str().to_owned()),
+        ("--dir", data.as_os_str().to_owned()),
+    ]
+}
+
+/// A `train` case: `defaults` with `over` replacing or adding flags (passed as `--flag=value`, so
+/// that negative numbers stay values).
+fn train_case(
+    name: &str,
+    defaults: &[(&str, OsString)],
+    over: &[(&str, &dyn AsRefOs)],
+    ends: Ends,
+    needles: &[&str],
+) -> Case {
+    let mut flags = defaults.to_vec();
+    for (flag, value) in over {
+        match flags.iter_mut().find(|(f, _)| f == flag) {
+            Some(slot) => slot.1 = value.os(),
+            None => flags.push((*flag, value.os())),
+        }
+    }
+    let args: Vec<OsString> = std::iter::once(OsString::from("train"))
+        .chain(flags.iter().map(|(f, v)| {
+            let mut a = OsString::from(f);
+            a.push("=");
+            a.push(v);
+            a
+        }))
+        .collect();
+    let refs: Vec<&dyn AsRefOs> = args.iter().map(|a| a as &dyn AsRefOs).collect();
+    case(name, &refs, ends, needles)
 }
 
 /// `&str` and paths in one argument list.
