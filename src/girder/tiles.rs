@@ -171,8 +171,9 @@ impl Tiles<'_> {
     pub async fn metadata(&self, item_id: &str) -> Result<TilesMetadata, GirderError> {
         let path = ApiPath::id("item", item_id)?.then("tiles");
         let meta: TilesMetadata = self.client.json(Call::get(path.clone())).await?;
-        meta.check()
-            .map_err(|m| GirderError::decode("GET", &path.to_string(), format!("large image {item_id}: {m}")))?;
+        meta.check().map_err(|m| {
+            GirderError::decode("GET", &path.to_string(), format!("large image {item_id}: {m}"))
+        })?;
         Ok(meta)
     }
 

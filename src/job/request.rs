@@ -74,7 +74,10 @@ impl JobRequest {
         }
         // (a datasetId of the wrong type is named below, with what the id is)
         if let Some(v) = params.get("image").filter(|v| !v.is_string() && !v.is_null()) {
-            return Err(RequestError(format!("--parameters: `image` must be a string, not {}", super::json_type(v))));
+            return Err(RequestError(format!(
+                "--parameters: `image` must be a string, not {}",
+                super::json_type(v)
+            )));
         }
         // NimbusImage passes the dataset as a flag; older launchers put it in the parameters
         let dataset_id = match dataset_id {
@@ -298,14 +301,25 @@ mod tests {
     #[test]
     fn a_dataset_id_that_is_not_an_object_id_is_refused_naming_the_flag_or_field() {
         for bad in ["../user/me", &format!("{D1}?x=1"), "d1", ""] {
-            let e =
-                JobRequest::from_command_line(Request::Compute, Secret::new("t"), Some(bad.into()), None, auto())
-                    .unwrap_err();
+            let e = JobRequest::from_command_line(
+                Request::Compute,
+                Secret::new("t"),
+                Some(bad.into()),
+                None,
+                auto(),
+            )
+            .unwrap_err();
             assert!(e.0.starts_with("--datasetId: dataset id `"), "{e}");
             assert!(e.0.contains(bad) && e.0.contains("24 hexadecimal digits"), "{e}");
             let params = serde_json::json!({"datasetId": bad}).to_string();
-            let e = JobRequest::from_command_line(Request::Compute, Secret::new("t"), None, Some(&params), auto())
-                .unwrap_err();
+            let e = JobRequest::from_command_line(
+                Request::Compute,
+                Secret::new("t"),
+                None,
+                Some(&params),
+                auto(),
+            )
+            .unwrap_err();
             assert!(e.0.starts_with("--parameters' datasetId: dataset id `"), "{e}");
             let e = JobRequest::from_job(
                 &job(serde_json::json!({"datasetId": bad, "token": "t"})),

@@ -10,10 +10,10 @@ use super::family::{Family, Reporter, TrainJob, TrainResult};
 use super::fetch::Samples;
 use super::intake::Plan;
 use super::stages::Step;
-use std::time::Duration;
 use crate::control::Control;
 use crate::report::ScoredEpoch;
 use crate::train::TrainOutcome;
+use std::time::Duration;
 
 /// The trained network and how training went.
 pub struct Trained<F: Family> {

@@ -26,9 +26,7 @@ use crate::model::{open_any, registry, AnyModel, CpsamModel, ModelError, ModelFa
 use crate::predict_cpsam::Cp4Options;
 use crate::tool::Tool;
 use crate::train::cpsam::checkpoint::encode as encode_checkpoint;
-use crate::train::cpsam::{
-    prepare_cp4, train_seg_cpsam, Cp4DataError, Cp4PrepareOptions, CpsamTrainConfig,
-};
+use crate::train::cpsam::{prepare_cp4, train_seg_cpsam, Cp4DataError, Cp4PrepareOptions, CpsamTrainConfig};
 use crate::train::{
     Example, Optimizer, RawExample, Resume, TrainError, TrainHooks, TrainOutcome, TrainState,
 };
