@@ -9,7 +9,7 @@ mod qc;
 mod table;
 
 pub use files::{
-    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths,
+    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths, Scored,
     SegmentSettings,
 };
 pub use qc::QcScores;
@@ -268,8 +268,21 @@ pub(crate) fn score_examples(
     examples: &[Example],
     device: Device,
 ) -> Result<ApSummary, EvaluateError> {
+    score_examples_keeping(model, diam_mean, examples, device, 0).map(|(ap, _)| ap)
+}
+
+/// [`score_examples`], with the predicted masks of the first `keep` examples (the overlay
+/// picture's).
+pub(crate) fn score_examples_keeping(
+    model: &Model,
+    diam_mean: f64,
+    examples: &[Example],
+    device: Device,
+    keep: usize,
+) -> Result<(ApSummary, Vec<Array2<u32>>), EvaluateError> {
     let mut scores = Vec::with_capacity(examples.len());
-    for e in examples {
+    let mut kept = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
         let opts = PredictOptions {
             channels: Channels::All { nchan: e.image.dim().0 },
             normalize: Normalize { normalize: false, ..Default::default() },
@@ -278,6 +291,9 @@ pub(crate) fn score_examples(
         };
         let seg = segment_image(model, diam_mean, &e.image, &opts, &MaskOptions::default(), device)?;
         scores.push(score_masks(&e.name, &e.labels, &seg.masks)?);
+        if i < keep {
+            kept.push(seg.masks);
+        }
     }
-    Ok(ApSummary::from_images(scores))
+    Ok((ApSummary::from_images(scores), kept))
 }

@@ -140,14 +140,22 @@ pub struct Folder<'a> {
     pub look_one_level_down: bool,
 }
 
-/// Segments every image of `folder` and scores it against its mask. `on_image` sees each score
-/// as it is computed (progress). Image names are paths relative to the folder.
+/// One scored image of [`evaluate_folder`], as its caller sees it.
+pub struct Scored<'a> {
+    pub score: &'a ImageScore,
+    /// The image (raw intensities) and its ground truth.
+    pub example: &'a crate::train::RawExample,
+    pub masks: &'a ndarray::Array2<u32>,
+}
+
+/// Segments every image of `folder` and scores it against its mask. `on_image` sees each image
+/// as it is scored (progress, overlay pictures). Image names are paths relative to the folder.
 pub fn evaluate_folder(
     model: &AnyModel,
     folder: &Folder,
     settings: &SegmentSettings,
     device: Device,
-    on_image: &mut dyn FnMut(&ImageScore),
+    on_image: &mut dyn FnMut(Scored<'_>),
 ) -> Result<ApSummary, EvaluateError> {
     check_model(model, settings)?;
     let pairs = crate::train::discover(
@@ -168,7 +176,8 @@ pub fn evaluate_folder(
             AnyModel::Cpsam(_) => super::score_masks_cp4(&name, &raw.labels, &seg.masks),
         }
         .map_err(|e| e.in_file(&pair.image))?;
-        on_image(&score);
+        let raw = crate::train::RawExample { name: name.clone(), ..raw };
+        on_image(Scored { score: &score, example: &raw, masks: &seg.masks });
         scores.push(score);
     }
     Ok(ApSummary::from_images(scores))

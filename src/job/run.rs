@@ -5,7 +5,7 @@
 
 use super::context::{JobContext, JobOutcome};
 use super::error::JobError;
-use super::evaluate::{evaluate, Scores};
+use super::evaluate::{evaluate, overlay_rows, Scores};
 use super::events::Events;
 use super::family::{Cpnet, Cpsam, Family};
 use super::fetch::fetch;
@@ -53,6 +53,13 @@ async fn run_family<F: Family>(
     let (net, after) = evaluate(family, trained.net, &samples.validation, ctx.device, control).await?;
     let trained = super::train::Trained { net, ..trained };
     let sample = samples.validation.first().map(|e| e.image.clone());
-    let scores = Scores { n_validation: samples.validation.len(), before, after, sample };
+    let overlay = overlay_rows(&samples.validation, before.as_ref(), after.as_ref());
+    let scores = Scores {
+        n_validation: samples.validation.len(),
+        before: before.map(|s| s.ap),
+        after: after.map(|s| s.ap),
+        sample,
+        overlay,
+    };
     upload(family, ctx, &plan, trained, scores, events, control).await
 }

@@ -146,6 +146,11 @@ pub async fn upload<F: Family>(
         if let Some(zip) = package {
             files.push((format!("{}.bioimageio.zip", params.output_name), zip, "application/zip"));
         }
+        match overlay_png(&scores.overlay, &params.base_model, &params.output_name) {
+            Ok(Some(png)) => files.push(("overlay.png".into(), Bytes::from(png), "image/png")),
+            Ok(None) => {}
+            Err(e) => events.warning("The overlay picture could not be drawn.", e.to_string()),
+        }
         files
     }) {
         Ok(files) => {
@@ -189,6 +194,26 @@ pub async fn upload<F: Family>(
         kept_epoch: trained.kept_epoch,
         seconds: plan.started.elapsed().as_secs_f64(),
     })
+}
+
+/// The report's overlay picture: the first validation crops with the base model's outlines and
+/// the trained model's side by side (`None` without validation crops).
+fn overlay_png(
+    rows: &[super::evaluate::OverlayRow],
+    base: &str,
+    trained: &str,
+) -> Result<Option<Vec<u8>>, crate::report::plot::PlotError> {
+    use crate::report::overlay::{render_overlay, OverlayColumn, OverlayImage};
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let images: Vec<OverlayImage> =
+        rows.iter().map(|r| OverlayImage { name: &r.name, image: &r.image, truth: &r.truth }).collect();
+    let columns = [
+        OverlayColumn { label: format!("base: {base}"), masks: rows.iter().map(|r| &r.before).collect() },
+        OverlayColumn { label: format!("trained: {trained}"), masks: rows.iter().map(|r| &r.after).collect() },
+    ];
+    render_overlay(&images, &columns).map(Some)
 }
 
 /// Writes the trained model to `<work_dir>/<job>/<name>` before it is uploaded, so that a failed

@@ -4,6 +4,7 @@
 
 mod best;
 mod cellpose_log;
+pub mod overlay;
 pub mod plot;
 mod qc_csv;
 mod recorder;

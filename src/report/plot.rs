@@ -27,6 +27,13 @@ fn err<E: std::fmt::Display>(e: E) -> PlotError {
 
 static FONT: Once = Once::new();
 
+/// Registers the embedded DejaVu Sans as plotters' "sans-serif" (once per process).
+pub(crate) fn register_font() {
+    FONT.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
 /// A learning rate as a tick label: scientific, so Cellpose-SAM's 1e-5 and its halving tail
 /// read as well as CPnet's 0.01 (fixed decimals print every small tick as 0.0).
 fn lr_label(v: &f64) -> String {
@@ -43,9 +50,7 @@ fn epoch_label(x: &f64) -> String {
 
 /// Renders `data` as a 1500x450 PNG.
 pub(crate) fn render_png(data: &PlotData) -> Result<Vec<u8>, PlotError> {
-    FONT.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-    });
+    register_font();
     let (w, h) = (1500u32, 450u32);
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {

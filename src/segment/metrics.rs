@@ -145,6 +145,36 @@ pub struct CellposeAp {
     pub fn_: Vec<f32>,
 }
 
+/// One pair of the optimal matching: a true and a predicted label and their IoU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchedPair {
+    pub true_label: u32,
+    pub pred_label: u32,
+    pub iou: f64,
+}
+
+/// The true positives of [`average_precision`] at `threshold`: the pairs of the same optimal
+/// matching with IoU >= threshold (as many as its `tp`). Objects in no pair are its misses
+/// (true) and false positives (predicted): what a QC picture shows.
+pub fn matched_pairs(
+    masks_true: ArrayView2<u32>,
+    masks_pred: ArrayView2<u32>,
+    threshold: f64,
+) -> Result<Vec<MatchedPair>, MetricsError> {
+    let ov = Overlaps::new(masks_true, masks_pred)?;
+    let n_min = ov.true_labels.len().min(ov.pred_labels.len()) as f64;
+    Ok(ov
+        .matches(threshold, n_min)
+        .into_iter()
+        .filter(|m| m.iou >= threshold)
+        .map(|m| MatchedPair {
+            true_label: ov.true_labels[m.row],
+            pred_label: ov.pred_labels[m.col],
+            iou: m.iou,
+        })
+        .collect())
+}
+
 /// cellpose `metrics.average_precision(masks_true, masks_pred, threshold)` for one pair.
 pub fn average_precision_cellpose(
     masks_true: ArrayView2<u32>,
@@ -334,6 +364,20 @@ mod tests {
         assert_eq!((c[0].tp, c[0].fp, c[0].fn_), (2, 0, 0));
         assert_eq!((c[1].tp, c[1].fp, c[1].fn_), (0, 2, 2));
         assert_eq!(c[0].average_precision(), 1.0);
+    }
+
+    #[test]
+    fn matched_pairs_are_the_true_positives_of_average_precision() {
+        let mut t = Array2::<u32>::zeros((10, 20));
+        rect(&mut t, 7, (0, 10), (0, 10));
+        rect(&mut t, 9, (0, 10), (10, 20));
+        let mut p = Array2::<u32>::zeros((10, 20));
+        rect(&mut p, 3, (0, 10), (0, 9)); // IoU 0.9 with 7
+        rect(&mut p, 4, (0, 2), (12, 20)); // IoU 0.16 with 9: a false positive, 9 a miss
+        let pairs = matched_pairs(t.view(), p.view(), 0.5).expect("same shape");
+        assert_eq!(pairs, vec![MatchedPair { true_label: 7, pred_label: 3, iou: 0.9 }]);
+        let c = average_precision(t.view(), p.view(), &[0.5]).expect("same shape");
+        assert_eq!((c[0].tp, c[0].fp, c[0].fn_), (1, 1, 1));
     }
 
     #[test]

@@ -42,10 +42,15 @@ fn demo_runs_a_job_through_the_queue_and_hands_out_a_model_python_cellpose_loads
 
     let model = out.join("demo-model");
     let report = out.join("demo-model-report");
-    for f in ["report.png", "report.json", "metrics.jsonl"] {
+    for f in ["report.png", "report.json", "metrics.jsonl", "overlay.png"] {
         let p = report.join(f);
         assert!(p.metadata().map(|m| m.len() > 0).unwrap_or(false), "{} missing or empty", p.display());
     }
+    // the overlay: the demo's validation crop, base and trained model side by side
+    let overlay = image::open(report.join("overlay.png")).expect("overlay.png is a PNG").to_rgb8();
+    assert!(overlay.width() >= 2 * 256 && overlay.height() >= 256, "{:?}", overlay.dimensions());
+    let orange = overlay.pixels().filter(|p| p.0 == [230, 159, 0]).count();
+    assert!(orange > 50, "annotated outlines drawn: {orange} orange pixels");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["epochs"], serde_json::json!(3));

@@ -262,8 +262,14 @@ impl Family for Cpnet {
         checkpoint::encode(net, optim, state)
     }
 
-    fn score(&self, net: &Model, examples: &[Example], device: Device) -> Result<ApSummary, JobError> {
-        evaluate::score_examples(net, net.net.diam_mean(), examples, device)
+    fn score_keeping(
+        &self,
+        net: &Model,
+        examples: &[Example],
+        device: Device,
+        keep: usize,
+    ) -> Result<(ApSummary, Vec<ndarray::Array2<u32>>), JobError> {
+        evaluate::score_examples_keeping(net, net.net.diam_mean(), examples, device, keep)
             .map_err(|e| JobError::Scoring(e.to_string()))
     }
 

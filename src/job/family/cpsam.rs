@@ -351,22 +351,32 @@ impl Family for Cpsam {
         encode_checkpoint(net, optim, state)
     }
 
-    fn score(&self, net: &CpsamModel, examples: &[Example], device: Device) -> Result<ApSummary, JobError> {
+    fn score_keeping(
+        &self,
+        net: &CpsamModel,
+        examples: &[Example],
+        device: Device,
+        keep: usize,
+    ) -> Result<(ApSummary, Vec<ndarray::Array2<u32>>), JobError> {
         // the examples are normalised already; cpsam trains and so is scored at native scale
         let opts = Cp4Options {
             normalize: Normalize { normalize: false, ..Default::default() },
             ..Default::default()
         };
         let mut scores = Vec::with_capacity(examples.len());
-        for e in examples {
+        let mut kept = Vec::new();
+        for (i, e) in examples.iter().enumerate() {
             let seg = evaluate::segment_image_cp4(net, &e.image, &opts, &MaskOptions::default(), device)
                 .map_err(|err| JobError::Scoring(format!("{}: {err}", e.name)))?;
             scores.push(
                 evaluate::score_masks_cp4(&e.name, &e.labels, &seg.masks)
                     .map_err(|err| JobError::Scoring(format!("{}: {err}", e.name)))?,
             );
+            if i < keep {
+                kept.push(seg.masks);
+            }
         }
-        Ok(ApSummary::from_images(scores))
+        Ok((ApSummary::from_images(scores), kept))
     }
 
     fn to_file(&self, net: &CpsamModel) -> Result<Bytes, JobError> {

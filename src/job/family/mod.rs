@@ -276,8 +276,20 @@ pub trait Family: Facts + Clone + 'static {
     /// A resumable checkpoint of `net` and `optim` at `state` (see [`crate::train::checkpoint`]).
     fn checkpoint(&self, net: &Self::Net, optim: &Optimizer, state: &TrainState) -> std::io::Result<Vec<u8>>;
 
+    /// AP of `net` on the validation examples (blocking), with the predicted masks of the first
+    /// `keep` of them (the report's overlay picture).
+    fn score_keeping(
+        &self,
+        net: &Self::Net,
+        examples: &[Example],
+        device: Device,
+        keep: usize,
+    ) -> Result<(ApSummary, Vec<ndarray::Array2<u32>>), JobError>;
+
     /// AP of `net` on the validation examples (blocking).
-    fn score(&self, net: &Self::Net, examples: &[Example], device: Device) -> Result<ApSummary, JobError>;
+    fn score(&self, net: &Self::Net, examples: &[Example], device: Device) -> Result<ApSummary, JobError> {
+        self.score_keeping(net, examples, device, 0).map(|(ap, _)| ap)
+    }
 
     /// The model file, as the family's Python loads it.
     fn to_file(&self, net: &Self::Net) -> Result<Bytes, JobError>;
