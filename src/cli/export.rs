@@ -1,5 +1,5 @@
-//! `export --format bioimageio --model M --out DIR`: a model as a BioImage.IO package
-//! ([`crate::export::export_bioimageio`]).
+//! `export --format bioimageio --model M --out DIR`: a cellpose 3 (CPnet) or cellpose 4
+//! (Cellpose-SAM) model as a BioImage.IO package ([`crate::export::export_bioimageio`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ pub enum ExportFormat {
 pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "bioimageio")]
     pub format: ExportFormat,
-    /// Model to export: a file, a built-in name or a model in the models folder (cellpose 3).
+    /// Model to export: a file, a built-in name or a model in the models folder (either family).
     #[arg(long)]
     pub model: String,
     /// Folder the package is written to (created).
@@ -40,8 +40,9 @@ pub struct ExportArgs {
     /// The model this one was fine-tuned from (documented in the package).
     #[arg(long)]
     pub parent: Option<String>,
-    /// Image for the package's test tensors (at least the model's channels; cropped to 256x256).
-    /// Default: a synthetic image of cells.
+    /// Image for the package's test tensors: for a CPnet at least the model's channels, cropped
+    /// to 256x256; for Cellpose-SAM up to 3 channels (missing ones are zeros), cropped or padded
+    /// to one 256x256 tile. Default: a synthetic image of cells.
     #[arg(long)]
     pub sample: Option<PathBuf>,
     #[command(flatten)]
@@ -68,7 +69,8 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let summary = export::export_bioimageio(&resolved.path, &args.out, &opts)
         .with_context(|| format!("failed to export {}", resolved.path.display()))?;
     eprintln!(
-        ">>>> BioImage.IO package written to {} ({} files; test input {:?}, tolerance abs {:.1e} rel {:.0e})",
+        ">>>> BioImage.IO package of a {} written to {} ({} files; test input {:?}, tolerance abs {:.1e} rel {:.0e})",
+        summary.family.describe(),
         args.out.display(),
         summary.files.len(),
         summary.input_shape,

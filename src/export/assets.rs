@@ -1,25 +1,30 @@
-//! The non-YAML files of a BioImage.IO package: the architecture source (a thin subclass of
-//! cellpose 3.1.1.2's own `CPnet`), the conda environment pinning that cellpose, `.npy` tensors,
-//! the cover picture and the README.
+//! The non-YAML files of a BioImage.IO package: the architecture sources (thin subclasses of
+//! cellpose 3.1.1.2's own `CPnet` and cellpose 4.2.1.1's `CPSAM`), the conda environment pinning
+//! that cellpose, `.npy` tensors and the cover picture.
 
 use ndarray::{ArrayD, ArrayView3};
 
-/// cellpose release the architecture source is written against (`cellpose.resnet_torch.CPnet`).
-pub(crate) const CELLPOSE_VERSION: &str = "3.1.1.2";
+/// cellpose release the CPnet architecture source is written against (`cellpose.resnet_torch.CPnet`).
+pub(crate) const CELLPOSE3_VERSION: &str = "3.1.1.2";
+/// cellpose release the Cellpose-SAM architecture source is written against (`cellpose.vit.CPSAM`).
+pub(crate) const CELLPOSE4_VERSION: &str = "4.2.1.1";
 /// torch release whose libtorch this project links (the weights file is its `torch.save` format).
 pub(crate) const PYTORCH_VERSION: &str = "2.11.0";
 
-/// File name and class of the architecture source.
-pub(crate) const ARCHITECTURE_FILE: &str = "cellpose_cpnet.py";
-pub(crate) const ARCHITECTURE_CALLABLE: &str = "CellposeFlows";
+/// File name and class of the CPnet architecture source.
+pub(crate) const CPNET_ARCHITECTURE_FILE: &str = "cellpose_cpnet.py";
+pub(crate) const CPNET_ARCHITECTURE_CALLABLE: &str = "CellposeFlows";
+/// File name and class of the Cellpose-SAM architecture source.
+pub(crate) const CPSAM_ARCHITECTURE_FILE: &str = "cellpose_sam.py";
+pub(crate) const CPSAM_ARCHITECTURE_CALLABLE: &str = "CellposeSAMFlows";
 
 /// `cellpose_cpnet.py`: cellpose's `CPnet` unchanged except that `forward` returns only the flow
 /// maps (BioImage.IO's pytorch_state_dict runner maps each returned tensor to a declared output;
 /// CPnet also returns its style vector and every downsampled map). Subclassing keeps the
 /// state_dict keys, so the weights file is the one cellpose loads.
-pub(crate) fn architecture_source() -> String {
+pub(crate) fn cpnet_architecture_source() -> String {
     format!(
-        r#""""Network of this BioImage.IO package: cellpose {CELLPOSE_VERSION}'s CPnet (cellpose.resnet_torch).
+        r#""""Network of this BioImage.IO package: cellpose {CELLPOSE3_VERSION}'s CPnet (cellpose.resnet_torch).
 
 Written by cellpose-train-worker's `export --format bioimageio`. The weights file is a plain
 `torch.save` state_dict that `cellpose.models.CellposeModel(pretrained_model=...)` also loads.
@@ -27,7 +32,7 @@ Written by cellpose-train-worker's `export --format bioimageio`. The weights fil
 from cellpose.resnet_torch import CPnet
 
 
-class {ARCHITECTURE_CALLABLE}(CPnet):
+class {CPNET_ARCHITECTURE_CALLABLE}(CPnet):
     """CPnet returning only its first output: [batch, 3, y, x] = dY, dX, cell probability (logit)."""
 
     def forward(self, x):
@@ -36,11 +41,19 @@ class {ARCHITECTURE_CALLABLE}(CPnet):
     )
 }
 
-/// `environment.yaml`: a conda environment with the cellpose and torch the package was made for.
-pub(crate) fn environment_yaml() -> String {
+/// `cellpose_sam.py`: cellpose 4's `CPSAM` built at the size its kwargs give (`CPSAM()` itself
+/// always builds SAM's ViT-L), with `forward` returning only the flow maps. The module and
+/// parameter names are CPSAM's, so the weights file is the one cellpose 4 loads.
+pub(crate) fn cpsam_architecture_source() -> String {
+    include_str!("cellpose_sam.py").replace("{CELLPOSE_VERSION}", CELLPOSE4_VERSION)
+}
+
+/// `environment.yaml`: a conda environment with the cellpose and torch the package was made for
+/// (cellpose 4 brings segment-anything).
+pub(crate) fn environment_yaml(cellpose_version: &str) -> String {
     format!(
-        "name: cellpose-{CELLPOSE_VERSION}\nchannels:\n  - conda-forge\n  - nodefaults\ndependencies:\n  \
-         - python=3.11\n  - pip\n  - pip:\n      - cellpose=={CELLPOSE_VERSION}\n      - torch=={PYTORCH_VERSION}\n"
+        "name: cellpose-{cellpose_version}\nchannels:\n  - conda-forge\n  - nodefaults\ndependencies:\n  \
+         - python=3.11\n  - pip\n  - pip:\n      - cellpose=={cellpose_version}\n      - torch=={PYTORCH_VERSION}\n"
     )
 }
 

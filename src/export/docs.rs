@@ -1,10 +1,12 @@
-//! The package's documentation: README.md with the network, how to get masks, the training
+//! The package's documentation: README.md with the network and how to get masks (each family's
+//! text, see `Network::readme_network`), the training
 //! parameters and validation scores when the training run's `<model>.metrics.jsonl` lies beside
 //! the model, and the same facts as `config.cellpose` for programs.
 
 use std::path::Path;
 
 use super::rdf::Cite;
+use crate::model::ModelFamily;
 use crate::report::{MetricsLine, RunRecorder, Stage};
 
 /// What a training run's metrics history tells about the model.
@@ -51,9 +53,10 @@ pub(crate) fn clean_name(s: &str) -> String {
     }
 }
 
-/// The cellpose papers (Stringer et al. 2021; Pachitariu & Stringer 2022).
-pub(crate) fn citations() -> Vec<Cite> {
-    vec![
+/// The cellpose papers (Stringer et al. 2021; Pachitariu & Stringer 2022), and for Cellpose-SAM
+/// its own (Pachitariu, Rariden & Stringer 2025, as cellpose 4's README asks).
+pub(crate) fn citations(family: ModelFamily) -> Vec<Cite> {
+    let mut cites = vec![
         Cite {
             text: "Stringer, C., Wang, T., Michaelos, M. & Pachitariu, M. Cellpose: a generalist algorithm for cellular segmentation. Nature Methods 18, 100-106 (2021).".into(),
             doi: "10.1038/s41592-020-01018-x".into(),
@@ -62,16 +65,22 @@ pub(crate) fn citations() -> Vec<Cite> {
             text: "Pachitariu, M. & Stringer, C. Cellpose 2.0: how to train your own model. Nature Methods 19, 1634-1641 (2022).".into(),
             doi: "10.1038/s41592-022-01663-4".into(),
         },
-    ]
+    ];
+    if family == ModelFamily::Cpsam {
+        cites.push(Cite {
+            text: "Pachitariu, M., Rariden, M. & Stringer, C. Cellpose-SAM: superhuman generalization for cellular segmentation. bioRxiv (2025).".into(),
+            doi: "10.1101/2025.04.28.651001".into(),
+        });
+    }
+    cites
 }
 
 pub struct DocInput<'a> {
     pub name: &'a str,
     pub file: &'a str,
-    pub nbase: &'a [i64],
-    pub nout: i64,
-    pub diam_mean: f64,
-    pub diam_labels: f64,
+    pub cellpose_version: &'a str,
+    /// The `## Network` and `## Masks` sections (the family's).
+    pub network: &'a str,
     pub parent: Option<&'a str>,
     pub record: Option<&'a TrainingRecord>,
 }
@@ -95,23 +104,8 @@ fn scores_table(line: &MetricsLine) -> String {
 /// README.md of the package.
 pub fn readme(d: &DocInput) -> String {
     let mut out = format!(
-        "# {}\n\nA Cellpose {} model (`{}`), packaged by cellpose-train-worker.\n\n\
-         ## Network\n\ncellpose's CPnet (`cellpose.resnet_torch.CPnet`), nbase {:?}, {} outputs; \
-         diam_mean {:.1}, diam_labels {:.2} (mean object diameter of the training labels).\n\n\
-         Input `raw` `[batch, channel, y, x]`: the model's channels, each normalised per image as \
-         cellpose `normalize99` (1st and 99th percentile to 0 and 1). Output `flows` \
-         `[batch, 3, y, x]`: dY, dX and the cell-probability logit.\n\n\
-         ## Masks\n\nThe package holds the network only. For masks, load `weights.pt` with cellpose {} \
-         (`cellpose.models.CellposeModel(pretrained_model=\"weights.pt\")`, `eval(img, diameter=...)`), \
-         which also rescales images to diam_mean, tiles them and runs the flow dynamics.\n",
-        d.name,
-        super::assets::CELLPOSE_VERSION,
-        d.file,
-        d.nbase,
-        d.nout,
-        d.diam_mean,
-        d.diam_labels,
-        super::assets::CELLPOSE_VERSION
+        "# {}\n\nA Cellpose {} model (`{}`), packaged by cellpose-train-worker.\n\n{}",
+        d.name, d.cellpose_version, d.file, d.network
     );
     out.push_str("\n## Training\n\n");
     if let Some(p) = d.parent {
@@ -151,19 +145,20 @@ pub fn readme(d: &DocInput) -> String {
     }
     out.push_str(
         "The package's own check (`bioimageio test`) recomputes `test_output.npy` from \
-         `test_input.npy` with cellpose's CPnet.\n",
+         `test_input.npy` with cellpose's own network class (the architecture file subclasses it).\n",
     );
     out
 }
 
 /// `config.cellpose`: diameters, parent, training summary and validation scores.
 pub(crate) fn config_json(
+    cellpose_version: &str,
     diam: (f64, f64),
     parent: Option<&str>,
     record: Option<&TrainingRecord>,
 ) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "cellpose_version": super::assets::CELLPOSE_VERSION,
+        "cellpose_version": cellpose_version,
         "diam_mean": diam.0,
         "diam_labels": diam.1,
     });
@@ -205,10 +200,8 @@ mod tests {
         let text = readme(&DocInput {
             name: "Cellpose m",
             file: "m",
-            nbase: &[2, 8, 16],
-            nout: 3,
-            diam_mean: 30.0,
-            diam_labels: 18.5,
+            cellpose_version: "3.1.1.2",
+            network: "## Network\n\nCPnet.\n",
             parent: Some("cyto3"),
             record: Some(&record),
         });
@@ -216,6 +209,9 @@ mod tests {
             text.contains("Fine-tuned from `cyto3`") && text.contains("epoch 4 (best validation AP@0.5)")
         );
         assert!(text.contains("## Validation") && text.contains("| 0.5 | 0.750 | 0.800 | 0.700 |"), "{text}");
+        assert!(text.contains("A Cellpose 3.1.1.2 model (`m`)") && text.contains("## Network\n\nCPnet."));
         assert_eq!(clean_name("a/b:c.pt"), "a b c pt");
+        assert_eq!(citations(ModelFamily::Cpnet).len(), 2);
+        assert!(citations(ModelFamily::Cpsam).iter().any(|c| c.doi == "10.1101/2025.04.28.651001"));
     }
 }

@@ -58,10 +58,12 @@ pub enum Axis {
     Space { id: &'static str, size: Size },
 }
 
-/// An axis size: a parameterized `min + n * step` (inputs) or that of an input axis (outputs).
+/// An axis size: fixed (a Cellpose-SAM tile), a parameterized `min + n * step` (CPnet inputs)
+/// or that of an input axis (outputs).
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Size {
+    Fixed(i64),
     Parameterized { min: i64, step: i64 },
     Reference { tensor_id: &'static str, axis_id: &'static str },
 }

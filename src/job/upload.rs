@@ -53,7 +53,6 @@ use super::store;
 use super::train::Trained;
 use crate::config::Settings;
 use crate::control::Control;
-use crate::model::ModelFamily;
 
 pub async fn upload<F: Family>(
     family: &F,
@@ -119,12 +118,21 @@ pub async fn upload<F: Family>(
         kept_epoch: trained.kept_epoch,
         scored_epochs: trained.scored.clone(),
     };
-    // with a validation region, the CPnet model also as a BioImage.IO package (best effort)
-    let package = if family.kind() == ModelFamily::Cpnet && n_validation > 0 {
+    let report_files = report.files();
+    // with a validation region, the model also as a BioImage.IO package (best effort), its
+    // README told the training and the scores by the report's metrics.jsonl
+    let package = if n_validation > 0 {
         let (name, base, user) = (params.output_name.clone(), params.base_model.clone(), plan.user.clone());
-        let sample = scores.sample.clone();
+        let (sample, kind) = (scores.sample.clone(), family.kind());
+        let metrics = report_files
+            .as_ref()
+            .ok()
+            .and_then(|files| files.iter().find(|f| f.0 == "metrics.jsonl"))
+            .map(|f| f.1.clone());
         let made = crate::telemetry::spawn_blocking_in_span("packaging the model", move || {
-            super::package::bioimageio_zip(&model_file, &name, &base, &user, sample)
+            let model =
+                super::package::ModelToPackage { family: kind, file: &model_file, name: &name, metrics };
+            super::package::bioimageio_zip(&model, &base, &user, sample)
         });
         match control.race(made).await {
             Ok(Ok(Ok(zip))) => Some(zip),
@@ -142,7 +150,7 @@ pub async fn upload<F: Family>(
         None
     };
     // the model is stored: a report that fails is a warning, and a stop now skips only it
-    let report_item = match report.files().map(|mut files| {
+    let report_item = match report_files.map(|mut files| {
         if let Some(zip) = package {
             files.push((format!("{}.bioimageio.zip", params.output_name), zip, "application/zip"));
         }

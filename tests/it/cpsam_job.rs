@@ -239,7 +239,9 @@ async fn cpsam_compute_uploads_a_model_cellpose4_loads_with_a_lower_loss() {
     assert!(f.folder("models").await.iter().all(|i| i.1 != "sam-out"), "uploaded to .cellpose too");
     let dir = tempdir();
     let trained = dir.path().join("sam-out.pth");
-    std::fs::write(&trained, f.world.user.files().download(&files[0].0).await.unwrap()).unwrap();
+    let model_bytes = f.world.user.files().download(&files[0].0).await.unwrap();
+    std::fs::write(&trained, &model_bytes).unwrap();
+    check_package(&f, &model_bytes, dir.path()).await;
     let base = fixture_file("cpsam/tiny.pth");
     let (before, after) = cellpose4_checks(
         &f.world.user,
@@ -251,6 +253,36 @@ async fn cpsam_compute_uploads_a_model_cellpose4_loads_with_a_lower_loss() {
     )
     .await;
     assert!(after < 0.9 * before, "the job did not lower cellpose 4's loss: {before} -> {after}");
+}
+
+/// The report item beside a Cellpose-SAM job's model (it had a validation region) holds the
+/// model as a BioImage.IO package: its weights are the uploaded file, it describes cellpose 4's
+/// network, its README has the training and the scores, and `bioimageio test` passes on it (when .venv-bioimageio is there).
+async fn check_package(f: &Fixture, model: &[u8], dir: &std::path::Path) {
+    let user = &f.world.user;
+    let folder = store::family_folder(user, &f.world.user_id, ROOT, &["reports"]).await.unwrap();
+    let reports = user.items().list(&folder.id).await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let files = user.items().files(&reports[0].id).await.unwrap();
+    let zip = files.iter().find(|f| f.name == "sam-out.bioimageio.zip").unwrap_or_else(|| {
+        panic!(
+            "no BioImage.IO package in the report: {:?}",
+            files.iter().map(|f| &f.name).collect::<Vec<_>>()
+        )
+    });
+    let zip = user.files().download(&zip.id).await.unwrap();
+    let pkg = dir.join("package");
+    zip::ZipArchive::new(std::io::Cursor::new(zip.to_vec())).unwrap().extract(&pkg).unwrap();
+    assert!(std::fs::read(pkg.join("weights.pt")).unwrap() == model, "weights.pt is not the uploaded model");
+    let rdf = std::fs::read_to_string(pkg.join("rdf.yaml")).unwrap();
+    assert!(rdf.contains("cellpose_sam.py") && rdf.contains("cellpose_version: 4.2.1.1"), "{rdf}");
+    // the README tells the training and the validation scores (from the report's metrics.jsonl)
+    let readme = std::fs::read_to_string(pkg.join("README.md")).unwrap();
+    assert!(
+        readme.contains("- epochs: 6") && readme.contains("Scores of this model on the test set"),
+        "{readme}"
+    );
+    crate::export::check_package_if_possible(&pkg, dir);
 }
 
 /// What the issue asks of a trained Cellpose-SAM file: cellpose 4.2.1.1 loads it (same keys and
