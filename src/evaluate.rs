@@ -9,8 +9,8 @@ mod qc;
 mod table;
 
 pub use files::{
-    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths, Scored,
-    SegmentSettings,
+    evaluate_folder, flow_pages, output_paths, segment_any, segment_file, write_outputs, Folder, OutputPaths,
+    Scored, SegmentSettings,
 };
 pub use qc::QcScores;
 pub use table::{summary_json, summary_table};

@@ -62,6 +62,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "Model file:      {} (loads in Python cellpose: CellposeModel(pretrained_model=...))",
         result.model_path.display()
     );
-    println!("Report:          {}/report.png, overlay.png, report.json, metrics.jsonl", result.report_dir.display());
+    println!(
+        "Report:          {}/report.png, overlay.png, report.json, metrics.jsonl",
+        result.report_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

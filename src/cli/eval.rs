@@ -39,10 +39,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         look_one_level_down: args.folder.look_one_level_down,
     };
     if let Some(dir) = &args.overlay {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the overlay folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the overlay folder {}", dir.display()))?;
     }
     let model = loaded.source().path.display().to_string();
-    let label = loaded.source().path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let label =
+        loaded.source().path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut failed: Option<anyhow::Error> = None;
     let summary = evaluate::evaluate_folder(&loaded, &folder, &settings, device, &mut |s| {
         let score = s.score;

@@ -45,7 +45,11 @@ pub struct Scored {
 pub const OVERLAY_IMAGES: usize = crate::report::overlay::MAX_IMAGES;
 
 /// The overlay rows of the first validation crops (none unless both models were scored).
-pub fn overlay_rows(validation: &[Example], before: Option<&Scored>, after: Option<&Scored>) -> Vec<OverlayRow> {
+pub fn overlay_rows(
+    validation: &[Example],
+    before: Option<&Scored>,
+    after: Option<&Scored>,
+) -> Vec<OverlayRow> {
     let (Some(before), Some(after)) = (before, after) else { return Vec::new() };
     validation
         .iter()

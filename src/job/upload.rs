@@ -219,7 +219,10 @@ fn overlay_png(
         rows.iter().map(|r| OverlayImage { name: &r.name, image: &r.image, truth: &r.truth }).collect();
     let columns = [
         OverlayColumn { label: format!("base: {base}"), masks: rows.iter().map(|r| &r.before).collect() },
-        OverlayColumn { label: format!("trained: {trained}"), masks: rows.iter().map(|r| &r.after).collect() },
+        OverlayColumn {
+            label: format!("trained: {trained}"),
+            masks: rows.iter().map(|r| &r.after).collect(),
+        },
     ];
     render_overlay(&images, &columns).map(Some)
 }

@@ -5,8 +5,9 @@
 //! went wrong is visible at a glance, as in ZeroCostDL4Mic's and BIOP's QC pictures.
 //!
 //! Colours are from the Okabe-Ito palette (safe for the common colour-vision deficiencies):
-//! annotated = orange, predicted = sky blue; a predicted outline is drawn over an annotated one
-//! where both fall on the same pixel. The image is its first channel, contrast-stretched between
+//! annotated = orange, drawn on the ring just outside each annotated cell, predicted = sky blue,
+//! on each predicted cell's own edge pixels: a prediction that matches its annotation exactly
+//! shows both lines side by side (where the two still fall on one pixel, blue is drawn). The image is its first channel, contrast-stretched between
 //! its 1st and 99th percentiles. Images with a side over [`MAX_SIDE`] pixels are shown
 //! downsampled (the scores are computed at full size); small crops are enlarged to [`MIN_SIDE`].
 
@@ -123,12 +124,27 @@ pub fn outline(labels: &Array2<u32>) -> Array2<bool> {
     })
 }
 
+/// The ring just outside each labelled object: a pixel with a 4-neighbour of another, non-zero
+/// label. The annotated outlines are drawn here and the predicted ones on [`outline`] (just
+/// inside), so a prediction that matches its annotation to the pixel shows both lines side by
+/// side instead of hiding the annotation under it.
+pub fn outer_outline(labels: &Array2<u32>) -> Array2<bool> {
+    let (h, w) = labels.dim();
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        let l = labels[[y, x]];
+        [(y.wrapping_sub(1), x), (y + 1, x), (y, x.wrapping_sub(1)), (y, x + 1)]
+            .iter()
+            .any(|&(ny, nx)| ny < h && nx < w && labels[[ny, nx]] != 0 && labels[[ny, nx]] != l)
+    })
+}
+
 /// Channel 0 of `image` as grey levels, stretched between its 1st and 99th percentiles.
 fn grey(image: &Array3<f32>) -> Array2<u8> {
     let c0 = image.index_axis(ndarray::Axis(0), 0);
     let mut v: Vec<f32> = c0.iter().copied().filter(|v| v.is_finite()).collect();
     v.sort_unstable_by(f32::total_cmp);
-    let at = |q: f64| v.get(((v.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    let at =
+        |q: f64| v.get(((v.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(0.0);
     let (lo, hi) = (at(0.01), at(0.99));
     let span = if hi > lo { hi - lo } else { 1.0 };
     c0.mapv(|p| (((p - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8)
@@ -160,17 +176,28 @@ pub fn render_overlay(images: &[OverlayImage], columns: &[OverlayColumn]) -> Res
     }
     for c in columns {
         if c.masks.len() != images.len() {
-            return Err(PlotError(format!("{}: {} masks for {} images", c.label, c.masks.len(), images.len())));
+            return Err(PlotError(format!(
+                "{}: {} masks for {} images",
+                c.label,
+                c.masks.len(),
+                images.len()
+            )));
         }
         for (m, i) in c.masks.iter().zip(images) {
             let (h, w) = i.truth.dim();
             if m.dim() != (h, w) || i.image.dim().1 != h || i.image.dim().2 != w {
-                return Err(PlotError(format!("{}: {} masks {:?} for an image of {h}x{w}", c.label, i.name, m.dim())));
+                return Err(PlotError(format!(
+                    "{}: {} masks {:?} for an image of {h}x{w}",
+                    c.label,
+                    i.name,
+                    m.dim()
+                )));
             }
         }
     }
     register_font();
-    let sizes: Vec<(usize, usize)> = images.iter().map(|i| shown_size(i.truth.nrows(), i.truth.ncols())).collect();
+    let sizes: Vec<(usize, usize)> =
+        images.iter().map(|i| shown_size(i.truth.nrows(), i.truth.ncols())).collect();
     let cell_w = sizes.iter().map(|s| s.1).max().unwrap_or(0) as u32 + MARGIN;
     let width = (MARGIN + columns.len() as u32 * cell_w).max(640);
     let (_, last_y) = cell_origin(&sizes, images.len() - 1, 0);
@@ -182,7 +209,7 @@ pub fn render_overlay(images: &[OverlayImage], columns: &[OverlayColumn]) -> Res
         let shown = sizes[row];
         let base = resample(&grey(img.image), shown);
         let truth = resample(img.truth, shown);
-        let truth_line = outline(&truth);
+        let truth_line = outer_outline(&truth);
         for (col, column) in columns.iter().enumerate() {
             let counts = match_at_half(img.truth, column.masks[row])?;
             let pred = resample(column.masks[row], shown);
@@ -232,22 +259,29 @@ pub fn render_overlay(images: &[OverlayImage], columns: &[OverlayColumn]) -> Res
         let header = [
             "outlines: orange = annotated, blue = predicted",
             "filled: annotated cell missed (orange), predicted cell that matches none (blue), at IoU 0.5",
-            if downsampled { "large images are shown downsampled; scores are computed at full size" } else { "" },
+            if downsampled {
+                "large images are shown downsampled; scores are computed at full size"
+            } else {
+                ""
+            },
         ];
         for (k, line) in header.iter().enumerate() {
             root.draw_text(line, &small.clone().into_text_style(&root), (MARGIN as i32, 6 + 18 * k as i32))
                 .map_err(|e| PlotError(e.to_string()))?;
         }
         for ((x, y), label, line) in &captions {
-            root.draw_text(label, &style.clone().into_text_style(&root), (*x, *y)).map_err(|e| PlotError(e.to_string()))?;
+            root.draw_text(label, &style.clone().into_text_style(&root), (*x, *y))
+                .map_err(|e| PlotError(e.to_string()))?;
             root.draw_text(line, &small.clone().into_text_style(&root), (*x, *y + 19))
                 .map_err(|e| PlotError(e.to_string()))?;
         }
         root.present().map_err(|e| PlotError(e.to_string()))?;
     }
-    let img = image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| PlotError("bad buffer size".into()))?;
+    let img =
+        image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| PlotError("bad buffer size".into()))?;
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| PlotError(e.to_string()))?;
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| PlotError(e.to_string()))?;
     Ok(png)
 }
 
@@ -288,17 +322,28 @@ mod tests {
             .expect("rendered");
         let img = image::load_from_memory(&png).expect("a PNG").to_rgb8();
         let (ox, oy) = cell_origin(&[(256, 256)], 0, 0);
-        let (t_line, p_line) = (outline(&truth), outline(&pred));
+        let (t_line, p_line) = (outer_outline(&truth), outline(&pred));
         let (mut n_truth, mut n_pred) = (0, 0);
         for ((y, x), _) in truth.indexed_iter() {
             let px = img.get_pixel(ox + x as u32, oy + y as u32).0;
-            // every orange pixel is on an annotated boundary, every blue one on a predicted one
+            // every orange pixel is on an annotated boundary (the ring just outside a cell), every
+            // blue one on a predicted one (the cell's own edge pixels)
+            // (checked on the masks themselves, not only through the functions that drew them)
+            let across = |m: &Array2<u32>| {
+                [(y.wrapping_sub(1), x), (y + 1, x), (y, x.wrapping_sub(1)), (y, x + 1)]
+                    .iter()
+                    .filter(|&&(ny, nx)| ny < 256 && nx < 256 && m[[ny, nx]] != m[[y, x]])
+                    .map(|&(ny, nx)| m[[ny, nx]])
+                    .collect::<Vec<u32>>()
+            };
             if px == TRUTH {
                 assert!(t_line[[y, x]] && !p_line[[y, x]], "orange off the annotated boundary at {y},{x}");
+                assert!(across(&truth).iter().any(|&l| l != 0), "orange at {y},{x} borders no annotated cell");
                 n_truth += 1;
             }
             if px == PREDICTED {
                 assert!(p_line[[y, x]], "blue off the predicted boundary at {y},{x}");
+                assert!(pred[[y, x]] != 0 && !across(&pred).is_empty(), "blue at {y},{x} is no cell's edge");
                 n_pred += 1;
             }
             // and every boundary pixel is drawn (the predicted one on top)
@@ -355,7 +400,8 @@ mod tests {
         assert_eq!(shown_size(300, 200), (300, 200));
         let m = Array2::from_shape_fn((4, 4), |(y, x)| (y * 4 + x) as u32);
         assert_eq!(resample(&m, (8, 8))[[7, 7]], 15);
-        assert_eq!(resample(&m, (2, 2)), ndarray::array![[0, 2], [8, 10]]);
+        // a shown pixel takes the source pixel under its centre: (0.5, 0.5) * 2 = (1, 1)
+        assert_eq!(resample(&m, (2, 2)), ndarray::array![[5, 7], [13, 15]]);
     }
 
     #[test]
@@ -363,7 +409,8 @@ mod tests {
         let (image, truth, _) = scene();
         let small = Array2::<u32>::zeros((10, 10));
         let images = [OverlayImage { name: "r1", image: &image, truth: &truth }];
-        let e = render_overlay(&images, &[OverlayColumn { label: "base".into(), masks: vec![&small] }]).unwrap_err();
+        let e = render_overlay(&images, &[OverlayColumn { label: "base".into(), masks: vec![&small] }])
+            .unwrap_err();
         assert!(e.0.contains("base") && e.0.contains("r1"), "{e}");
     }
 }

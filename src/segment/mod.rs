@@ -17,6 +17,6 @@ pub use masks::{
     SegmentError,
 };
 pub use metrics::{
-    aggregated_jaccard_index, average_precision, average_precision_cellpose, mask_ious, matched_pairs, sum_counts,
-    CellposeAp, MatchCounts, MatchedPair, MetricsError, DEFAULT_THRESHOLDS,
+    aggregated_jaccard_index, average_precision, average_precision_cellpose, mask_ious, matched_pairs,
+    sum_counts, CellposeAp, MatchCounts, MatchedPair, MetricsError, DEFAULT_THRESHOLDS,
 };

@@ -232,6 +232,40 @@ fn eval_json_is_the_mean_of_per_image_ap_recomputable_from_segment_masks() {
     assert!(lines[0].contains("AP@0.5") && lines[0].contains("AP@0.9"), "{table}");
     assert!(lines[1].starts_with("img_000.tif") && lines[3].starts_with("mean (2 images)"), "{table}");
     assert!(lines[3].contains(&format!("{:.3}", v["ap"]["0.5"].as_f64().unwrap())), "{table}");
+
+    // --overlay: a picture per image, annotated (orange) and predicted (sky blue) outlines
+    let pictures = tempdir();
+    let overlay_dir = pictures.path().join("overlays");
+    run_ok(
+        bin()
+            .arg("eval")
+            .args(SEG_FLAGS)
+            .arg("cpu")
+            .arg("--model")
+            .arg(&m.model)
+            .arg("--dir")
+            .arg(&test)
+            .arg("--overlay")
+            .arg(&overlay_dir),
+    );
+    for p in per_image {
+        let base = p["name"].as_str().unwrap().trim_end_matches(".tif");
+        let path = overlay_dir.join(format!("{base}_overlay.png"));
+        let png = image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+        let truth = read_labels(&test.join(format!("{base}_masks.tif"))).unwrap();
+        let (h, w) = truth.dim();
+        assert!(
+            png.width() as usize >= w && png.height() as usize >= h,
+            "{:?} for {w}x{h}",
+            png.dimensions()
+        );
+        let count = |rgb: [u8; 3]| png.pixels().filter(|px| px.0 == rgb).count();
+        let (orange, blue) = (count([230, 159, 0]), count([86, 180, 233]));
+        // every predicted cell has an outline (a few pixels per cell at least), drawn over the
+        // annotated ones where both fall on a pixel; the annotated outlines show beside them
+        assert!(blue >= 4 * p["n_pred"].as_u64().unwrap() as usize, "{base}: {blue} blue pixels");
+        assert!(orange > 0, "{base}: no annotated outline drawn");
+    }
 }
 
 /// Reads the TensorBoard file with TensorBoard's own reader and prints `tag count steps`.
