@@ -338,7 +338,10 @@ mod tests {
             };
             if px == TRUTH {
                 assert!(t_line[[y, x]] && !p_line[[y, x]], "orange off the annotated boundary at {y},{x}");
-                assert!(across(&truth).iter().any(|&l| l != 0), "orange at {y},{x} borders no annotated cell");
+                assert!(
+                    across(&truth).iter().any(|&l| l != 0),
+                    "orange at {y},{x} borders no annotated cell"
+                );
                 n_truth += 1;
             }
             if px == PREDICTED {
