@@ -348,8 +348,16 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
     assert!(reports[0].1.starts_with("job-model report "), "{}", reports[0].1);
     let mut names: Vec<&str> = reports[0].2.iter().map(|f| f.1.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["job-model.bioimageio.zip", "metrics.jsonl", "qc.csv", "report.json", "report.png"]);
+    assert_eq!(
+        names,
+        ["job-model.bioimageio.zip", "metrics.jsonl", "overlay.png", "qc.csv", "report.json", "report.png"]
+    );
     let file = |n: &str| reports[0].2.iter().find(|f| f.1 == n).unwrap().0.clone();
+    // the overlay: base and trained model side by side, the annotated outlines drawn in both
+    let overlay = f.world.user.files().download(&file("overlay.png")).await.unwrap();
+    let overlay = image::load_from_memory(&overlay).expect("overlay.png is a PNG").to_rgb8();
+    let orange = overlay.pixels().filter(|p| p.0 == [230, 159, 0]).count();
+    assert!(overlay.width() >= 2 * 256 && orange > 50, "{:?}, {orange} orange pixels", overlay.dimensions());
     // the BioImage.IO package: its weights are the uploaded model file itself
     let zip = f.world.user.files().download(&file("job-model.bioimageio.zip")).await.unwrap();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip.to_vec())).unwrap();

@@ -110,7 +110,10 @@ async fn oneshot_compute_on_a_real_girder_uploads_a_model_cellpose_loads_and_rep
     assert_eq!(items(&world, "models").await, [("real-model".to_string(), 1), ("tiny-base".to_string(), 1)]);
     let reports = items(&world, "reports").await;
     assert_eq!(reports.len(), 1, "{reports:?}");
-    assert_eq!(reports[0].1, 5, "metrics.jsonl, qc.csv, report.json, report.png, the package: {reports:?}");
+    assert_eq!(
+        reports[0].1, 6,
+        "metrics.jsonl, qc.csv, report.json, report.png, overlay.png, the package: {reports:?}"
+    );
     let model = model_item(&world, "real-model").await;
     let bytes = world.user.items().download(&model.id).await.unwrap();
     let path = dir.path().join("real-model");

@@ -117,6 +117,9 @@ pub(super) fn start_worker_with(
         .env("CPW_TRAINING__MIN_EPOCHS", "1")
         .env("CPW_TRAINING__CHECKPOINT_EVERY", "2")
         .env("CPW_TRAINING__CPSAM_CHECKPOINT_EVERY", "2")
+        // every epoch's progress in Girder: the tests cancel and kill at progress points while
+        // training runs, and these epochs take milliseconds (the default reports once a second)
+        .env("CPW_TRAINING__PROGRESS_INTERVAL_S", "0")
         .env("CPW_SERVER__LISTEN", "127.0.0.1:0")
         .env("CPW_LOG__FORMAT", "json")
         .env("OMP_NUM_THREADS", "1")
