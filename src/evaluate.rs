@@ -259,21 +259,11 @@ pub fn score_masks_cp4(
 }
 
 /// Segments prepared examples (already channel-converted and normalised) with `model` at each
-/// example's annotated median diameter, and scores them against their labels. Used for
+/// example's annotated median diameter, and scores them against their labels; returns the
+/// predicted masks of the first `keep` examples too (the overlay picture's). Used for
 /// validation before and after training: both models see the same images at the same scale, so
 /// the comparison is about segmentation, not size estimation.
 pub(crate) fn score_examples(
-    model: &Model,
-    diam_mean: f64,
-    examples: &[Example],
-    device: Device,
-) -> Result<ApSummary, EvaluateError> {
-    score_examples_keeping(model, diam_mean, examples, device, 0).map(|(ap, _)| ap)
-}
-
-/// [`score_examples`], with the predicted masks of the first `keep` examples (the overlay
-/// picture's).
-pub(crate) fn score_examples_keeping(
     model: &Model,
     diam_mean: f64,
     examples: &[Example],

@@ -1,6 +1,7 @@
 //! The history of one training run with a test set: the base model scored before training, one
 //! line per epoch (AP every `every` epochs when asked), the trained model scored after, written
-//! as `<model>.metrics.jsonl`, TensorBoard events and `<model>.report.png` next to the model.
+//! as `<model>.metrics.jsonl`, TensorBoard events and `<model>.report.png` next to the model,
+//! and the masks of the first test images before and after for `<model>.overlay.png`.
 //! Scoring is [`crate::evaluate::score_examples`], the worker job's validation, so the CLI and the
 //! job report the same numbers for the same data.
 
@@ -8,12 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ndarray::Array2;
 use tch::Device;
 
 use super::{history_png, plot::PlotError, BestModel, MetricsLine, MetricsLog, Stage};
 use crate::evaluate::{self, ApSummary, EvaluateError};
 use crate::model::Model;
 use crate::train::{EpochInfo, Example};
+
+/// A scoring's summary and the masks it kept.
+type ScoredMasks = (ApSummary, Vec<Array2<u32>>);
 
 /// The held-out set and when to score it.
 pub struct Validation {
@@ -52,6 +57,10 @@ pub struct RunRecorder {
     pub score_seconds: f64,
     /// Scorings done (with `score_seconds`, the mean cost of one).
     pub scorings: usize,
+    /// The base model's masks on the first test images ([`super::overlay::MAX_IMAGES`]).
+    masks_before: Vec<Array2<u32>>,
+    /// The saved model's masks on the same images.
+    masks_after: Vec<Array2<u32>>,
     /// The interval in use: the explicit one, or the automatic one once the first epoch is timed.
     pub every: Option<usize>,
     /// Where the history goes once the run has stored its model ([`RunRecorder::keep`]); until
@@ -93,6 +102,8 @@ impl RunRecorder {
             best: BestModel::new(),
             score_seconds: 0.0,
             scorings: 0,
+            masks_before: Vec::new(),
+            masks_after: Vec::new(),
             final_path,
             kept: false,
         })
@@ -117,6 +128,11 @@ impl RunRecorder {
         beside(model_path, "qc.csv")
     }
 
+    /// `<model>.overlay.png`: the first test images, base and saved model side by side.
+    pub(crate) fn overlay_path(model_path: &Path) -> PathBuf {
+        beside(model_path, "overlay.png")
+    }
+
     pub(crate) fn report_path(model_path: &Path) -> PathBuf {
         beside(model_path, "report.png")
     }
@@ -135,10 +151,15 @@ impl RunRecorder {
     }
 
     fn score(&mut self, model: &Model) -> Result<Option<ApSummary>, RecordError> {
+        Ok(self.score_keeping(model, 0)?.map(|(ap, _)| ap))
+    }
+
+    /// [`Self::score`] with the masks of the first `keep` test images.
+    fn score_keeping(&mut self, model: &Model, keep: usize) -> Result<Option<ScoredMasks>, RecordError> {
         let t = Instant::now();
         let out = match &self.validation {
             Some(v) if !v.examples.is_empty() => {
-                Some(evaluate::score_examples(model, v.diam_mean, &v.examples, v.device)?)
+                Some(evaluate::score_examples(model, v.diam_mean, &v.examples, v.device, keep)?)
             }
             _ => None,
         };
@@ -151,7 +172,8 @@ impl RunRecorder {
 
     /// Scores the base model (no-op without a test set) and writes the `before` line.
     pub fn before(&mut self, model: &Model) -> Result<Option<&ApSummary>, RecordError> {
-        self.ap_before = self.score(model)?;
+        let scored = self.score_keeping(model, super::overlay::MAX_IMAGES)?;
+        (self.ap_before, self.masks_before) = scored.map_or((None, Vec::new()), |(ap, m)| (Some(ap), m));
         if let Some(ap) = self.ap_before.clone() {
             self.write(MetricsLine::validation(Stage::Before, 0, self.t0.elapsed().as_secs_f64(), &ap))?;
         }
@@ -187,7 +209,10 @@ impl RunRecorder {
         n_epochs: usize,
         keep_best: bool,
     ) -> Result<Option<&ApSummary>, RecordError> {
-        let Some(last) = self.score(model)? else { return Ok(None) };
+        let Some((last, masks)) = self.score_keeping(model, super::overlay::MAX_IMAGES)? else {
+            return Ok(None);
+        };
+        self.masks_after = masks;
         self.best.offer(n_epochs, &last, model);
         let mut kept = (last, None);
         if keep_best {
@@ -196,8 +221,9 @@ impl RunRecorder {
                     self.best.restore_into(model).map_err(EvaluateError::from)?;
                     // scored again, not copied: the after line describes the weights now in
                     // `model` (what is saved), so a faulty restore would show
-                    if let Some(ap) = self.score(model)? {
+                    if let Some((ap, masks)) = self.score_keeping(model, super::overlay::MAX_IMAGES)? {
                         kept.0 = ap;
+                        self.masks_after = masks;
                     }
                 }
                 kept.1 = Some(b.epoch);
@@ -209,6 +235,27 @@ impl RunRecorder {
         self.write(line)?;
         self.ap_after = Some(kept.0);
         Ok(self.ap_after.as_ref())
+    }
+
+    /// The overlay picture ([`super::overlay`]) of the first test images, the base model
+    /// (`base`) and the saved one (`trained`) side by side; `None` until both were scored.
+    pub(crate) fn overlay_png(&self, base: &str, trained: &str) -> Option<Result<Vec<u8>, PlotError>> {
+        use super::overlay::{render_overlay, OverlayColumn, OverlayImage};
+        let v = self.validation.as_ref()?;
+        if self.masks_before.is_empty() || self.masks_after.len() != self.masks_before.len() {
+            return None;
+        }
+        let images: Vec<OverlayImage> = v
+            .examples
+            .iter()
+            .take(self.masks_before.len())
+            .map(|e| OverlayImage { name: &e.name, image: &e.image, truth: &e.labels })
+            .collect();
+        let columns = [
+            OverlayColumn { label: format!("base: {base}"), masks: self.masks_before.iter().collect() },
+            OverlayColumn { label: format!("trained: {trained}"), masks: self.masks_after.iter().collect() },
+        ];
+        Some(render_overlay(&images, &columns))
     }
 
     /// Draws the report picture of the history so far into `path`.

@@ -371,6 +371,24 @@ fn train_with_a_test_dir_writes_metrics_tensorboard_and_a_report() {
     let rgb = png.to_rgb8();
     let coloured = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
     assert!(coloured > 10_000, "{coloured} non-white pixels");
+
+    // the overlay of the test images: base and trained model side by side, named in summary.json
+    let overlay = d.join("data/models/mine.overlay.png");
+    assert!(
+        summary["overlay"].as_str().is_some_and(|p| p.ends_with("data/models/mine.overlay.png")),
+        "{summary}"
+    );
+    let png = image::open(&overlay).unwrap().to_rgb8();
+    assert!(png.width() >= 2 * 256, "two columns: {:?}", png.dimensions());
+    let count = |rgb: [u8; 3]| png.pixels().filter(|p| p.0 == rgb).count();
+    let (orange, blue) = (count([230, 159, 0]), count([86, 180, 233]));
+    // this short run's model finds no cell yet: the annotated outlines are drawn (and the misses
+    // filled), a predicted outline only where there is a prediction
+    let n_pred = summary["ap_after"]["n_pred"].as_u64().unwrap() as usize;
+    assert!(
+        orange > 100 && blue >= 4 * n_pred,
+        "{orange} orange, {blue} blue pixels for {n_pred} predictions"
+    );
 }
 
 #[test]

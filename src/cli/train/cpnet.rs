@@ -178,6 +178,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Err(err) = recorder.write_png(&report, &title) {
         tracing::warn!(error = %err, "could not draw the training report");
     }
+    let overlay = RunRecorder::overlay_path(&save_path);
+    let overlay_written = match recorder.overlay_png(&args.pretrained_model, &name) {
+        Some(Ok(png)) => std::fs::write(&overlay, png)
+            .map_err(
+                |err| tracing::warn!(error = %err, path = %overlay.display(), "could not write the overlay"),
+            )
+            .is_ok(),
+        Some(Err(err)) => {
+            tracing::warn!(error = %err, "could not draw the overlay");
+            false
+        }
+        None => false,
+    };
     if let Some(path) = &args.summary_json {
         let doc = serde_json::json!({
             "outcome": outcome,
@@ -198,6 +211,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "metrics": RunRecorder::metrics_path(&save_path),
             "tensorboard": recorder.tensorboard_path(),
             "report": report,
+            "overlay": overlay_written.then_some(&overlay),
         });
         write_summary(path, &doc)?;
     }

@@ -269,7 +269,7 @@ impl Family for Cpnet {
         device: Device,
         keep: usize,
     ) -> Result<(ApSummary, Vec<ndarray::Array2<u32>>), JobError> {
-        evaluate::score_examples_keeping(net, net.net.diam_mean(), examples, device, keep)
+        evaluate::score_examples(net, net.net.diam_mean(), examples, device, keep)
             .map_err(|e| JobError::Scoring(e.to_string()))
     }
 
