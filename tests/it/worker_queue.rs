@@ -78,6 +78,16 @@ pub(super) struct Worker {
     pub log: std::path::PathBuf,
 }
 
+/// A test that fails part-way leaves no worker behind polling (the panic drops it).
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Worker {
     /// What the worker logged so far.
     pub fn log(&self) -> String {
