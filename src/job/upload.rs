@@ -211,20 +211,18 @@ fn overlay_png(
     base: &str,
     trained: &str,
 ) -> Result<Option<Vec<u8>>, crate::report::plot::PlotError> {
-    use crate::report::overlay::{render_overlay, OverlayColumn, OverlayImage};
+    use crate::report::overlay::{render_before_after, OverlayImage};
     if rows.is_empty() {
         return Ok(None);
     }
     let images: Vec<OverlayImage> =
         rows.iter().map(|r| OverlayImage { name: &r.name, image: &r.image, truth: &r.truth }).collect();
-    let columns = [
-        OverlayColumn { label: format!("base: {base}"), masks: rows.iter().map(|r| &r.before).collect() },
-        OverlayColumn {
-            label: format!("trained: {trained}"),
-            masks: rows.iter().map(|r| &r.after).collect(),
-        },
-    ];
-    render_overlay(&images, &columns).map(Some)
+    render_before_after(
+        &images,
+        (base, rows.iter().map(|r| &r.before).collect()),
+        (trained, rows.iter().map(|r| &r.after).collect()),
+    )
+    .map(Some)
 }
 
 /// Writes the trained model to `<work_dir>/<job>/<name>` before it is uploaded, so that a failed

@@ -114,14 +114,17 @@ fn resample<T: Copy>(m: &Array2<T>, (sh, sw): (usize, usize)) -> Array2<T> {
 /// The boundary pixels of a label image: a labelled pixel with a 4-neighbour of another label
 /// (background included); the image's edge is not a boundary.
 pub fn outline(labels: &Array2<u32>) -> Array2<bool> {
-    let (h, w) = labels.dim();
-    Array2::from_shape_fn((h, w), |(y, x)| {
+    Array2::from_shape_fn(labels.dim(), |(y, x)| {
         let l = labels[[y, x]];
-        l != 0
-            && [(y.wrapping_sub(1), x), (y + 1, x), (y, x.wrapping_sub(1)), (y, x + 1)]
-                .iter()
-                .any(|&(ny, nx)| ny < h && nx < w && labels[[ny, nx]] != l)
+        l != 0 && neighbours(labels, y, x).any(|n| n != l)
     })
+}
+
+/// The labels of the 4-neighbours of `(y, x)` inside the image.
+fn neighbours(labels: &Array2<u32>, y: usize, x: usize) -> impl Iterator<Item = u32> + '_ {
+    [(y.wrapping_sub(1), x), (y + 1, x), (y, x.wrapping_sub(1)), (y, x + 1)]
+        .into_iter()
+        .filter_map(move |(ny, nx)| labels.get([ny, nx]).copied())
 }
 
 /// The ring just outside each labelled object: a pixel with a 4-neighbour of another, non-zero
@@ -129,12 +132,9 @@ pub fn outline(labels: &Array2<u32>) -> Array2<bool> {
 /// inside), so a prediction that matches its annotation to the pixel shows both lines side by
 /// side instead of hiding the annotation under it.
 pub fn outer_outline(labels: &Array2<u32>) -> Array2<bool> {
-    let (h, w) = labels.dim();
-    Array2::from_shape_fn((h, w), |(y, x)| {
+    Array2::from_shape_fn(labels.dim(), |(y, x)| {
         let l = labels[[y, x]];
-        [(y.wrapping_sub(1), x), (y + 1, x), (y, x.wrapping_sub(1)), (y, x + 1)]
-            .iter()
-            .any(|&(ny, nx)| ny < h && nx < w && labels[[ny, nx]] != 0 && labels[[ny, nx]] != l)
+        neighbours(labels, y, x).any(|n| n != 0 && n != l)
     })
 }
 
@@ -166,6 +166,21 @@ pub(crate) fn cell_origin(sizes: &[(usize, usize)], row: usize, col: usize) -> (
     let cell_w = sizes.iter().map(|s| s.1).max().unwrap_or(0) as u32 + MARGIN;
     let y = HEADER + sizes[..row].iter().map(|s| s.0 as u32 + CAPTION + MARGIN).sum::<u32>();
     (MARGIN + col as u32 * cell_w, y)
+}
+
+/// The report's picture: the base model's masks (`before`) and the trained model's (`after`),
+/// one per image, in two columns labelled with the models' names. What the job report and
+/// `train --test-dir` draw.
+pub fn render_before_after(
+    images: &[OverlayImage],
+    (base, before): (&str, Vec<&Array2<u32>>),
+    (trained, after): (&str, Vec<&Array2<u32>>),
+) -> Result<Vec<u8>, PlotError> {
+    let columns = [
+        OverlayColumn { label: format!("base: {base}"), masks: before },
+        OverlayColumn { label: format!("trained: {trained}"), masks: after },
+    ];
+    render_overlay(images, &columns)
 }
 
 /// Renders the picture: one row per image, one column per model. The images and every

@@ -240,7 +240,7 @@ impl RunRecorder {
     /// The overlay picture ([`super::overlay`]) of the first test images, the base model
     /// (`base`) and the saved one (`trained`) side by side; `None` until both were scored.
     pub(crate) fn overlay_png(&self, base: &str, trained: &str) -> Option<Result<Vec<u8>, PlotError>> {
-        use super::overlay::{render_overlay, OverlayColumn, OverlayImage};
+        use super::overlay::{render_before_after, OverlayImage};
         let v = self.validation.as_ref()?;
         if self.masks_before.is_empty() || self.masks_after.len() != self.masks_before.len() {
             return None;
@@ -251,11 +251,11 @@ impl RunRecorder {
             .take(self.masks_before.len())
             .map(|e| OverlayImage { name: &e.name, image: &e.image, truth: &e.labels })
             .collect();
-        let columns = [
-            OverlayColumn { label: format!("base: {base}"), masks: self.masks_before.iter().collect() },
-            OverlayColumn { label: format!("trained: {trained}"), masks: self.masks_after.iter().collect() },
-        ];
-        Some(render_overlay(&images, &columns))
+        Some(render_before_after(
+            &images,
+            (base, self.masks_before.iter().collect()),
+            (trained, self.masks_after.iter().collect()),
+        ))
     }
 
     /// Draws the report picture of the history so far into `path`.
