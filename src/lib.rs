@@ -17,6 +17,7 @@
 //!   cellpose's epoch log line, the best-validation model.
 //! - [`export`]: BioImage.IO model packages.
 //! - [`device`]: parses `auto|cpu|cuda[:N]`.
+//! - [`precision`]: float32 or bf16 mixed precision for a run, and why.
 //! - [`girder`]: async Girder REST client (jobs, files, annotations, large_image tiles).
 //! - [`numpy`]: numpy region pickles: safe decode to a typed 2-D array, protocol-5 encode.
 //! - [`mock_girder`]: an in-process mock Girder 5 server for tests and the demo.
@@ -44,6 +45,7 @@ pub mod mock_girder;
 pub mod model;
 pub mod numpy;
 pub mod pickle;
+pub mod precision;
 pub mod predict;
 pub mod predict_cpsam;
 pub mod rasterize;

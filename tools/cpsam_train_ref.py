@@ -134,6 +134,8 @@ def cmd_train(a):
     from cellpose import train
 
     net = load_net(a.model)
+    if a.device != "cpu":
+        net.to(torch.device(a.device))  # train_seg trains on the network's device
     imgs = list(np.load(a.imgs).astype(np.float32))
     labels = list(np.load(a.labels).astype(np.int32))
     torch.manual_seed(0)
@@ -151,7 +153,11 @@ def cmd_train(a):
     if a.timing:
         first = len(stamps) // a.n_epochs  # steady state: from the second epoch on
         steady = (stamps[-1] - stamps[first]) / max(1, len(stamps) - 1 - first)
+        # per epoch (the same grain as the Rust side's epoch times), median: robust to a busy VM
+        per = first or 1
+        epochs = [(stamps[i + per] - stamps[i]) / per for i in range(first, len(stamps) - per, per)]
         print(json.dumps({"train_losses": losses, "steady_step_seconds": steady,
+                          "median_step_seconds": float(np.median(epochs)) if epochs else steady,
                           "torch_threads": torch.get_num_threads()}))
     else:
         print(json.dumps(losses))
@@ -195,7 +201,8 @@ def main(argv):
     s = sub.add_parser("train"); s.add_argument("model"); s.add_argument("imgs"); s.add_argument("labels"); s.add_argument("outdir")
     s.add_argument("--n-epochs", type=int, default=10); s.add_argument("--lr", type=float, default=1e-5)
     s.add_argument("--wd", type=float, default=0.1); s.add_argument("--min-train-masks", type=int, default=1)
-    s.add_argument("--timing", action="store_true"); s.set_defaults(f=cmd_train)
+    s.add_argument("--timing", action="store_true"); s.add_argument("--device", default="cpu")
+    s.set_defaults(f=cmd_train)
     s = sub.add_parser("cploss"); s.add_argument("model"); s.add_argument("imgs"); s.add_argument("labels")
     s.add_argument("--seeds", type=int, default=4); s.set_defaults(f=cmd_cploss)
     a = ap.parse_args(argv)

@@ -115,6 +115,7 @@ pub async fn upload<F: Family>(
         ap_after: scores.after.clone(),
         seconds: plan.started.elapsed().as_secs_f64(),
         device: crate::device::describe(ctx.device),
+        precision: outcome.precision.to_string(),
         kept_epoch: trained.kept_epoch,
         scored_epochs: trained.scored.clone(),
     };

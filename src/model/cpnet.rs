@@ -316,7 +316,7 @@ impl Cpnet {
     }
 
     /// Forward pass computing convolutions in `compute` (e.g. bfloat16 on GPUs) while weights,
-    /// BatchNorm statistics and the style vector stay float32: the hand-written equivalent of
+    /// BatchNorm statistics, the style vector and the output layer stay float32: the hand-written equivalent of
     /// autocast, so gradients reach float32 master weights. The output maps are float32.
     pub fn forward_mixed(&self, x: &Tensor, train: bool, compute: Kind) -> Result<NetOutput, TchError> {
         let ctx = Ctx { train, kind: compute };
@@ -344,7 +344,10 @@ impl Cpnet {
             h = h.f_upsample_nearest2d([hh, ww], Some(2.0), Some(2.0))?;
             h = self.up[n].forward_t(&h, &xd[n], &style, ctx)?;
         }
-        Ok(NetOutput { maps: self.output.forward_t(&h, ctx)?.f_to_kind(Kind::Float)?, style })
+        // the output layer in float32: in bf16 its flows (up to +-5 after cellpose's scaling)
+        // would be rounded to steps of up to 1/32 before the loss, which is what outlines are made of
+        let out_ctx = Ctx { kind: Kind::Float, ..ctx };
+        Ok(NetOutput { maps: self.output.forward_t(&h.f_to_kind(Kind::Float)?, out_ctx)?, style })
     }
 
     pub fn diam_mean(&self) -> f64 {

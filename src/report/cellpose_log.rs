@@ -64,6 +64,7 @@ mod tests {
             eta_s: 0.0,
             seconds_per_step: 0.1,
             seconds: 1.5,
+            precision: "fp32",
         }
     }
 

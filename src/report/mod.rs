@@ -66,6 +66,9 @@ pub struct MetricsLine {
     /// (best validation AP@0.5; the last epoch's number when that was the best).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_epoch: Option<usize>,
+    /// On training lines: `"fp32"` or `"bf16-mixed"`, the precision the epoch's steps ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 impl MetricsLine {
@@ -83,6 +86,7 @@ impl MetricsLine {
             f1: None,
             pq: None,
             best_epoch: None,
+            precision: Some(info.precision.to_string()),
         }
     }
 
@@ -111,6 +115,7 @@ impl MetricsLine {
             f1: None,
             pq: None,
             best_epoch: None,
+            precision: None,
         }
         .with_scores(ap)
     }
@@ -173,6 +178,7 @@ pub(crate) fn history_lines(
     epoch_seconds: &[f64],
     before: Option<&ApSummary>,
     after: Option<&ApSummary>,
+    precision: &str,
 ) -> Vec<MetricsLine> {
     let mut lines: Vec<MetricsLine> =
         before.map(|b| MetricsLine::validation(Stage::Before, 0, 0.0, b)).into_iter().collect();
@@ -192,6 +198,7 @@ pub(crate) fn history_lines(
             f1: None,
             pq: None,
             best_epoch: None,
+            precision: Some(precision.to_string()),
         });
     }
     lines.extend(after.map(|a| MetricsLine::validation(Stage::After, train_losses.len(), total, a)));
@@ -263,6 +270,8 @@ pub struct JobReport {
     pub ap_after: Option<ApSummary>,
     pub seconds: f64,
     pub device: String,
+    /// `"fp32"` or `"bf16-mixed"`: the precision training ran in.
+    pub precision: String,
     /// The epoch whose weights were uploaded ("Keep best model" with a validation region).
     pub kept_epoch: Option<usize>,
     /// Validation AP@0.5 of every epoch scored during training.
@@ -286,6 +295,7 @@ impl JobReport {
             &self.epoch_seconds,
             self.ap_before.as_ref(),
             self.ap_after.as_ref(),
+            &self.precision,
         );
         for line in lines.iter_mut().filter(|l| l.stage == Stage::After) {
             line.best_epoch = self.kept_epoch;
@@ -296,8 +306,8 @@ impl JobReport {
             jsonl.push(b'\n');
         }
         let title = format!(
-            "{} (from {}, {} epochs, {} training images)",
-            self.model_name, self.base_model, self.epochs, self.n_train
+            "{} (from {}, {} epochs, {} training images, {})",
+            self.model_name, self.base_model, self.epochs, self.n_train, self.precision
         );
         let png = history_png(&title, &lines)?;
         let mut files = vec![
@@ -333,13 +343,18 @@ mod tests {
     #[test]
     fn history_has_before_epochs_after_with_ap_only_where_computed() {
         let (b, a) = (summary(0.25), summary(0.75));
-        let lines = history_lines(&[1.5, 1.0], &[0.1, 0.2], &[2.0, 3.0], Some(&b), Some(&a));
+        let lines = history_lines(&[1.5, 1.0], &[0.1, 0.2], &[2.0, 3.0], Some(&b), Some(&a), "bf16-mixed");
         let json: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);
         assert!(json[0].starts_with(r#"{"stage":"before","epoch":0,"train_loss":null"#), "{}", json[0]);
         assert!(json[0].contains(r#""ap":{"0.5":0.25,"0.75":0.125,"0.9":0.0}"#), "{}", json[0]);
         assert!(json[2].contains(r#""stage":"train","epoch":2,"train_loss":1.0"#) && !json[2].contains("ap"));
         assert!(json[3].starts_with(r#"{"stage":"after","epoch":2"#) && json[3].contains(r#""0.5":0.75"#));
+        // training lines name the precision they ran in; the scoring lines have none
+        assert!(
+            json[1].contains(r#""precision":"bf16-mixed""#) && !json[3].contains("precision"),
+            "{json:?}"
+        );
         // each epoch line carries its own wall seconds and the running total
         assert_eq!((lines[1].seconds, lines[1].epoch_seconds), (2.0, Some(2.0)));
         assert_eq!((lines[2].seconds, lines[2].epoch_seconds), (5.0, Some(3.0)));
@@ -354,6 +369,7 @@ mod tests {
             &[],
             Some(&summary(0.25)),
             Some(&summary(0.75)),
+            "fp32",
         );
         let png = history_png("t", &lines).unwrap();
         let img = image::load_from_memory(&png).unwrap();

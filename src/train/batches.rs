@@ -144,6 +144,32 @@ pub(crate) fn spawn_train_batches(
     Ok((rx, handle))
 }
 
+/// A batch thread and its channel, for either family: dropping it closes the channel (the
+/// thread's next send fails and it ends) and joins the thread.
+pub(crate) struct Producer<T> {
+    rx: Option<Receiver<T>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T> Producer<T> {
+    pub fn new(rx: Receiver<T>, thread: JoinHandle<()>) -> Self {
+        Producer { rx: Some(rx), thread: Some(thread) }
+    }
+    /// The next item; `None` when the thread has ended (finished, or failed part-way).
+    pub fn next(&self) -> Option<T> {
+        self.rx.as_ref().and_then(|rx| rx.recv().ok())
+    }
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Test batches are the same at every evaluation (cellpose seeds numpy with 42 each time).
 pub(crate) fn test_batches(examples: &[Example], plan: &BatchPlan) -> Vec<Batch> {
     let order = epoch_order(examples.len(), plan.per_epoch, plan.seed ^ 42, TEST_STREAM, 0);

@@ -47,6 +47,8 @@ pub struct EpochInfo {
     pub seconds_per_step: f64,
     /// Wall seconds of this epoch: its steps and, when computed, its test loss.
     pub seconds: f64,
+    /// `"fp32"` or `"bf16-mixed"` ([`crate::precision::Precision::label`]).
+    pub precision: &'static str,
 }
 
 /// What the caller can observe and do during training of a model `M` (either family's).
@@ -94,6 +96,8 @@ pub struct TrainOutcome {
     pub steady_step_seconds: f64,
     /// Time the training loop waited for augmented batches (should be ~0: data ready in advance).
     pub data_wait_seconds: f64,
+    /// `"fp32"` or `"bf16-mixed"`: the precision the steps ran in.
+    pub precision: &'static str,
 }
 
 /// One family's part of a run, after burn-train's `TrainStep`: its batches and its optimizer
@@ -128,6 +132,8 @@ pub(crate) struct Run<'a> {
     /// The learning rate of each epoch, `n_epochs` long (the family's schedule).
     pub lr: Vec<f64>,
     pub saves: Option<Saves<'a>>,
+    /// `"fp32"` or `"bf16-mixed"`, for the epoch lines and the outcome.
+    pub precision: &'static str,
     /// Mean training diameter, reported in the outcome.
     pub diam_labels: f64,
     /// When the run began (its setup included), for the outcome's and the hooks' times.
@@ -275,6 +281,7 @@ pub(crate) fn fit<S: TrainStep>(
             eta_s: per_step * (total_steps - steps_done) as f64,
             seconds_per_step: per_step,
             seconds: epoch_seconds[epoch],
+            precision: run.precision,
         };
         tracing::debug!(epoch, train_loss, test_loss = ?info.test_loss, lr, "epoch done");
         let state =
@@ -309,6 +316,7 @@ pub(crate) fn fit<S: TrainStep>(
             _ => train_secs / steps_done.max(1) as f64,
         },
         data_wait_seconds: family.data_wait_seconds(),
+        precision: run.precision,
     })
 }
 

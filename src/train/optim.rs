@@ -136,6 +136,13 @@ impl Optimizer {
         }
     }
 
+    /// True once every gradient lives in the one buffer [`Optimizer::zero_grad`] zeroes: a
+    /// parameter left out of a forward pass then keeps a zero gradient (as PyTorch's would be
+    /// after a forward that multiplied its output by zero), instead of having none.
+    pub(crate) fn grads_adopted(&self) -> bool {
+        self.grad.is_some()
+    }
+
     /// Moves the gradients autograd allocated into one flat buffer (first step only).
     fn adopt_grads(&mut self) -> Option<Tensor> {
         if let Some(g) = &self.grad {

@@ -5,14 +5,12 @@
 //! the loss summed on the device; `diam_labels` stored in the model.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use super::batches::{self, Batch, BatchPlan};
+use super::batches::{self, Batch, BatchPlan, Producer};
 use super::data::Example;
 use super::epochs::{self, check_run_options, Run, Saves, TrainHooks, TrainOutcome, TrainStep};
 use super::error::TrainError;
@@ -168,6 +166,7 @@ pub fn train_seg(
         }),
         diam_labels,
         t0,
+        precision: if cfg.mixed_precision { "bf16-mixed" } else { "fp32" },
     };
     let mut family = CpnetSteps {
         model,
@@ -196,27 +195,11 @@ struct CpnetSteps<'a> {
     plan: BatchPlan,
     n_epochs: usize,
     /// Started at the first epoch the loop runs (a resumed run's point), stopped when dropped.
-    batches: Option<Producer>,
+    batches: Option<Producer<Batch>>,
     data_wait: f64,
     test_batches: Option<Vec<Batch>>,
     device: Device,
     compute: Kind,
-}
-
-/// The batch thread and its channel; dropping it closes the channel and joins the thread.
-struct Producer {
-    rx: Option<Receiver<Batch>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Producer {
-    fn drop(&mut self) {
-        // the producer ends when its channel closes (done, canceled or failed)
-        drop(self.rx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl TrainStep for CpnetSteps<'_> {
@@ -232,7 +215,7 @@ impl TrainStep for CpnetSteps<'_> {
                 self.n_epochs,
             )
             .map_err(|e| TrainError::Config(format!("could not start the batch thread: {e}")))?;
-            self.batches = Some(Producer { rx: Some(rx), thread: Some(thread) });
+            self.batches = Some(Producer::new(rx, thread));
         }
         let _ = self.stepper.epoch_loss.fill_(loss_sum);
         Ok(())
@@ -249,8 +232,7 @@ impl TrainStep for CpnetSteps<'_> {
         let batch = self
             .batches
             .as_ref()
-            .and_then(|p| p.rx.as_ref())
-            .and_then(|rx| rx.recv().ok())
+            .and_then(|p| p.next())
             .ok_or_else(|| TrainError::Config("the batch producer stopped unexpectedly".into()))?;
         self.data_wait += wait_t0.elapsed().as_secs_f64();
         self.stepper.step(optim, &batch, lr, self.plan.batch_size as i64)

@@ -4,6 +4,7 @@ mod cpsam;
 mod cpsam_cli;
 mod cpsam_full;
 mod cpsam_job;
+mod cpsam_precision;
 mod cpsam_resume;
 mod cpsam_train;
 mod cpsam_train_cli;

@@ -26,7 +26,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     crate::limits::diameter("--diam-mean", args.diam_mean)?;
     // every option is checked before any file is read or written: a bad flag loses nothing
     let Destination { name, models_out, save_path } = args.destination()?;
-    let mixed = args.mixed_precision.resolve(device.is_cuda());
+    let precision = crate::precision::resolve(args.mixed_precision, device, crate::model::ModelFamily::Cpnet);
+    tracing::info!("precision {} ({})", precision.label(), precision.why);
     let channels_last = args.channels_last.resolve(true);
     let cfg = TrainConfig {
         learning_rate,
@@ -44,7 +45,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         save_each: args.save_each,
         seed: args.seed,
         device,
-        mixed_precision: mixed,
+        mixed_precision: precision.bf16,
         channels_last,
         cudnn_benchmark: args.cudnn_benchmark.resolve(true),
         cuda_graphs: args.cuda_graphs.resolve(device.is_cuda()),
@@ -199,6 +200,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "batch_size": cfg.batch_size,
             "bsize": cfg.bsize,
             "mixed_precision": cfg.mixed_precision,
+            "precision": precision.label(),
             "channels_last": cfg.channels_last,
             "cuda_graphs": cfg.cuda_graphs,
             "ap_before": recorder.ap_before,

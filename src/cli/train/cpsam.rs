@@ -13,7 +13,7 @@ use super::console::{step_bar, trained, warn_removed, write_summary, BarHooks};
 use super::flags::{Destination, TrainArgs};
 use crate::config::Toggle;
 use crate::control::Control;
-use crate::model::{open_any, AnyModel, CpsamModel};
+use crate::model::{open_any, AnyModel, CpsamModel, ModelFamily};
 use crate::train;
 use crate::train::cpsam::{
     prepare_cp4, train_seg_cpsam, validate_cpsam_config, Cp4PrepareOptions, CpsamTrainConfig,
@@ -38,8 +38,8 @@ fn refuse_cpnet_only(args: &TrainArgs) -> anyhow::Result<()> {
     if args.eval_every.is_some() || args.log_dir.is_some() {
         bad.push("--eval-every/--log-dir (not yet available for cpsam training)");
     }
-    if args.mixed_precision == Toggle::On || args.cuda_graphs == Toggle::On {
-        bad.push("--mixed-precision on/--cuda-graphs on (cellpose 4 trains in float32, eagerly)");
+    if args.cuda_graphs == Toggle::On {
+        bad.push("--cuda-graphs on (Cellpose-SAM steps run eagerly)");
     }
     if !bad.is_empty() {
         bail!(
@@ -55,6 +55,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     refuse_cpnet_only(&args)?;
     let device = args.device.resolve()?;
     let Destination { models_out, save_path, .. } = args.destination()?;
+    let precision = crate::precision::resolve(args.mixed_precision, device, ModelFamily::Cpsam);
     let cfg = CpsamTrainConfig {
         learning_rate: args.learning_rate.unwrap_or(1e-5),
         weight_decay: args.weight_decay.unwrap_or(0.1),
@@ -71,6 +72,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         save_each: args.save_each,
         seed: args.seed,
         device,
+        mixed_precision: precision.bf16,
+        profile_steps: args.profile_steps,
     };
     // every option is checked before any file is read or written
     validate_cpsam_config(&cfg, CPSAM_BSIZE)?;
@@ -100,14 +103,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&models_out)
         .with_context(|| format!("failed to create {}", models_out.display()))?;
     tracing::info!(
-        ">>> cellpose 4 train_seg: n_epochs={}, n_train={}, n_test={}, bsize={CPSAM_BSIZE}, batch_size={}, AdamW, learning_rate={}, weight_decay={}, device {}",
+        ">>> cellpose 4 train_seg: n_epochs={}, n_train={}, n_test={}, bsize={CPSAM_BSIZE}, batch_size={}, AdamW, learning_rate={}, weight_decay={}, device {}, precision {} ({})",
         cfg.n_epochs,
         examples.len(),
         test.as_ref().map(|t| t.len()).unwrap_or(0),
         cfg.batch_size,
         cfg.learning_rate,
         cfg.weight_decay,
-        crate::device::describe(device)
+        crate::device::describe(device),
+        precision.label(),
+        precision.why
     );
     let bar = step_bar(cfg.n_epochs, cfg.nimg_per_epoch.unwrap_or(examples.len()), cfg.batch_size);
     let mut hooks = BarHooks::new(bar, args.verbose, Box::new(|_, _: &CpsamModel| Ok(())));
@@ -119,6 +124,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             "outcome": outcome,
             "family": "cpsam",
             "device": crate::device::describe(device),
+            "precision": precision.label(),
             "n_train": examples.len(),
             "batch_size": cfg.batch_size,
             "bsize": CPSAM_BSIZE,

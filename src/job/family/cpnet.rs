@@ -14,7 +14,7 @@ use crate::job::error::JobError;
 use crate::job::params::{Field, FieldKind, NumberField, SharedRanges};
 use crate::job::store::CELLPOSE;
 use crate::job::validate::{channel, flag, ChannelChoice, ChannelSlot, JobParams};
-use crate::model::{registry, torch_file, Model, ModelError};
+use crate::model::{registry, torch_file, Model, ModelError, ModelFamily};
 use crate::tool::Tool;
 use crate::train::{
     self, checkpoint, Example, Optimizer, OptimizerKind, PrepareOptions, RawExample, Resume, TrainConfig,
@@ -238,6 +238,8 @@ impl Family for Cpnet {
         hooks: &mut dyn TrainHooks<Model>,
     ) -> Result<TrainOutcome, TrainError> {
         let tr = &job.settings.training;
+        let precision = crate::precision::resolve(tr.mixed_precision, job.device, ModelFamily::Cpnet);
+        tracing::info!(precision = precision.label(), "{}", precision.why);
         let cfg = TrainConfig {
             learning_rate: job.params.learning_rate,
             weight_decay: job.params.weight_decay,
@@ -247,7 +249,7 @@ impl Family for Cpnet {
             bsize: tr.bsize,
             seed: job.seed,
             device: job.device,
-            mixed_precision: tr.mixed_precision.resolve(job.device.is_cuda()),
+            mixed_precision: precision.bf16,
             // faster on CUDA and on CPU (oneDNN NHWC kernels); values and saved files are unchanged
             channels_last: true,
             cudnn_benchmark: tr.cudnn_benchmark.resolve(true),

@@ -330,12 +330,17 @@ impl Family for Cpsam {
         job: TrainJob<'_, Self>,
         hooks: &mut dyn TrainHooks<CpsamModel>,
     ) -> Result<TrainOutcome, TrainError> {
+        let tr = &job.settings.training;
+        let precision = crate::precision::resolve(tr.mixed_precision, job.device, ModelFamily::Cpsam);
+        tracing::info!(precision = precision.label(), "{}", precision.why);
         let cfg = CpsamTrainConfig {
             learning_rate: job.params.learning_rate,
             weight_decay: job.params.weight_decay,
             n_epochs: job.params.epochs,
             seed: job.seed,
             device: job.device,
+            mixed_precision: precision.bf16,
+            profile_steps: tr.profile_steps,
             // AdamW, bsize 256, batch 1, no rescaling: cellpose 4 train_seg as the reference calls it
             ..Default::default()
         };

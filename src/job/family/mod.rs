@@ -426,6 +426,7 @@ mod tests {
             eta_s: 0.0,
             seconds_per_step: 0.0,
             seconds: 0.0,
+            precision: "fp32",
         }
     }
 

@@ -6,6 +6,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod data;
 pub mod schedule;
+mod tiles;
 pub mod trainer;
 
 pub use augment::Cp4Augment;

@@ -26,12 +26,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::augment::Cp4Augment;
 use super::schedule::lr_schedule_cp4;
+use super::tiles::{items, rng_for, Item, StepTiles, TilePlan, TileSource, TileStream, Tiles};
 use crate::control::Control;
 use crate::model::{CpsamModel, ModelError};
 use crate::train::batches::epoch_order;
@@ -40,7 +38,6 @@ use crate::train::epochs::{self, check_run_options, Run, Saves, TrainHooks, Trai
 use crate::train::loss::seg_loss;
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::{Resume, TrainError};
-use crate::transforms::array3_to_tensor;
 
 /// Everything cellpose 4 `train_seg` takes besides the data, with its defaults.
 #[derive(Debug, Clone)]
@@ -64,6 +61,11 @@ pub struct CpsamTrainConfig {
     pub save_each: bool,
     pub seed: u64,
     pub device: Device,
+    /// bf16 matrix products with float32 master weights, AdamW moments and saved file
+    /// (cellpose 4 trains in float32: off reproduces it).
+    pub mixed_precision: bool,
+    /// Log each step's phases (batch, forward, backward, AdamW) with their host times.
+    pub profile_steps: bool,
 }
 
 impl Default for CpsamTrainConfig {
@@ -84,6 +86,8 @@ impl Default for CpsamTrainConfig {
             save_each: false,
             seed: 0,
             device: Device::Cpu,
+            mixed_precision: false,
+            profile_steps: false,
         }
     }
 }
@@ -133,74 +137,6 @@ pub fn trained_parameters(model: &CpsamModel) -> Vec<(String, Tensor)> {
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
-}
-
-/// A prepared image as tensors: `[3, H, W]` image and targets, and its diameter.
-struct Item {
-    image: Tensor,
-    targets: Tensor,
-    diameter: f64,
-}
-
-fn items(examples: &[Example], device: Device) -> Vec<Item> {
-    examples
-        .iter()
-        .map(|e| Item {
-            image: array3_to_tensor(&e.image).to_device(device),
-            targets: array3_to_tensor(&e.flows).to_device(device),
-            diameter: e.diameter,
-        })
-        .collect()
-}
-
-/// How tiles are cut from the images: the network's tile size, the zoom range, and the
-/// `diam_mean` to rescale by (`None`: cellpose 4's default, no rescaling).
-#[derive(Clone, Copy)]
-struct Tiles {
-    bsize: usize,
-    scale_range: f64,
-    rescale: Option<f64>,
-}
-
-impl Tiles {
-    /// The augmentation of `it`, drawn from `rng` (zoomed by diameter / diam_mean when rescaling).
-    fn draw(&self, it: &Item, rng: &mut ChaCha8Rng) -> Cp4Augment {
-        let size = it.image.size();
-        let rsc = self.rescale.map_or(1.0, |diam_mean| it.diameter / diam_mean);
-        Cp4Augment::draw(rng, size[1] as usize, size[2] as usize, self.bsize, self.scale_range, rsc)
-    }
-
-    /// One augmented batch `(x [B, 3, bs, bs], lbl [B, 3, bs, bs])` of `inds`.
-    fn batch(&self, items: &[Item], inds: &[usize], rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
-        let (mut xs, mut ys) = (Vec::with_capacity(inds.len()), Vec::with_capacity(inds.len()));
-        for &i in inds {
-            let it = &items[i];
-            let (x, y) = self.draw(it, rng).apply(&it.image, &it.targets, self.bsize);
-            xs.push(x);
-            ys.push(y);
-        }
-        (Tensor::stack(&xs, 0), Tensor::stack(&ys, 0))
-    }
-}
-
-/// RNG for the augmentation of one epoch (a pure function of seed and epoch, as cellpose's
-/// `np.random.seed(iepoch)`); the test tiles use a fixed stream, as cellpose's `seed(42)`.
-fn rng_for(seed: u64, stream: u64, epoch: usize) -> ChaCha8Rng {
-    let mut r = ChaCha8Rng::seed_from_u64(seed);
-    r.set_stream(stream);
-    r.set_word_pos((epoch as u128) << 40);
-    r
-}
-
-/// The layer drop's uniform draws `[batch, n_blocks]` for one training step: a pure function of
-/// (seed, epoch, step), from a stream of its own (not torch's global generator, which other
-/// threads may use), so a resumed run drops the same blocks as an uninterrupted one.
-fn layer_drop_draws(seed: u64, epoch: usize, step: usize, batch: usize, n_blocks: usize) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(2);
-    rng.set_word_pos((((epoch as u128) << 24) | step as u128) << 16);
-    let draws: Vec<f32> = (0..batch * n_blocks).map(|_| rng.gen::<f32>()).collect();
-    Tensor::from_slice(&draws).view([batch as i64, n_blocks as i64])
 }
 
 /// Trains `model` in place like cellpose 4 `train_seg` and returns the loss curves; with
@@ -259,77 +195,108 @@ pub fn train_seg_cpsam(
         }),
         diam_labels,
         t0,
+        precision: if cfg.mixed_precision { "bf16-mixed" } else { "fp32" },
     };
     let optim = Optimizer::new(OptimizerKind::Adamw, params, cfg.weight_decay);
     let mut family = CpsamSteps {
         model,
         items: train_items,
-        tiles,
-        per_epoch,
-        batch_size: cfg.batch_size,
-        seed: cfg.seed,
-        order: Vec::new(),
-        rng: rng_for(cfg.seed, 1, 0),
+        plan: TilePlan {
+            tiles,
+            per_epoch,
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            n_blocks: model.net.config.blocks.len(),
+        },
+        n_epochs: cfg.n_epochs,
+        tiles: None,
+        device: cfg.device,
+        data_wait: 0.0,
         loss_sum: 0.0,
         test_batches,
+        compute: if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float },
+        profile: cfg.profile_steps,
     };
     epochs::fit(&mut family, (model, optim), run, hooks, control, resume)
 }
 
-/// Cellpose-SAM's part of the loop: each step's tiles drawn from the epoch's stream, then an
+/// Cellpose-SAM's part of the loop: each step's tiles (drawn ahead on the tile thread), then an
 /// AdamW step with the layer drop of that step.
 struct CpsamSteps<'a> {
     model: &'a CpsamModel,
     items: Vec<Item>,
-    tiles: Tiles,
-    per_epoch: usize,
-    batch_size: usize,
-    seed: u64,
-    /// This epoch's image order and augmentation stream.
-    order: Vec<usize>,
-    rng: ChaCha8Rng,
+    plan: TilePlan,
+    n_epochs: usize,
+    /// Started at the first epoch the loop runs (a resumed run's point), stopped when dropped.
+    tiles: Option<TileSource>,
+    device: Device,
+    data_wait: f64,
     loss_sum: f64,
     test_batches: Option<Vec<(Tensor, Tensor)>>,
-}
-
-impl CpsamSteps<'_> {
-    /// The images of step `step` of the current epoch.
-    fn step_images(&self, step: usize) -> &[usize] {
-        let start = (step * self.batch_size).min(self.order.len());
-        &self.order[start..(start + self.batch_size).min(self.order.len())]
-    }
+    /// Kind of the matrix products (float32, or bf16 for mixed precision).
+    compute: Kind,
+    profile: bool,
 }
 
 impl TrainStep for CpsamSteps<'_> {
     type Model = CpsamModel;
 
     fn begin_epoch(&mut self, epoch: usize, first: usize, loss_sum: f64) -> Result<(), TrainError> {
-        self.order = epoch_order(self.items.len(), self.per_epoch, self.seed, 0, epoch);
-        self.rng = rng_for(self.seed, 1, epoch);
-        // the steps done before a checkpoint: consume their draws so the next steps see theirs
-        for step in 0..first {
-            for i in self.step_images(step).to_vec() {
-                self.tiles.draw(&self.items[i], &mut self.rng);
-            }
+        if self.tiles.is_none() {
+            let stream = TileStream::new(&self.items, self.plan, epoch, first, self.n_epochs);
+            let source = TileSource::start(stream, self.device.is_cuda())
+                .map_err(|e| TrainError::Config(format!("could not start the tile thread: {e}")))?;
+            self.tiles = Some(source);
         }
         self.loss_sum = loss_sum;
         Ok(())
     }
 
-    fn step(&mut self, optim: &mut Optimizer, epoch: usize, step: usize, lr: f64) -> Result<(), TrainError> {
-        let inds = self.step_images(step).to_vec();
-        let (x, y) = self.tiles.batch(&self.items, &inds, &mut self.rng);
+    fn step(
+        &mut self,
+        optim: &mut Optimizer,
+        _epoch: usize,
+        _step: usize,
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        let t0 = Instant::now();
+        let StepTiles { x, y, n, draws } = self
+            .tiles
+            .as_mut()
+            .and_then(|t| t.next())
+            .ok_or_else(|| TrainError::Config("the tile thread stopped unexpectedly".into()))?;
         let failed = |e| TrainError::step_failed(&x, e);
-        let n_blocks = self.model.net.config.blocks.len();
-        let draws = layer_drop_draws(self.seed, epoch, step, inds.len(), n_blocks);
         optim.set_learning_rate(lr);
         optim.zero_grad();
-        let out = self.model.net.forward_drawn(&x, Some(&draws)).map_err(failed)?;
-        let loss = seg_loss(&out, &y).map_err(failed)?;
+        let t1 = Instant::now();
+        self.data_wait += (t1 - t0).as_secs_f64();
+        // dropped blocks are skipped once a left-out block's gradient is a zeroed one
+        let skip = optim.grads_adopted();
+        let out = self.model.net.forward_mixed(&x, Some(&draws), self.compute, skip).map_err(failed)?;
+        let loss = seg_loss(&out.f_to_kind(Kind::Float).map_err(failed)?, &y).map_err(failed)?;
+        let t2 = Instant::now();
         loss.f_backward().map_err(failed)?;
+        let t3 = Instant::now();
         optim.apply();
-        self.loss_sum += loss.double_value(&[]) * inds.len() as f64;
+        let loss = loss.double_value(&[]);
+        self.loss_sum += loss * n as f64;
+        if self.profile {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            tracing::info!(
+                "profile: tiles wait {:.1} ms, forward {:.1} ms, backward {:.1} ms, AdamW {:.1} ms ({:?}, step {:.1} ms)",
+                ms(t0, t1),
+                ms(t1, t2),
+                ms(t2, t3),
+                ms(t3, Instant::now()),
+                self.compute,
+                ms(t0, Instant::now())
+            );
+        }
         Ok(())
+    }
+
+    fn data_wait_seconds(&self) -> f64 {
+        self.data_wait
     }
 
     fn loss_sum(&self) -> f64 {
@@ -340,7 +307,11 @@ impl TrainStep for CpsamSteps<'_> {
         let Some(batches) = &self.test_batches else { return Ok(None) };
         let tiles = batches.iter().map(|(x, y)| (x.shallow_clone(), y.shallow_clone()));
         // eval mode: no layer drop
-        epochs::mean_test_loss(tiles, |x| self.model.net.forward_t(x, false)).map(Some)
+        let compute = self.compute;
+        epochs::mean_test_loss(tiles, |x| {
+            self.model.net.forward_mixed(x, None, compute, false)?.f_to_kind(Kind::Float)
+        })
+        .map(Some)
     }
 
     fn save(&self, path: &Path) -> Result<(), ModelError> {
