@@ -39,8 +39,17 @@ np.save(w + "/labels.npy", np.stack([tifffile.imread(f[:-4] + "_masks.tif").asty
 PYEOF
 echo "cpsam training benchmark ($SIZE): $MODEL, epochs=$EPOCHS images=$NIMG batch=1 bsize=256 threads=$THREADS device=$DEVICE"
 lscpu | grep -m1 "Model name" || true
-# peak RSS (kB) of a command, written to $1
-rss() { local out=$1; shift; /usr/bin/time -f %M -o "$out" "$@"; }
+# peak RSS (kB) of a command, written to $1; on CUDA also the peak GPU memory in use (MiB, sampled
+# by nvidia-smi every 100 ms) to $1.gpu
+rss() {
+  local out=$1; shift
+  if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$out.gpu.log" 2>/dev/null & local smi=$!
+    /usr/bin/time -f %M -o "$out" "$@"; local rc=$?
+    kill "$smi" 2>/dev/null; sort -n "$out.gpu.log" | tail -1 >"$out.gpu"; return $rc
+  fi
+  /usr/bin/time -f %M -o "$out" "$@"
+}
 OMP_NUM_THREADS=$THREADS PYTHONWARNINGS=ignore PYTHONPATH="$CP4" \
   rss "$work/py.rss" "$PY" tools/cpsam_train_ref.py train "$MODEL" \
   "$work/imgs.npy" "$work/labels.npy" "$work" --n-epochs "$EPOCHS" --lr 1e-4 --timing --device "$DEVICE" \
@@ -52,20 +61,25 @@ for prec in off on; do
     2>"$work/rs-$prec.log" || { cat "$work/rs-$prec.log"; exit 1; }
 done
 "$PY" - "$work" "$NIMG" <<'PYEOF'
-import json, statistics, sys
+import json, os, statistics, sys
 w, steps = sys.argv[1], int(sys.argv[2])
+TOKENS = (256 // 8) ** 2  # tokens per 256x256 tile (8x8 patches), one tile per step (batch 1)
 rss = lambda name: int(open(f"{w}/{name}.rss").read().split()[-1]) / 1e6
+def gpu(name):
+    f = f"{w}/{name}.rss.gpu"
+    return f" {int(open(f).read().strip() or 0) / 1024:9.2f}" if os.path.exists(f) else ""
 py = json.load(open(f"{w}/py.json"))
 p, p_med = py["steady_step_seconds"], py["median_step_seconds"]
-print(f"{'':28} {'mean s/step':>12} {'median s/step':>14} {'ratio (median)':>15} {'loss first -> last':>20} {'peak RSS GB':>12}")
-print(f"{'cellpose 4.2.1.1 (fp32)':28} {p:12.4f} {p_med:14.4f} {1:15.3f} "
-      f"{py['train_losses'][0]:9.3f} -> {py['train_losses'][-1]:6.3f} {rss('py'):12.2f}")
+gpu_head = f" {'peak GPU GB':>9}" if gpu("py") else ""
+print(f"{'':28} {'mean s/step':>12} {'median s/step':>14} {'ratio (median)':>15} {'tokens/s':>9} {'loss first -> last':>20} {'peak RSS GB':>12}{gpu_head}")
+print(f"{'cellpose 4.2.1.1 (fp32)':28} {p:12.4f} {p_med:14.4f} {1:15.3f} {TOKENS / p_med:9.0f} "
+      f"{py['train_losses'][0]:9.3f} -> {py['train_losses'][-1]:6.3f} {rss('py'):12.2f}{gpu('py')}")
 for prec in ("off", "on"):
     rs = json.load(open(f"{w}/rs-{prec}.json")); o = rs["outcome"]
     e = o["epoch_seconds"][1:]
     r_med = statistics.median(e) / steps if e else o["steady_step_seconds"]
     name = f"this project ({rs.get('precision', prec)})"
-    print(f"{name:28} {o['steady_step_seconds']:12.4f} {r_med:14.4f} {r_med / p_med:15.3f} "
-          f"{o['train_losses'][0]:9.3f} -> {o['train_losses'][-1]:6.3f} {rss('rs-' + prec):12.2f}")
+    print(f"{name:28} {o['steady_step_seconds']:12.4f} {r_med:14.4f} {r_med / p_med:15.3f} {TOKENS / r_med:9.0f} "
+          f"{o['train_losses'][0]:9.3f} -> {o['train_losses'][-1]:6.3f} {rss('rs-' + prec):12.2f}{gpu('rs-' + prec)}")
 print(f"torch threads: python {py['torch_threads']}; ours {rs['device']}")
 PYEOF

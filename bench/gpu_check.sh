@@ -33,3 +33,9 @@ for v in "off on off" "on on off" "on on on" "on off off"; do
 import json; d = json.load(open('$work/v.json'))['outcome']
 print('graphs $1, channels-last $2, bf16 $3: %.4f s/step, data wait %.2fs, losses %s' % (d['steady_step_seconds'], d['data_wait_seconds'], ' '.join('%.4f' % x for x in d['train_losses'])))"
 done
+echo "== Cellpose-SAM training step, full ViT-L, vs cellpose 4.2.1.1 (needs cellpose 4 wheels in .whl4/)"
+if ls .whl4/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site4 .whl4/*.whl
+  CP4=/tmp/site4 PYTHONPATH= bash bench/cpsam_train.sh 3 4 full cuda 2>&1 | tee "$OUT/cpsam_train_full_cuda.txt"
+  CP4=/tmp/site4 PYTHONPATH= bash bench/cpsam_train.sh 30 4 tiny cuda 2>&1 | tee "$OUT/cpsam_train_tiny_cuda.txt"
+fi

@@ -6,19 +6,24 @@
 # for a family on a CPU with bf16 kernels only where bf16's mean AP lies within float32's seed
 # range at every threshold (src/precision.rs). Not a test: minutes of training per run.
 #
-# Usage: bench/precision_ap.sh [cpnet|cpsam|both] [seeds] [epochs]
-#   cpnet: cellpose 3's full-size CPnet (nbase 32..256) from scratch, 8 train images 128x128,
-#          bsize 128, batch 8, AdamW lr 0.005 (defaults: 3 seeds, 100 epochs);
-#   cpsam: the tiny Cellpose-SAM fixture fine-tuned, 8 train images, lr 1e-3, batch 1
-#          (cellpose 4's defaults otherwise; 3 seeds, 100 epochs).
+# Usage: bench/precision_ap.sh [cpnet|cpsam|both] [seeds] [cpnet epochs] [cpsam epochs]
+#   cpnet: cellpose 3's full-size CPnet (nbase 32..256) from scratch, bsize 128, batch 8, AdamW
+#          lr 0.005, 100 epochs; data: 8 training and 4 held-out synthetic images, 128x128,
+#          crowded (60 touching cells of radius 5-9 each);
+#   cpsam: the tiny Cellpose-SAM fixture (width 64, 2 blocks) fine-tuned, lr 1e-3, batch 1
+#          (cellpose 4's defaults otherwise), 300 epochs; data: 6 training and 4 held-out images,
+#          128x128, 10 cells of radius 8-13 (the tiny network's 8x8 tokens find no smaller cells).
+#   3 seeds by default.
 # Env: BIN (our binary), DEVICE (cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHICH=${1:-both}; SEEDS=${2:-3}; EPOCHS=${3:-100}
+WHICH=${1:-both}; SEEDS=${2:-3}; CPNET_EPOCHS=${3:-100}; CPSAM_EPOCHS=${4:-300}
 BIN=${BIN:-target/release/cellpose-train-worker}; DEVICE=${DEVICE:-cpu}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-"$BIN" synth --out "$work/train" --n 8 --size 128 --cells 12 --seed 100 >/dev/null 2>&1
-"$BIN" synth --out "$work/test" --n 4 --size 128 --cells 12 --seed 200 >/dev/null 2>&1
+"$BIN" synth --out "$work/cpnet/train" --n 8 --size 128 --cells 60 --radius 5,9 --seed 100 >/dev/null 2>&1
+"$BIN" synth --out "$work/cpnet/test" --n 4 --size 128 --cells 60 --radius 5,9 --seed 200 >/dev/null 2>&1
+"$BIN" synth --out "$work/cpsam/train" --n 6 --size 128 --cells 10 --radius 8,13 --seed 100 >/dev/null 2>&1
+"$BIN" synth --out "$work/cpsam/test" --n 4 --size 128 --cells 10 --radius 8,13 --seed 200 >/dev/null 2>&1
 lscpu | grep -m1 "Model name" || true
 grep -qw avx512_bf16 /proc/cpuinfo && echo "CPU flags: avx512_bf16 present" || echo "CPU flags: no avx512_bf16"
 results="$work/results.jsonl"
@@ -28,20 +33,20 @@ for fam in cpnet cpsam; do
     for prec in off on; do
       name="$fam-$prec-$seed"; t0=$(date +%s.%N)
       if [ "$fam" = cpnet ]; then
-        "$BIN" train --dir "$work/train" --pretrained-model None --chan 1 --chan2 2 --n-epochs "$EPOCHS" \
+        "$BIN" train --dir "$work/cpnet/train" --pretrained-model None --chan 1 --chan2 2 --n-epochs "$CPNET_EPOCHS" \
           --bsize 128 --batch-size 8 --learning-rate 0.005 --seed "$seed" --device "$DEVICE" \
           --mixed-precision "$prec" --model-name "$name" --summary-json "$work/$name.json" >/dev/null 2>"$work/$name.log" \
           || { cat "$work/$name.log"; exit 1; }
-        model="$work/train/models/$name"
+        model="$work/cpnet/train/models/$name"
       else
-        "$BIN" train --dir "$work/train" --pretrained-model tests/fixtures/cpsam/tiny.pth --n-epochs "$EPOCHS" \
+        "$BIN" train --dir "$work/cpsam/train" --pretrained-model tests/fixtures/cpsam/tiny.pth --n-epochs "$CPSAM_EPOCHS" \
           --learning-rate 1e-3 --min-train-masks 1 --seed "$seed" --device "$DEVICE" \
           --mixed-precision "$prec" --model-name "$name" --summary-json "$work/$name.json" >/dev/null 2>"$work/$name.log" \
           || { cat "$work/$name.log"; exit 1; }
-        model="$work/train/models/$name"
+        model="$work/cpsam/train/models/$name"
       fi
       chans=(); [ "$fam" = cpnet ] && chans=(--chan 1 --chan2 2)
-      "$BIN" eval --dir "$work/test" --model "$model" "${chans[@]}" --device "$DEVICE" --json >"$work/$name.eval.json" 2>>"$work/$name.log" \
+      "$BIN" eval --dir "$work/$fam/test" --model "$model" "${chans[@]}" --device "$DEVICE" --json >"$work/$name.eval.json" 2>>"$work/$name.log" \
         || { cat "$work/$name.log"; exit 1; }
       secs=$(echo "$(date +%s.%N) - $t0" | bc)
       "$(dirname "$0")/../.venv/bin/python" - "$work/$name.json" "$work/$name.eval.json" "$fam" "$prec" "$seed" "$secs" >>"$results" <<'PYEOF'

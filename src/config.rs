@@ -116,7 +116,8 @@ pub struct TrainingSettings {
     pub cpsam_checkpoint_every: usize,
     /// Largest region (pixels) fetched and trained on; bigger regions are an error.
     pub max_region_pixels: u64,
-    /// bfloat16 convolutions: `auto` (on CUDA), `on`, `off`.
+    /// bf16 matrix products with float32 master weights: `auto` (CUDA; CPUs with bf16 kernels
+    /// where [`crate::precision`] has the evidence for the family), `on`, `off`.
     pub mixed_precision: Toggle,
     pub batch_size: usize,
     /// Let cuDNN time its convolution algorithms once per shape (`auto` = on; CUDA only).

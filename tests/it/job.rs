@@ -388,6 +388,13 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
         String::from_utf8(f.world.user.files().download(&file("qc.csv")).await.unwrap().to_vec()).unwrap();
     assert!(qc.lines().count() >= 2 && qc.contains("f1") && qc.contains("pq"), "{qc}");
     assert_eq!(report["train_losses"].as_array().map(Vec::len), Some(2), "{report}");
+    // the precision training ran in is named, as `auto` decides it on this CPU
+    let auto = cellpose_train_worker::precision::resolve(
+        cellpose_train_worker::config::Toggle::Auto,
+        tch::Device::Cpu,
+        cellpose_train_worker::model::ModelFamily::Cpnet,
+    );
+    assert_eq!(report["precision"].as_str(), Some(auto.label()), "{report}");
     assert!(report["n_validation"].as_u64() >= Some(1), "{report}");
     for k in ["ap_before", "ap_after"] {
         assert_eq!(report[k]["ap"].as_array().map(Vec::len), Some(3), "{k} in {report}");
@@ -403,6 +410,7 @@ print('ok', masks.shape, round(float(m.net.diam_mean.item()), 1))
         .filter(|v| v["stage"] == "train")
         .collect();
     assert_eq!(epochs.len(), 2, "{jsonl:?}");
+    assert!(epochs.iter().all(|e| e["precision"] == report["precision"]), "{jsonl:?}");
     let mut total = 0.0;
     for e in &epochs {
         let took = e["epoch_seconds"].as_f64().unwrap_or(0.0);

@@ -101,7 +101,8 @@ pub struct TrainArgs {
     pub no_norm: bool,
     #[command(flatten)]
     pub device: DeviceArg,
-    /// bfloat16 convolutions: auto = on CUDA only.
+    /// bf16 matrix products with float32 weights: auto = CUDA, and CPUs with bf16 kernels for
+    /// the families where bf16 kept validation accuracy (README "Training precision").
     #[arg(long, value_enum, default_value_t = Toggle::Auto)]
     pub mixed_precision: Toggle,
     /// Capture each training step as a CUDA graph: auto = on CUDA only.
