@@ -1,7 +1,7 @@
 //! Cellpose-SAM training with cellpose 4.2.1.1 `train_seg` semantics: its options
 //! ([`CpsamTrainConfig`], with cellpose 4's defaults), its schedule ([`super::schedule`]), and
-//! its part of the one epoch loop ([`crate::train::epochs`]): augmented tiles drawn per step and
-//! an AdamW step with the network's layer drop.
+//! its part of the one epoch loop ([`crate::train::epochs`]): each step's augmented tiles
+//! ([`super::tiles`]) and an AdamW step with the network's layer drop.
 //!
 //! What it keeps from cellpose 3.1.1.2 (the loop, and [`crate::train`]'s pieces): `_loss_fn_seg`,
 //! the per-epoch permutation (or sampling with replacement when `nimg_per_epoch` differs from
@@ -13,12 +13,13 @@
 //! network's 256 pixels; no rescaling by default and the rotation/scale augmentation of
 //! [`super::augment`]; the LR tail from 100 epochs ([`super::schedule`]); the network in
 //! training mode (layer drop) for training steps and eval mode for the test loss; fp32 weights
-//! throughout (a bf16 file is loaded as fp32) and fp32 files saved.
+//! throughout (a bf16 file is loaded as fp32) and fp32 files saved, with the matrix products in
+//! bf16 when `mixed_precision` is on (cellpose 4 always trains in fp32: off is the reference).
 //!
 //! Resumable like the CPnet loop: a checkpoint after any epoch, or before any step on a
 //! shutdown, continues bit for bit. Why that holds: the augmentation stream of an epoch is a
 //! pure function of seed and epoch (a resume mid-epoch replays the draws of the steps done), and
-//! the layer drop of each step one of (seed, epoch, step) ([`layer_drop_draws`]).
+//! the layer drop of each step one of (seed, epoch, step) ([`super::tiles`]).
 //!
 //! The patch embedding takes no gradient (`CPSAM.forward` convolves with `proj.weight.data`),
 //! so, as PyTorch's AdamW skips parameters without a gradient, it is neither updated nor decayed.
