@@ -151,7 +151,7 @@ impl Attention {
 /// SAM's own arithmetic: `softmax(q k^T * scale + rel_h + rel_w) v` with the `[HW, HW]` scores
 /// materialised (softmax in float32, as autocast runs it). The faster form where the relative
 /// terms are wide compared with a head (small networks): measured on 2 cores for the tiny test
-/// network (2 heads of 32, 32x32 tokens), forward + backward 10-13 ms per block against 16-24 ms
+/// network (2 heads of 32, 32x32 tokens), forward + backward 10-15 ms per block against 16-25 ms
 /// for libtorch's attention with the bias passed as a mask.
 fn explicit_attention(
     q: &Tensor,
