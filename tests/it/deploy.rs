@@ -326,9 +326,15 @@ fn readme_gives_the_two_commands_and_its_examples_parse() {
     assert!(checked >= 7, "README examples found: {checked}");
 
     // scripts the README names exist and are executable
-    for script in
-        ["bench/train_speed.sh", "bench/rasterize.sh", "bench/run.sh", "scripts/test.sh", "scripts/setup.sh"]
-    {
+    for script in [
+        "bench/train_speed.sh",
+        "bench/cpsam_train.sh",
+        "bench/precision_ap.sh",
+        "bench/rasterize.sh",
+        "bench/run.sh",
+        "scripts/test.sh",
+        "scripts/setup.sh",
+    ] {
         assert!(script.starts_with("scripts/") || readme.contains(script), "README does not name {script}");
         let meta = std::fs::metadata(repo().join(script)).unwrap_or_else(|e| panic!("{script}: {e}"));
         use std::os::unix::fs::PermissionsExt;

@@ -213,7 +213,7 @@ pub fn train_seg_cpsam(
         tiles: None,
         device: cfg.device,
         data_wait: 0.0,
-        loss_sum: 0.0,
+        loss_sum: Tensor::zeros([], (Kind::Double, cfg.device)),
         test_batches,
         compute: if cfg.mixed_precision { Kind::BFloat16 } else { Kind::Float },
         profile: cfg.profile_steps,
@@ -232,7 +232,10 @@ struct CpsamSteps<'a> {
     tiles: Option<TileSource>,
     device: Device,
     data_wait: f64,
-    loss_sum: f64,
+    /// Sum over the epoch of loss x images, kept on the device in float64 and read once per
+    /// epoch: reading each step's loss would make the host wait for the device every step. The
+    /// same float64 sum of float32 losses that cellpose keeps in Python.
+    loss_sum: Tensor,
     test_batches: Option<Vec<(Tensor, Tensor)>>,
     /// Kind of the matrix products (float32, or bf16 for mixed precision).
     compute: Kind,
@@ -249,7 +252,10 @@ impl TrainStep for CpsamSteps<'_> {
                 .map_err(|e| TrainError::Config(format!("could not start the tile thread: {e}")))?;
             self.tiles = Some(source);
         }
-        self.loss_sum = loss_sum;
+        let _ = self
+            .loss_sum
+            .f_fill_(loss_sum)
+            .map_err(|e| TrainError::Config(format!("could not set the epoch's loss sum: {e}")))?;
         Ok(())
     }
 
@@ -279,9 +285,12 @@ impl TrainStep for CpsamSteps<'_> {
         loss.f_backward().map_err(failed)?;
         let t3 = Instant::now();
         optim.apply();
-        let loss = loss.double_value(&[]);
-        self.loss_sum += loss * n as f64;
+        let weighted = loss.detach().f_to_kind(Kind::Double).and_then(|l| l.f_mul_scalar(n as f64));
+        let _ = self.loss_sum.f_add_(&weighted.map_err(failed)?).map_err(failed)?;
         if self.profile {
+            if let Device::Cuda(i) = self.device {
+                tch::Cuda::synchronize(i as i64); // device times, not enqueue times
+            }
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
             tracing::info!(
                 "profile: tiles wait {:.1} ms, forward {:.1} ms, backward {:.1} ms, AdamW {:.1} ms ({:?}, step {:.1} ms)",
@@ -301,7 +310,7 @@ impl TrainStep for CpsamSteps<'_> {
     }
 
     fn loss_sum(&self) -> f64 {
-        self.loss_sum
+        self.loss_sum.double_value(&[])
     }
 
     fn test_loss(&self) -> Result<Option<f64>, TrainError> {
